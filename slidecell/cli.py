@@ -1,0 +1,121 @@
+"""Command line: a thin layer over the public API in :mod:`slidecell`.
+
+Every problem with the inputs is reported as one line on stderr with a non-zero exit code;
+set ``SLIDECELL_DEBUG=1`` to see tracebacks of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="slidecell: every cell out of a whole-slide or multiplexed image.",
+)
+
+
+def _parse_roi(text: str | None):
+    if text is None:
+        return None
+    from .errors import ConfigError
+
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--roi {text!r}: expected x,y,width,height in level-0 pixels") from None
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"--roi {text!r}: width and height must be positive")
+    return [x, y, w, h]
+
+
+@app.command()
+def run(
+    slide: Path = typer.Argument(..., help="slide or image file"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config file or preset name (configs/)"),
+    out: Path = typer.Option(Path("slidecell-out"), "--out", "-o", help="output directory"),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm (required when the slide does not record it)"),
+    roi: Optional[str] = typer.Option(None, "--roi", help="region of interest x,y,width,height in level-0 pixels"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="parallel tile readers (overrides the config)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Segment and measure every nucleus of SLIDE; write cells.geojson, cells.parquet, cells.h5ad."""
+    from . import load_config
+    from . import run as run_pipeline
+
+    overrides: dict = {}
+    if workers is not None:
+        overrides["reader"] = {"workers": workers}
+    box = _parse_roi(roi)
+    if box is not None:
+        overrides["roi"] = box
+    cfg = load_config(config, overrides or None)
+    result = run_pipeline(slide, cfg, out, mpp=mpp, overwrite=overwrite, progress=not quiet)
+    t = result.timings.get("total", 0.0)
+    resumed = f", {result.resumed_chunks} chunks resumed" if result.resumed_chunks else ""
+    typer.echo(f"{result.n_cells} cells from {result.n_tiles} tiles in {t:.1f} s{resumed}")
+    for kind, path in result.outputs.items():
+        typer.echo(f"  {kind:8s} {path}")
+    typer.echo(f"  {'summary':8s} {result.out_dir / 'run.json'}")
+
+
+@app.command()
+def info(
+    slide: Path = typer.Argument(..., help="slide or image file"),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm"),
+):
+    """Print what slidecell reads from SLIDE: reader, levels, pixel size, channels (JSON)."""
+    from . import open_slide
+
+    with open_slide(slide, mpp=mpp) as reader:
+        typer.echo(json.dumps(reader.describe(), indent=1))
+
+
+@app.command()
+def version():
+    """Print the slidecell version."""
+    from . import __version__
+
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import SlidecellError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except SlidecellError as exc:
+        typer.echo(f"slidecell: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("slidecell: interrupted; run the same command again to resume", err=True)
+        return 130
+    except (typer.Exit, SystemExit) as exc:
+        return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
+    except Exception as exc:  # usage errors and anything unexpected
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage error
+            exc.show()
+            return int(exc.exit_code)
+        if os.environ.get("SLIDECELL_DEBUG"):
+            raise
+        typer.echo(f"slidecell: internal error: {type(exc).__name__}: {exc} "
+                   "(set SLIDECELL_DEBUG=1 for the traceback)", err=True)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

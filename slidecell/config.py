@@ -1,0 +1,183 @@
+"""Run configuration: validated YAML data.
+
+Every key is checked; unknown keys and bad values are reported with their dotted name, the
+value given and what was expected. Presets live in the repository's ``configs/`` folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReaderConfig(Strict):
+    #: force a reader; "auto" picks by format (see slidecell.io.open_slide)
+    backend: Literal["auto", "openslide", "tiffslide", "tifffile", "image"] = "auto"
+    #: parallel tile readers
+    workers: int = Field(2, ge=1, le=64)
+    #: tiles read ahead of the consumer (bounds memory: prefetch × tile bytes)
+    prefetch: int = Field(4, ge=1, le=256)
+    #: "auto" uses the reader's preference (threads for OpenSlide, processes for tifffile-based)
+    parallel: Literal["auto", "threads", "processes"] = "auto"
+
+
+class TilingConfig(Strict):
+    #: working resolution in µm per pixel
+    mpp: float = Field(0.5, gt=0, le=100)
+    #: use a pyramid level's own resolution instead of resampling when it is this close (relative)
+    snap_tolerance: float = Field(0.05, ge=0, le=0.5)
+    #: tile core size in working pixels
+    tile_size: int = Field(1024, ge=64, le=16384)
+    #: context added on each side of a tile core; must exceed the largest cell diameter
+    overlap_um: float = Field(24.0, ge=0, le=1000)
+    #: tiles per result chunk (the unit of resumption)
+    chunk_tiles: int = Field(16, ge=1, le=100000)
+
+
+class TissueConfig(Strict):
+    enabled: bool = True
+    #: "auto" decides from the image: dark background means fluorescence
+    modality: Literal["auto", "brightfield", "fluorescence"] = "auto"
+    #: resolution of the thumbnail the mask is computed on
+    thumbnail_mpp: float = Field(8.0, gt=0)
+    #: a tile is processed when at least this fraction of its core is tissue
+    min_fraction: float = Field(0.01, ge=0, le=1)
+    #: tissue pieces smaller than this are ignored (dust, debris)
+    min_area_um2: float = Field(5000.0, ge=0)
+    #: fixed threshold on the tissue signal instead of Otsu (optical density for brightfield,
+    #: normalised log intensity for fluorescence)
+    threshold: float | None = None
+
+
+class SegmentationConfig(Strict):
+    #: a registered backend (slidecell.segment.BACKENDS)
+    backend: str = "watershed"
+    #: channels holding the nuclear signal (DAPI, Hoechst, Ir191...); empty: chosen automatically
+    #: (haematoxylin by colour deconvolution for brightfield RGB)
+    nuclear_channels: list[str] = Field(default_factory=list)
+    #: backend parameters, validated by the backend
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from .segment import BACKENDS
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown segmentation backend; choose one of {sorted(BACKENDS)}")
+        return v
+
+
+class OutputConfig(Strict):
+    geojson: bool = True
+    parquet: bool = True
+    h5ad: bool = True
+    #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
+    geojson_precision: int = Field(2, ge=0, le=6)
+
+
+class Config(Strict):
+    name: str = "default"
+    reader: ReaderConfig = Field(default_factory=ReaderConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    tissue: TissueConfig = Field(default_factory=TissueConfig)
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    #: region of interest [x, y, width, height] in level-0 pixels
+    roi: list[float] | None = None
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_box(cls, v):
+        if v is not None and (len(v) != 4 or v[2] <= 0 or v[3] <= 0):
+            raise ValueError("roi must be [x, y, width, height] with positive width and height")
+        return v
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the cells (not of reader parallelism)."""
+        data = self.model_dump(mode="json")
+        data.pop("reader", None)
+        data.pop("output", None)
+        data.pop("name", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}' (value {value!r})")
+        elif e["type"] == "missing":
+            parts.append(f"'{loc}' is required")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"'{loc}' = {value!r}: {msg}")
+    return f"config {source}: " + "; ".join(parts)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or the name of a preset in ``configs/`` (e.g. ``he-brightfield``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    presets = sorted(q.stem for q in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.exists() else []
+    raise ConfigError(f"config {name_or_path}: file not found (presets: {', '.join(presets) or 'none'})")
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source}: expected a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Load and validate a YAML config (a path or a preset name). ``None`` gives the defaults."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = resolve_config_path(path)
+        source = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {source}: not valid YAML: {' '.join(str(exc).split())}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {source}: cannot read it: {exc}") from None
+        data = loaded if loaded is not None else {}
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return config_from_dict(data, source)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

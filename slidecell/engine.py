@@ -1,0 +1,357 @@
+"""The whole-slide engine: plan → stream tiles → segment → keep owned cells → measure → write
+per-chunk results → merge into the outputs.
+
+The unit of work, :func:`process_tile`, is a pure function of a tile, its pixels, a calibrated
+segmenter and a :class:`TileContext` (tile in, cell table out), so it can run in any worker.
+Finished chunks are kept in ``OUT/.slidecell/chunks``; a run started again with the same slide
+and config continues after the last finished chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from . import __version__
+from .config import Config, load_config
+from .errors import OutputError
+from .io import SlideReader, open_slide
+from .io.writers import write_geoparquet, write_h5ad, write_qupath_geojson, write_text_atomic
+from .measure import channel_means, ellipse_axes, label_moments, polygon_shape
+from .polygons import label_polygons
+from .segment import Segmenter, get_segmenter
+from .table import BASE_COLUMNS, MEAN_PREFIX, empty_table, from_arrow, to_arrow
+from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
+
+WORK_DIR = ".slidecell"
+RUN_FILE = "run.json"
+OUTPUT_FILES = {"geojson": "cells.geojson", "parquet": "cells.parquet", "h5ad": "cells.h5ad"}
+_ID_NAMESPACE = uuid.UUID("8a1f3c52-6d0e-4f4e-9d1a-5c11dece11ed")
+
+
+@dataclass(frozen=True)
+class TileContext:
+    """What the work unit needs to know about the slide and the plan."""
+
+    slide_key: str  # fingerprint of the slide, seeds the cell ids
+    scale: float  # level-0 pixels per working pixel
+    mpp0: float  # level-0 µm per pixel
+    width: int  # slide size at the working resolution
+    height: int
+    channel_names: tuple[str, ...]
+    roi_wkb: bytes | None = None
+
+    @property
+    def mpp(self) -> float:
+        return self.mpp0 * self.scale
+
+
+def process_tile(tile: Tile, image: np.ndarray, segmenter: Segmenter, ctx: TileContext) -> pd.DataFrame:
+    """Segment one tile and return the cells it owns (centroid in its core, and in the ROI),
+    measured, with polygons in level-0 pixels."""
+    labels = segmenter.segment(image)
+    ids, area, cx, cy, mu20, mu02, mu11 = label_moments(labels)
+    gx, gy = cx + tile.x, cy + tile.y
+    keep = tile.owns(gx, gy)
+    if ctx.roi_wkb is not None and keep.any():
+        roi = shapely.from_wkb(ctx.roi_wkb)
+        keep &= shapely.contains_xy(roi, gx * ctx.scale, gy * ctx.scale)
+    if not keep.any():
+        return empty_table(ctx.channel_names)
+    ids, area, cx, cy, gx, gy = ids[keep], area[keep], cx[keep], cy[keep], gx[keep], gy[keep]
+    mu20, mu02, mu11 = mu20[keep], mu02[keep], mu11[keep]
+
+    polys = label_polygons(labels, ids)
+    minx, miny, maxx, maxy = shapely.bounds(polys).T
+    touches = (
+        ((minx <= 0) & (tile.x > 0)) | ((miny <= 0) & (tile.y > 0))
+        | ((maxx >= tile.w) & (tile.x + tile.w < ctx.width))
+        | ((maxy >= tile.h) & (tile.y + tile.h < ctx.height))
+    )
+    perim_px, solidity = polygon_shape(polys)
+    major, minor, ecc = ellipse_axes(mu20, mu02, mu11)
+    means = channel_means(labels, image, ids, area)
+    mpp = ctx.mpp
+    x0, y0 = gx * ctx.scale, gy * ctx.scale
+    offset = np.array([tile.x, tile.y], dtype=np.float64)
+    polys0 = shapely.transform(polys, lambda c: (c + offset) * ctx.scale)
+    table = pd.DataFrame({
+        "cell_id": cell_ids(ctx.slide_key, x0, y0),
+        "tile": np.full(len(ids), tile.index, np.int64),
+        "x": x0, "y": y0, "x_um": x0 * ctx.mpp0, "y_um": y0 * ctx.mpp0,
+        "area_um2": area * mpp**2,
+        "perimeter_um": perim_px * mpp,
+        "eccentricity": ecc,
+        "solidity": solidity,
+        "major_axis_um": major * mpp,
+        "minor_axis_um": minor * mpp,
+        "touches_tile_edge": touches,
+    })
+    for c, name in enumerate(ctx.channel_names):
+        table[MEAN_PREFIX + name] = means[:, c]
+    table["geometry"] = polys0
+    return table
+
+
+def cell_ids(slide_key: str, x: np.ndarray, y: np.ndarray) -> list[str]:
+    """Deterministic UUIDs from the slide and the level-0 centroid: the same cell gets the same id
+    in every run, whatever the tiling."""
+    return [str(uuid.uuid5(_ID_NAMESPACE, f"{slide_key}:{a:.2f}:{b:.2f}")) for a, b in zip(x, y)]
+
+
+def slide_fingerprint(path: Path) -> dict:
+    """Identity of a slide file: size and a hash of its first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 2 << 20:
+            fh.seek(size - (1 << 20))
+            h.update(fh.read())
+    return {"name": path.name, "size": size, "sha256_head_tail": h.hexdigest()}
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    n_cells: int
+    n_tiles: int
+    outputs: dict[str, Path]
+    timings: dict[str, float] = field(default_factory=dict)
+    resumed_chunks: int = 0
+    info: dict = field(default_factory=dict)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory")
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        if not overwrite:
+            raise OutputError(
+                f"{out}: already holds a finished run ({RUN_FILE}); pass --overwrite to replace it "
+                "or choose another --out"
+            )
+    if overwrite:
+        for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values()]:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+    (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
+
+
+def _sample_tiles(plan: TilePlan, n: int = 8) -> list[Tile]:
+    if not plan.tiles:
+        return []
+    idx = np.unique(np.linspace(0, len(plan.tiles) - 1, min(n, len(plan.tiles))).round().astype(int))
+    return [plan.tiles[i] for i in idx]
+
+
+def run(
+    slide,
+    config: Config | str | Path | None = None,
+    out: str | Path = "slidecell-out",
+    *,
+    mpp: float | None = None,
+    overwrite: bool = False,
+    roi=None,
+    progress: bool = True,
+) -> RunResult:
+    """Segment and measure every cell of ``slide`` and write the outputs to ``out``.
+
+    ``config`` is a :class:`Config`, a YAML path or a preset name (``None``: defaults). ``mpp``
+    supplies/overrides the slide's pixel size. ``roi`` (a shapely geometry in level-0 pixels)
+    restricts the run; ``config.roi`` gives a box. Raises :class:`slidecell.errors.SlidecellError`
+    subclasses for every problem with the inputs."""
+    t_start = time.perf_counter()
+    cfg = config if isinstance(config, Config) else load_config(config)
+    slide = Path(slide)
+    out = Path(out)
+    reader = open_slide(slide, mpp=mpp, reader=cfg.reader.backend)
+    mpp0 = reader.mpp  # raises MissingPixelSizeError with the file name
+    _prepare_out(out, overwrite)
+    work = out / WORK_DIR
+    timings: dict[str, float] = {"read_wait": 0.0, "segment+measure": 0.0, "write_chunks": 0.0}
+
+    if roi is None and cfg.roi is not None:
+        x, y, w, h = cfg.roi
+        roi = shapely.box(x, y, x + w, y + h)
+
+    t0 = time.perf_counter()
+    tissue = None
+    if cfg.tissue.enabled:
+        tissue = detect_tissue(reader, cfg.tissue.thumbnail_mpp, cfg.tissue.modality,
+                               cfg.tissue.min_area_um2, cfg.tissue.threshold)
+        modality = tissue.modality
+    elif cfg.tissue.modality == "auto":
+        modality = guess_modality(reader.thumbnail(max(cfg.tissue.thumbnail_mpp, mpp0)), reader.channel_names)
+    else:
+        modality = cfg.tissue.modality
+    plan = plan_tiles(reader, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,
+                      cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, roi)
+    timings["plan"] = time.perf_counter() - t0
+
+    segmenter = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, reader.channel_names,
+                              modality, plan.mpp, cfg.segmentation.nuclear_channels)
+    fingerprint = slide_fingerprint(slide)
+    manifest = {
+        "slidecell_version": __version__,
+        "slide": fingerprint,
+        "config_fingerprint": cfg.fingerprint(),
+        "mpp_override": mpp,
+        "roi_wkt": roi.wkt if roi is not None else None,
+        "plan": plan.summary(),
+    }
+    manifest_path = work / "manifest.json"
+    resumed = 0
+    with TileStream(reader, plan, cfg.reader.workers, cfg.reader.prefetch, cfg.reader.parallel) as stream:
+        if manifest_path.exists():
+            old = json.loads(manifest_path.read_text())
+            same = {k: old.get(k) for k in manifest} == manifest
+            if not same:
+                diff = [k for k in manifest if old.get(k) != manifest[k]]
+                raise OutputError(
+                    f"{out}: holds an unfinished run of a different slide or config (differs in: "
+                    f"{', '.join(diff)}); refusing to mix results: pass --overwrite or choose another --out"
+                )
+            segmenter.state = old["segmenter_state"]
+        else:
+            t0 = time.perf_counter()
+            samples = [img for _, img in stream(_sample_tiles(plan))]
+            segmenter.calibrate(samples)
+            del samples
+            timings["calibrate"] = time.perf_counter() - t0
+            manifest["segmenter_state"] = segmenter.state
+            manifest["modality"] = modality
+            write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+
+        ctx = TileContext(
+            slide_key=fingerprint["sha256_head_tail"][:16], scale=plan.scale, mpp0=mpp0,
+            width=plan.width, height=plan.height, channel_names=tuple(reader.channel_names),
+            roi_wkb=shapely.to_wkb(roi) if roi is not None else None,
+        )
+        chunk_size = cfg.tiling.chunk_tiles
+        n_chunks = (len(plan.tiles) + chunk_size - 1) // chunk_size
+        chunk_path = lambda k: work / "chunks" / f"chunk-{k:06d}.parquet"  # noqa: E731
+        pending_tiles = []
+        for k in range(n_chunks):
+            if chunk_path(k).exists():
+                resumed += 1
+            else:
+                pending_tiles.extend(plan.tiles[k * chunk_size : (k + 1) * chunk_size])
+        _process_stream(stream, pending_tiles, segmenter, ctx, chunk_size, chunk_path, timings,
+                        progress, len(plan.tiles), resumed * chunk_size)
+
+    # merge the chunks into the outputs
+    t0 = time.perf_counter()
+    import pyarrow.parquet as pq
+
+    parts = [from_arrow(pq.read_table(chunk_path(k))) for k in range(n_chunks)]
+    parts = [p for p in parts if len(p)]
+    table = pd.concat(parts, ignore_index=True) if parts else empty_table(reader.channel_names)
+    timings["merge"] = time.perf_counter() - t0
+    info = {
+        "slide": str(slide.resolve()),
+        "reader": reader.describe(),
+        "modality": modality,
+        "plan": plan.summary(),
+        "tissue_fraction": tissue.tissue_fraction if tissue is not None else None,
+        "config_name": cfg.name,
+        "segmentation_backend": cfg.segmentation.backend,
+        "segmenter_state": segmenter.state,
+    }
+    outputs = _write_outputs(table, out, cfg, reader, info, timings)
+    timings["total"] = time.perf_counter() - t_start
+    n_touch = int(table["touches_tile_edge"].sum()) if len(table) else 0
+    summary = {
+        "status": "complete",
+        "slidecell_version": __version__,
+        "n_cells": int(len(table)),
+        "n_tiles": len(plan.tiles),
+        "cells_touching_tile_edge": n_touch,
+        "resumed_chunks": resumed,
+        "outputs": {k: str(v.name) for k, v in outputs.items()},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        **info,
+    }
+    write_text_atomic(out / "config.yaml", cfg.to_yaml())
+    write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
+    reader.close()
+    return RunResult(out, int(len(table)), len(plan.tiles), outputs, timings, resumed, summary)
+
+
+def _process_stream(stream, tiles, segmenter, ctx, chunk_size, chunk_path, timings, progress, total, done):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    current: dict[int, list[pd.DataFrame]] = {}
+    remaining: dict[int, int] = {}
+    for t in tiles:
+        k = t.index // chunk_size
+        remaining[k] = remaining.get(k, 0) + 1
+    with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                  TimeRemainingColumn(), disable=not progress, transient=False) as bar:
+        task = bar.add_task("tiles", total=total, completed=done)
+        it = stream(tiles)
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            timings["read_wait"] += time.perf_counter() - t0
+            if item is None:
+                break
+            tile, image = item
+            t0 = time.perf_counter()
+            table = process_tile(tile, image, segmenter, ctx)
+            timings["segment+measure"] += time.perf_counter() - t0
+            k = tile.index // chunk_size
+            current.setdefault(k, []).append(table)
+            remaining[k] -= 1
+            if remaining[k] == 0:
+                t0 = time.perf_counter()
+                _write_chunk(current.pop(k), chunk_path(k), ctx.channel_names)
+                timings["write_chunks"] += time.perf_counter() - t0
+            bar.advance(task)
+
+
+def _write_chunk(tables: list[pd.DataFrame], path: Path, channels) -> None:
+    import pyarrow.parquet as pq
+
+    tables = [t for t in tables if len(t)]
+    table = pd.concat(tables, ignore_index=True) if tables else empty_table(channels)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    pq.write_table(to_arrow(table), tmp)
+    os.replace(tmp, path)
+
+
+def _write_outputs(table: pd.DataFrame, out: Path, cfg: Config, reader: SlideReader, info: dict,
+                   timings: dict) -> dict[str, Path]:
+    outputs: dict[str, Path] = {}
+    t0 = time.perf_counter()
+    if cfg.output.geojson:
+        p = out / OUTPUT_FILES["geojson"]
+        write_qupath_geojson(table, p, offset=reader.bounds_offset, precision=cfg.output.geojson_precision)
+        outputs["geojson"] = p
+    if cfg.output.parquet:
+        p = out / OUTPUT_FILES["parquet"]
+        write_geoparquet(table, p)
+        outputs["parquet"] = p
+    if cfg.output.h5ad:
+        p = out / OUTPUT_FILES["h5ad"]
+        uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
+               "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
+               "reader": info["reader"], "config": cfg.model_dump(mode="json")}
+        write_h5ad(table, p, uns)
+        outputs["h5ad"] = p
+    timings["write_outputs"] = time.perf_counter() - t0
+    return outputs
+
+
+__all__ = ["run", "process_tile", "TileContext", "RunResult", "BASE_COLUMNS"]

@@ -1,0 +1,29 @@
+"""Errors that slidecell reports to users as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class SlidecellError(Exception):
+    """Base class: the message is complete and meant for the user."""
+
+    exit_code = 2
+
+
+class SlideOpenError(SlidecellError):
+    """A slide could not be opened (missing, unsupported, corrupt)."""
+
+
+class SlideReadError(SlidecellError):
+    """A region of an opened slide could not be read (truncated or corrupt data)."""
+
+
+class MissingPixelSizeError(SlidecellError):
+    """The slide does not say how large its pixels are and none was given."""
+
+
+class ConfigError(SlidecellError):
+    """A configuration file or value is invalid."""
+
+
+class OutputError(SlidecellError):
+    """The output directory cannot be used as asked."""

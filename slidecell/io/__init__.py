@@ -1,0 +1,104 @@
+"""Reading slides: :func:`open_slide` picks the reader for a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SlideOpenError
+from .base import ReaderSpec, SlideReader, resize
+from .readers import ImageReader, OpenSlideReader, TiffFileReader, TiffSlideReader, tiff_problems
+
+READERS: dict[str, type[SlideReader]] = {
+    "openslide": OpenSlideReader,
+    "tiffslide": TiffSlideReader,
+    "tifffile": TiffFileReader,
+    "image": ImageReader,
+}
+
+#: formats only OpenSlide reads
+OPENSLIDE_SUFFIXES = {".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}
+TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".qptiff", ".btf", ".tf2", ".tf8"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+SUPPORTED = (
+    "Aperio SVS, Hamamatsu NDPI, MIRAX MRXS, Leica SCN, Ventana BIF, generic tiled TIFF, "
+    "OME-TIFF, Vectra QPTIFF, plain TIFF, PNG, JPEG"
+)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".ome.tif", ".ome.tiff", ".ome.btf")):
+        return ".ome.tif"
+    return path.suffix.lower()
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(8)
+
+
+def open_slide(path, mpp: float | None = None, reader: str = "auto", **options) -> SlideReader:
+    """Open a slide or image and return a :class:`SlideReader`.
+
+    ``mpp`` overrides (or supplies) the level-0 pixel size in µm. ``reader`` forces one of
+    :data:`READERS`; ``"auto"`` chooses by format: tiffslide for SVS and generic pyramidal TIFF
+    (faster decoding), OpenSlide for the vendor formats only it reads, tifffile for OME-TIFF,
+    QPTIFF and plain TIFF, Pillow for PNG/JPEG."""
+    path = Path(path)
+    if mpp is not None and not (mpp > 0):
+        raise SlideOpenError(f"{path}: --mpp must be a positive number of µm per pixel, got {mpp}")
+    if not path.exists():
+        raise SlideOpenError(f"{path}: file not found")
+    if path.is_dir():
+        raise SlideOpenError(f"{path}: is a directory, not a slide file (supported: {SUPPORTED})")
+    if path.stat().st_size == 0:
+        raise SlideOpenError(f"{path}: the file is empty")
+    if reader != "auto":
+        if reader not in READERS:
+            raise SlideOpenError(f"unknown reader {reader!r}; choose one of {sorted(READERS)}")
+        return READERS[reader](path, mpp=mpp, **options)
+
+    suffix = _suffix(path)
+    if suffix in OPENSLIDE_SUFFIXES:
+        return OpenSlideReader(path, mpp=mpp, **options)
+    if suffix in IMAGE_SUFFIXES:
+        return ImageReader(path, mpp=mpp, **options)
+    if suffix in TIFF_SUFFIXES or suffix == ".ome.tif":
+        magic = _magic(path)
+        if magic[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            raise SlideOpenError(f"{path}: not a TIFF file (bad header); supported: {SUPPORTED}")
+        return _open_tiff(path, mpp, **options)
+    raise SlideOpenError(f"{path}: unsupported format {path.suffix or '(no extension)'!r}; supported: {SUPPORTED}")
+
+
+def _open_tiff(path: Path, mpp, **options) -> SlideReader:
+    import tifffile
+
+    with tiff_problems() as problems:
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                if not len(tif.pages) or not tif.series:
+                    detail = f" ({problems[0]})" if problems else ""
+                    raise SlideOpenError(f"{path}: the file is truncated or corrupt: no readable image{detail}")
+                multichannel = tif.is_ome or tif.is_qpi
+                tiled_rgb = False
+                if not multichannel:
+                    s = tif.series[0]
+                    tiled_rgb = s.axes.endswith("S") and s.shape[-1] in (3, 4) and tif.pages[0].is_tiled
+        except SlideOpenError:
+            raise
+        except Exception as exc:
+            raise SlideOpenError(f"{path}: not a readable TIFF: {exc}") from exc
+    if tiled_rgb:
+        # Aperio / generic pyramidal RGB: tiffslide decodes faster than OpenSlide
+        return TiffSlideReader(path, mpp=mpp, **options)
+    return TiffFileReader(path, mpp=mpp, **options)
+
+
+def open_spec(spec: ReaderSpec) -> SlideReader:
+    """Re-open a slide from :meth:`SlideReader.spec` (used by worker processes)."""
+    return READERS[spec.reader](spec.path, mpp=spec.mpp, **spec.options)
+
+
+__all__ = ["open_slide", "open_spec", "SlideReader", "ReaderSpec", "READERS", "SUPPORTED", "resize"]

@@ -1,0 +1,67 @@
+"""Segmentation backends behind one interface, selected by name in the config.
+
+A backend is a :class:`Segmenter` subclass registered in :data:`BACKENDS`. It receives tiles as
+``(height, width, channels)`` arrays at the working resolution and returns an ``int32`` label
+image of the same height and width (0 = background, one positive id per object).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import ConfigError
+
+BACKENDS: dict[str, type["Segmenter"]] = {}
+
+
+def register(cls):
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+class BackendParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Segmenter:
+    """Base class. Subclasses set ``name`` and ``Params`` and implement :meth:`segment`."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type[BackendParams]] = BackendParams
+
+    def __init__(self, params: dict[str, Any] | None, channel_names, modality: str, mpp: float,
+                 nuclear_channels=()):
+        try:
+            self.params = self.Params.model_validate(params or {})
+        except ValidationError as err:
+            from ..config import _format_errors
+
+            raise ConfigError(_format_errors(f"segmentation.params ({self.name})", err)) from None
+        self.channel_names = tuple(channel_names)
+        self.modality = modality
+        self.mpp = float(mpp)
+        self.nuclear_channels = tuple(nuclear_channels)
+        #: values fitted on the slide by :meth:`calibrate`; recorded so a resumed run reuses them
+        self.state: dict[str, Any] = {}
+
+    def calibrate(self, samples: list[np.ndarray]) -> dict[str, Any]:
+        """Fit slide-level values (e.g. a global threshold) on sample tiles so that every tile is
+        segmented the same way. Returns the fitted state."""
+        return self.state
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_channels=()) -> Segmenter:
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown segmentation backend {name!r}; choose one of {sorted(BACKENDS)}")
+    return BACKENDS[name](params, channel_names, modality, mpp, nuclear_channels)
+
+
+from . import watershed  # noqa: E402,F401  (registers the classical backend)
+
+__all__ = ["BACKENDS", "Segmenter", "BackendParams", "get_segmenter", "register"]
