@@ -1,0 +1,220 @@
+"""Readers: real slides from ../shared/data and synthetic pyramids written with tifffile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import CMU1, GENERIC_TIFF, NDPI, QPTIFF, SMALLTIF, need, write_ome_pyramid, write_rgb_pyramid
+from slidecell.errors import MissingPixelSizeError, SlideOpenError, SlideReadError
+from slidecell.io import open_slide, resize
+
+
+# -- real slides -------------------------------------------------------------------------------
+def test_svs_cmu1():
+    r = open_slide(need(CMU1))
+    assert r.name == "tiffslide"
+    assert r.dimensions == (2220, 2967)
+    assert r.level_count == 1
+    assert r.mpp == pytest.approx(0.499)
+    assert r.channel_names == ("Red", "Green", "Blue")
+    region = r.read_region(1000, 1000, 64, 32)
+    assert region.shape == (32, 64, 3) and region.dtype == np.uint8
+    # the same pixels through OpenSlide
+    o = open_slide(CMU1, reader="openslide")
+    assert np.array_equal(o.read_region(1000, 1000, 64, 32), region)
+
+
+def test_svs_outside_the_slide_is_white():
+    r = open_slide(need(CMU1))
+    region = r.read_region(2200, 2950, 40, 40)
+    assert region.shape == (40, 40, 3)
+    assert (region[25:, :] == 255).all() and (region[:, 25:] == 255).all()
+
+
+def test_ndpi_seven_levels():
+    r = open_slide(need(NDPI))
+    assert r.name == "openslide"
+    assert r.level_count == 7
+    assert r.dimensions == (3968, 4864)
+    assert r.level_downsamples == (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    assert r.mpp == pytest.approx(0.228175, rel=1e-4)
+    # level choice: 1 µm/px → level 2 (0.91 µm/px), 0.5 → level 1 (0.456)
+    assert r.best_level(1.0) == 2 and r.best_level(0.5) == 1 and r.best_level(0.2) == 0
+    assert r.best_level(100.0) == 6
+    lv3 = r.read_region(0, 0, 62, 76, level=6)
+    assert lv3.shape == (76, 62, 3)
+    # level 1 agrees with level 0 averaged 2x2 (same scan, different JPEG pyramid level)
+    a0 = r.read_region(1600, 2000, 256, 256, 0).astype(np.float32)
+    a1 = r.read_region(1600, 2000, 128, 128, 1).astype(np.float32)
+    down = a0.reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
+    assert np.abs(down - a1).mean() < 4.0
+
+
+def test_qptiff_channels():
+    r = open_slide(need(QPTIFF))
+    assert r.name == "tifffile"
+    assert r.channel_names == ("DAPI", "FITC", "Cy3")
+    assert r.dimensions == (1920, 1440)
+    assert r.modality == "fluorescence"
+    assert r.mpp == pytest.approx(0.4965, rel=1e-3)
+    with tifffile.TiffFile(QPTIFF) as tif:
+        raw = tif.series[0].asarray()  # (3, 1440, 1920)
+    region = r.read_region(500, 600, 50, 40)
+    assert np.array_equal(region, raw[:, 600:640, 500:550].transpose(1, 2, 0))
+
+
+def test_generic_pyramid_tiff():
+    r = open_slide(need(GENERIC_TIFF))
+    assert r.level_dimensions == ((300, 250), (150, 125), (75, 62), (37, 31))
+    assert r.mpp == pytest.approx(352.858, rel=1e-4)
+    o = open_slide(GENERIC_TIFF, reader="openslide")
+    assert np.array_equal(o.read_region(0, 0, 75, 62, 2), r.read_region(0, 0, 75, 62, 2))
+
+
+def test_tiff_without_pixel_size_needs_mpp():
+    r = open_slide(need(SMALLTIF))
+    assert not r.mpp_known
+    with pytest.raises(MissingPixelSizeError, match="--mpp"):
+        _ = r.mpp
+    assert open_slide(SMALLTIF, mpp=0.5).mpp == 0.5
+
+
+# -- synthetic pyramids ----------------------------------------------------------------------------
+def test_ome_pyramid_named_channels(tmp_path, rng):
+    data = rng.integers(0, 60000, (5, 700, 900), dtype=np.uint16)
+    names = ["DAPI", "CD3", "CD8", "PanCK", "CD8"]
+    pyramid = write_ome_pyramid(tmp_path / "s.ome.tif", data, names, mpp=0.325)
+    r = open_slide(tmp_path / "s.ome.tif")
+    assert r.name == "tifffile"
+    assert r.channel_names == ("DAPI", "CD3", "CD8", "PanCK", "CD8_1")  # duplicates made unique
+    assert r.mpp == pytest.approx(0.325)
+    assert r.level_dimensions == ((900, 700), (450, 350), (225, 175))
+    assert r.dtype == np.uint16
+    for level in range(3):
+        ds = 2**level
+        got = r.read_region(64 * ds, 32 * ds, 40, 30, level)
+        assert np.array_equal(got, pyramid[level][:, 32:62, 64:104].transpose(1, 2, 0))
+    # reading at a coarser µm/px comes from the matching level without resampling
+    assert np.array_equal(r.read(64 * 4, 32 * 4, 40, 30, mpp=1.3), pyramid[2][:, 32:62, 64:104].transpose(1, 2, 0))
+
+
+def test_flat_ome_tiff_nm_units(tmp_path, rng):
+    data = rng.integers(0, 255, (3, 100, 120), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "f.ome.tiff", data, ome=True, metadata={
+        "axes": "CYX", "Channel": {"Name": ["Hoechst", "CD45", "Ki67"]},
+        "PhysicalSizeX": 650.0, "PhysicalSizeXUnit": "nm"})
+    r = open_slide(tmp_path / "f.ome.tiff")
+    assert r.channel_names == ("Hoechst", "CD45", "Ki67")
+    assert r.mpp == pytest.approx(0.65)
+    assert r.level_count == 1
+    assert np.array_equal(r.read_region(0, 0, 120, 100), data.transpose(1, 2, 0))
+
+
+def test_jpeg_tiled_rgb_pyramid(tmp_path, rng):
+    base = np.kron(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8), np.ones((25, 25, 1), np.uint8))
+    write_rgb_pyramid(tmp_path / "p.tif", base, mpp=0.25, levels=3)
+    r = open_slide(tmp_path / "p.tif")
+    assert r.name == "tiffslide"
+    assert r.level_dimensions == ((1200, 1000), (600, 500), (300, 250))
+    assert r.mpp == pytest.approx(0.25)
+    region = r.read_region(300, 200, 200, 100).astype(int)
+    err = np.abs(region - base[200:300, 300:500]).mean()  # JPEG (chroma-subsampled) noise
+    shifted = np.abs(region - base[200:300, 325:525]).mean()  # one colour block off
+    assert err < 8 and shifted > 5 * err
+    o = open_slide(tmp_path / "p.tif", reader="openslide")
+    assert np.array_equal(o.read_region(300, 200, 200, 100, 1), r.read_region(300, 200, 200, 100, 1))
+
+
+def test_read_at_mpp_resamples(tmp_path):
+    # vertical stripes 4 px wide at 0.25 µm/px → 2 px wide at 0.5 µm/px, 1.33 px at 0.75
+    x = np.arange(800)
+    stripes = np.where((x // 4) % 2 == 0, 200, 40).astype(np.uint8)
+    img = np.broadcast_to(stripes[None, :, None], (600, 800, 3)).copy()
+    write_rgb_pyramid(tmp_path / "s.tif", img, mpp=0.25, levels=1, compression="zlib")
+    r = open_slide(tmp_path / "s.tif")
+    half = r.read(0, 0, 400, 300, mpp=0.5)
+    assert half.shape == (300, 400, 3)
+    assert np.array_equal(half[0, :8, 0], [200, 200, 40, 40, 200, 200, 40, 40])
+    odd = r.read(0, 0, 200, 150, mpp=1.0)  # 4:1 box average of 4-px stripes: alternating
+    assert odd.shape == (150, 200, 3)
+    assert set(np.unique(odd[:, :, 0])) == {40, 200}
+    assert resize(np.zeros((10, 10, 5), np.uint16), 20, 30).shape == (30, 20, 5)
+
+
+def test_png_and_jpeg(tmp_path, rng):
+    arr = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    r = open_slide(tmp_path / "a.png", mpp=0.5)
+    assert r.name == "image" and r.dimensions == (70, 50) and r.mpp == 0.5
+    assert np.array_equal(r.read_region(0, 0, 70, 50), arr)
+    gray = rng.integers(0, 255, (40, 30), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.jpg")
+    g = open_slide(tmp_path / "g.jpg")
+    assert g.channel_names == ("Channel 0",) and g.modality == "fluorescence"
+    with pytest.raises(MissingPixelSizeError):
+        _ = g.mpp
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(SlideOpenError, match="file not found"):
+        open_slide(tmp_path / "nope.svs")
+
+
+def test_not_a_slide(tmp_path):
+    p = tmp_path / "notes.svs"
+    p.write_text("hello, I am text")
+    with pytest.raises(SlideOpenError, match="not a TIFF"):
+        open_slide(p)
+    q = tmp_path / "table.csv"
+    q.write_text("a,b\n1,2\n")
+    with pytest.raises(SlideOpenError, match="unsupported format '.csv'.*Aperio SVS"):
+        open_slide(q)
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(SlideOpenError, match="empty"):
+        open_slide(empty)
+    bad_png = tmp_path / "x.png"
+    bad_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(SlideOpenError, match="not a readable image"):
+        open_slide(bad_png)
+
+
+@pytest.mark.parametrize("keep", [500_000, 1_500_000])
+def test_truncated_svs(tmp_path, keep):
+    data = need(CMU1).read_bytes()
+    p = tmp_path / "cut.svs"
+    p.write_bytes(data[:keep])
+    with pytest.raises(SlideOpenError, match="truncated or corrupt"):
+        open_slide(p)
+
+
+def test_truncated_ome(tmp_path, rng):
+    write_ome_pyramid(tmp_path / "s.ome.tif", rng.integers(0, 255, (2, 300, 300), dtype=np.uint8),
+                      ["DAPI", "CD3"], 0.5, levels=1, compression="zlib")
+    data = (tmp_path / "s.ome.tif").read_bytes()
+    # an OME-TIFF written by tifffile keeps its header first: cutting the tail loses tile data
+    (tmp_path / "cut.ome.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideOpenError, match="truncated or corrupt"):
+        open_slide(tmp_path / "cut.ome.tif")
+
+
+def test_corrupt_tile_data_is_a_read_error(tmp_path, rng):
+    base = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    write_rgb_pyramid(tmp_path / "p.tif", base, mpp=0.5, levels=1)
+    with tifffile.TiffFile(tmp_path / "p.tif") as tif:
+        off, cnt = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    raw = bytearray((tmp_path / "p.tif").read_bytes())
+    raw[off : off + cnt] = b"\x00" * cnt  # wipe the first JPEG tile
+    (tmp_path / "bad.tif").write_bytes(bytes(raw))
+    r = open_slide(tmp_path / "bad.tif")
+    with pytest.raises(SlideReadError, match="bad.tif: cannot read region"):
+        r.read_region(0, 0, 100, 100)
+
+
+def test_bad_mpp(tmp_path):
+    with pytest.raises(SlideOpenError, match="positive"):
+        open_slide(need(CMU1), mpp=-1)
