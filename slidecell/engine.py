@@ -149,11 +149,25 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
 
 
-def _sample_tiles(plan: TilePlan, n: int = 8) -> list[Tile]:
-    if not plan.tiles:
+def calibration_windows(plan: TilePlan, tissue, roi=None, n: int = 8, size: int = 512,
+                        min_fraction: float = 0.01) -> list[Tile]:
+    """Windows on which the segmenter fits its slide-level values: ``n`` windows of ``size``
+    working pixels spread over the tissue, on a grid that does not depend on the tile size, so a
+    different tiling of the same slide is segmented identically."""
+    cands = []
+    for y in range(0, plan.height, size):
+        for x in range(0, plan.width, size):
+            w, h = min(size, plan.width - x), min(size, plan.height - y)
+            x0, y0, x1, y1 = x * plan.scale, y * plan.scale, (x + w) * plan.scale, (y + h) * plan.scale
+            if tissue is not None and tissue.fraction(x0, y0, x1, y1) < max(min_fraction, 0.05):
+                continue
+            if roi is not None and not roi.intersects(shapely.box(x0, y0, x1, y1)):
+                continue
+            cands.append(Tile(len(cands), 0, 0, x, y, w, h, (x, y, x + w, y + h)))
+    if not cands:
         return []
-    idx = np.unique(np.linspace(0, len(plan.tiles) - 1, min(n, len(plan.tiles))).round().astype(int))
-    return [plan.tiles[i] for i in idx]
+    idx = np.unique(np.linspace(0, len(cands) - 1, min(n, len(cands))).round().astype(int))
+    return [cands[i] for i in idx]
 
 
 def run(
@@ -226,7 +240,8 @@ def run(
             segmenter.state = old["segmenter_state"]
         else:
             t0 = time.perf_counter()
-            samples = [img for _, img in stream(_sample_tiles(plan))]
+            windows = calibration_windows(plan, tissue, roi, min_fraction=cfg.tissue.min_fraction)
+            samples = [img for _, img in stream(windows)]
             segmenter.calibrate(samples)
             del samples
             timings["calibrate"] = time.perf_counter() - t0
