@@ -30,7 +30,7 @@ class ReaderConfig(Strict):
     workers: int = Field(2, ge=1, le=64)
     #: tiles read ahead of the consumer (bounds memory: prefetch × tile bytes)
     prefetch: int = Field(4, ge=1, le=256)
-    #: "auto" uses the reader's preference (threads for OpenSlide, processes for tifffile-based)
+    #: "auto" uses the reader's preference (threads, measured fastest on every reader here)
     parallel: Literal["auto", "threads", "processes"] = "auto"
 
 

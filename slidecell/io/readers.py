@@ -138,7 +138,9 @@ class TiffSlideReader(SlideReader):
     decodes faster than OpenSlide for these."""
 
     name = "tiffslide"
-    parallel = "processes"
+    # measured (benchmarks/RESULTS.md): threads deliver raw speed with one worker; processes pay
+    # for shipping each tile back (0.5x raw with one worker), so threads are the default
+    parallel = "threads"
 
     def __init__(self, path, mpp: float | None = None, **options):
         import tiffslide
@@ -192,7 +194,7 @@ class TiffFileReader(SlideReader):
     a region needs (through tifffile's zarr store)."""
 
     name = "tifffile"
-    parallel = "processes"
+    parallel = "threads"
 
     def __init__(self, path, mpp: float | None = None, series: int | None = None, **options):
         import tifffile

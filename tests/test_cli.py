@@ -1,0 +1,84 @@
+"""The command line: one-line errors with a non-zero exit for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CMU1, SMALLTIF, need
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "slidecell.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(res, *fragments):
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("slidecell: error: ")
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(cli("run", tmp_path / "nope.svs", "-o", tmp_path / "o"), "nope.svs", "file not found")
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_a_slide(tmp_path):
+    p = tmp_path / "slide.svs"
+    p.write_bytes(b"<html>not a slide</html>")
+    assert_one_line_error(cli("run", p, "-o", tmp_path / "o"), "slide.svs", "not a TIFF")
+
+
+def test_unsupported_format_lists_formats(tmp_path):
+    p = tmp_path / "cells.csv"
+    p.write_text("x,y\n")
+    assert_one_line_error(cli("run", p), "cells.csv", "unsupported format", "Aperio SVS", "OME-TIFF")
+
+
+def test_truncated_tiff(tmp_path):
+    p = tmp_path / "cut.svs"
+    p.write_bytes(need(CMU1).read_bytes()[:900_000])
+    assert_one_line_error(cli("run", p, "-o", tmp_path / "o"), "cut.svs", "truncated or corrupt")
+
+
+def test_slide_without_pixel_size(tmp_path):
+    res = cli("run", need(SMALLTIF), "-o", tmp_path / "o")
+    assert_one_line_error(res, "smalltif.tif", "--mpp")
+    ok = cli("run", SMALLTIF, "--mpp", "0.5", "-o", tmp_path / "o2", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "o2" / "run.json").read_text())["reader"]["mpp"] == 0.5
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiling:\n  tile_size: 10\nfoo: 1\n")
+    assert_one_line_error(cli("run", need(CMU1), "-c", bad, "-o", tmp_path / "o"),
+                          "bad.yaml", "'tiling.tile_size' = 10", "unknown key 'foo'")
+    assert_one_line_error(cli("run", CMU1, "-c", "no-such-preset"), "no-such-preset", "file not found")
+    assert_one_line_error(cli("run", CMU1, "--roi", "1,2,3"), "--roi")
+
+
+def test_finished_output_needs_overwrite(tmp_path):
+    out = tmp_path / "o"
+    first = cli("run", need(CMU1), "-o", out, "-q", "--roi", "900,1300,500,500")
+    assert first.returncode == 0, first.stderr
+    assert "cells from" in first.stdout and str(out / "cells.geojson") in first.stdout
+    assert_one_line_error(cli("run", CMU1, "-o", out, "--roi", "900,1300,500,500"), "already holds a finished run", "--overwrite")
+    again = cli("run", CMU1, "-o", out, "-q", "--overwrite", "--roi", "900,1300,500,500")
+    assert again.returncode == 0
+
+
+def test_usage_error_and_info():
+    res = cli("run")
+    assert res.returncode == 2 and "Missing argument" in res.stderr and "Traceback" not in res.stderr
+    info = cli("info", need(CMU1))
+    assert info.returncode == 0
+    assert json.loads(info.stdout)["dimensions"] == [2220, 2967]
