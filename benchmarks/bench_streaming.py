@@ -68,7 +68,7 @@ def time_stream(reader, plan, workers, parallel):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=8192)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     cache = HERE / ".cache"
     cache.mkdir(exist_ok=True)

@@ -169,6 +169,32 @@ class TiffSlideReader(SlideReader):
         self.dtype = np.dtype(series.dtype)
         self.modality = "brightfield"
         self.properties = dict(props)
+        # fast path: decode the needed tiles ourselves (pread + tifffile's decoder, which releases
+        # the GIL) so that reader threads run in parallel; tiffslide's zarr path serializes them
+        self._pages = None
+        levels = series.levels
+        if len(levels) == self.level_count and all(
+            len(lv.pages) == 1 and lv.keyframe.is_tiled and lv.keyframe.planarconfig == 1 for lv in levels
+        ):
+            self._pages = [lv.keyframe for lv in levels]
+            self._fd = os.open(self.path, os.O_RDONLY)
+
+    def _read_tiles(self, page, lx, ly, cw, ch) -> np.ndarray:
+        """Pixels [ly, ly+ch) × [lx, lx+cw) of a tiled page, decoding only the tiles they touch."""
+        th, tw = page.tilelength, page.tilewidth
+        across = -(-page.imagewidth // tw)
+        out = np.empty((ch, cw, page.samplesperpixel), dtype=page.dtype)
+        for ty in range(ly // th, (ly + ch - 1) // th + 1):
+            for tx in range(lx // tw, (lx + cw - 1) // tw + 1):
+                idx = ty * across + tx
+                count = page.databytecounts[idx]
+                data = os.pread(self._fd, count, page.dataoffsets[idx]) if count else None
+                seg, _, _ = page.decode(data, idx, jpegtables=page.jpegtables)
+                seg = seg.reshape(seg.shape[-3:]) if seg is not None else np.zeros((th, tw, out.shape[2]), out.dtype)
+                y0, x0 = max(ly, ty * th), max(lx, tx * tw)
+                y1, x1 = min(ly + ch, (ty + 1) * th), min(lx + cw, (tx + 1) * tw)
+                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = seg[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+        return out
 
     def _read_level(self, x, y, w, h, level):
         lw, lh = self.level_dimensions[level]
@@ -177,6 +203,9 @@ class TiffSlideReader(SlideReader):
         if box is None:
             return np.full((h, w, 3), self.background_value(), dtype=self.dtype)
         lx, ly, cw, ch, ox, oy = box
+        if self._pages is not None:
+            region = self._read_tiles(self._pages[level], lx, ly, cw, ch)[:, :, :3]
+            return region if (cw, ch) == (w, h) else pad_to(region, w, h, ox, oy, self.background_value())
         region = self._slide.read_region(
             (int(round(lx * ds)), int(round(ly * ds))), level, (cw, ch), as_array=True
         )[:, :, :3]
@@ -185,6 +214,9 @@ class TiffSlideReader(SlideReader):
         return pad_to(region, w, h, ox, oy, self.background_value())
 
     def close(self):
+        if self._pages is not None:
+            os.close(self._fd)
+            self._pages = None
         self._slide.close()
 
 
