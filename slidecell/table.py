@@ -78,7 +78,7 @@ def from_arrow(at) -> pd.DataFrame:
     return df
 
 
-def to_geodataframe(table: pd.DataFrame, mpp: float | None = None):
+def to_geodataframe(table: pd.DataFrame):
     import geopandas as gpd
 
     return gpd.GeoDataFrame(table.drop(columns=["geometry"]), geometry=list(table["geometry"]), crs=None)

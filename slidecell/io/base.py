@@ -52,6 +52,12 @@ class SlideReader:
     _mpp_override: float | None = None
     _options: dict
 
+    def _setup(self, path, mpp: float | None, options: dict) -> None:
+        """Common constructor part: the path, a user-given pixel size, reader options."""
+        self.path = Path(path)
+        self._mpp_override = mpp
+        self._options = dict(options)
+
     # -- metadata -------------------------------------------------------------------
     @property
     def level_count(self) -> int:

@@ -97,9 +97,7 @@ class OpenSlideReader(SlideReader):
     def __init__(self, path, mpp: float | None = None, **options):
         import openslide
 
-        self.path = Path(path)
-        self._options = options
-        self._mpp_override = mpp
+        self._setup(path, mpp, options)
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except Exception as exc:
@@ -138,16 +136,14 @@ class TiffSlideReader(SlideReader):
     decodes faster than OpenSlide for these."""
 
     name = "tiffslide"
-    # measured (benchmarks/RESULTS.md): threads deliver raw speed with one worker; processes pay
-    # for shipping each tile back (0.5x raw with one worker), so threads are the default
+    # measured (benchmarks/RESULTS.md): threads deliver raw speed with one worker and scale; processes
+    # pay for shipping each tile back (0.38x raw with one worker), so threads are the default
     parallel = "threads"
 
     def __init__(self, path, mpp: float | None = None, **options):
         import tiffslide
 
-        self.path = Path(path)
-        self._options = options
-        self._mpp_override = mpp
+        self._setup(path, mpp, options)
         with tiff_problems():
             try:
                 self._slide = tiffslide.TiffSlide(str(self.path))
@@ -231,9 +227,7 @@ class TiffFileReader(SlideReader):
     def __init__(self, path, mpp: float | None = None, series: int | None = None, **options):
         import tifffile
 
-        self.path = Path(path)
-        self._options = dict(options, **({"series": series} if series is not None else {}))
-        self._mpp_override = mpp
+        self._setup(path, mpp, dict(options, **({"series": series} if series is not None else {})))
         with tiff_problems() as problems:
             try:
                 self._tif = tifffile.TiffFile(str(self.path))
@@ -407,9 +401,7 @@ class ImageReader(SlideReader):
     def __init__(self, path, mpp: float | None = None, **options):
         from PIL import Image, UnidentifiedImageError
 
-        self.path = Path(path)
-        self._options = options
-        self._mpp_override = mpp
+        self._setup(path, mpp, options)
         self._mpp = None  # pixel sizes in PNG/JPEG headers are screen dpi, not microscope µm
         try:
             with Image.open(self.path) as im:
