@@ -190,7 +190,12 @@ def run(
     cfg = config if isinstance(config, Config) else load_config(config)
     slide = Path(slide)
     out = Path(out)
-    reader = open_slide(slide, mpp=mpp, reader=cfg.reader.backend)
+    with open_slide(slide, mpp=mpp, reader=cfg.reader.backend) as reader:  # closed on every path
+        return _run(reader, slide, cfg, out, mpp, overwrite, roi, progress, t_start)
+
+
+def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrite, roi, progress,
+         t_start) -> RunResult:
     mpp0 = reader.mpp  # raises MissingPixelSizeError with the file name
     _prepare_out(out, overwrite)
     work = out / WORK_DIR
@@ -300,7 +305,6 @@ def run(
     }
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
-    reader.close()
     return RunResult(out, int(len(table)), len(plan.tiles), outputs, timings, resumed, summary)
 
 

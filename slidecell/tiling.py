@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+import shapely
 from scipy import ndimage as ndi
 
 from .io import ReaderSpec, SlideReader, open_spec
@@ -58,10 +59,6 @@ class TilePlan:
     def level0_origin(self, tile: Tile) -> tuple[int, int]:
         return int(round(tile.x * self.scale)), int(round(tile.y * self.scale))
 
-    def to_level0(self, gx, gy):
-        """Working-resolution global coordinates → level-0 pixel coordinates."""
-        return np.asarray(gx) * self.scale, np.asarray(gy) * self.scale
-
     def summary(self) -> dict:
         return {
             "mpp": self.mpp, "requested_mpp": self.requested_mpp, "scale": self.scale,
@@ -102,12 +99,8 @@ def plan_tiles(
     width, height = max(1, int(math.floor(w0 / scale + 1e-9))), max(1, int(math.floor(h0 / scale + 1e-9)))
     overlap = int(math.ceil(overlap_um / use_mpp))
     ncol, nrow = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    roi_prepared = None
     if roi is not None:
-        import shapely
-
-        roi_prepared = roi
-        shapely.prepare(roi_prepared)
+        shapely.prepare(roi)
     tiles: list[Tile] = []
     for r in range(nrow):
         for c in range(ncol):
@@ -115,11 +108,8 @@ def plan_tiles(
             x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
             if tissue is not None and tissue.fraction(x0 * scale, y0 * scale, x1 * scale, y1 * scale) < min_tissue_fraction:
                 continue
-            if roi_prepared is not None:
-                import shapely
-
-                if not roi_prepared.intersects(shapely.box(x0 * scale, y0 * scale, x1 * scale, y1 * scale)):
-                    continue
+            if roi is not None and not roi.intersects(shapely.box(x0 * scale, y0 * scale, x1 * scale, y1 * scale)):
+                continue
             rx0, ry0 = max(0, x0 - overlap), max(0, y0 - overlap)
             rx1, ry1 = min(width, x1 + overlap), min(height, y1 + overlap)
             tiles.append(Tile(len(tiles), r, c, rx0, ry0, rx1 - rx0, ry1 - ry0, (x0, y0, x1, y1)))

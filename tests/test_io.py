@@ -93,6 +93,7 @@ def test_ome_pyramid_named_channels(tmp_path, rng):
     assert r.mpp == pytest.approx(0.325)
     assert r.level_dimensions == ((900, 700), (450, 350), (225, 175))
     assert r.dtype == np.uint16
+    assert r._pages is not None  # tiled channel pages: decoded directly, not through zarr
     for level in range(3):
         ds = 2**level
         got = r.read_region(64 * ds, 32 * ds, 40, 30, level)

@@ -88,6 +88,45 @@ def check_tiff_complete(path: Path, tif) -> None:
                 )
 
 
+def tiled_pages(levels) -> list[list] | None:
+    """For each pyramid level, its tiled pages (one per channel, or one interleaved RGB page), when
+    every level is stored that way; ``None`` otherwise (strips, odd layouts)."""
+    out = []
+    for lv in levels:
+        pages = list(lv.pages)
+        if not pages or any(p is None for p in pages):
+            return None
+        keys = [getattr(p, "keyframe", None) or p for p in pages]  # a TiffFrame decodes with its keyframe
+        if not all(k.is_tiled and k.planarconfig == 1 for k in keys):
+            return None
+        if len(pages) > 1 and any(k.samplesperpixel != 1 for k in keys):
+            return None
+        out.append(pages)
+    return out
+
+
+def read_tiled_page(fd: int, page, lx: int, ly: int, cw: int, ch: int) -> np.ndarray:
+    """Pixels [ly, ly+ch) × [lx, lx+cw) of a tiled TIFF page as (ch, cw, samples), reading and
+    decoding only the tiles they touch. Uses ``os.pread`` (no shared file position) and tifffile's
+    decoder, which releases the GIL, so reader threads run in parallel; tiffslide's and tifffile's
+    zarr paths funnel every read through one thread."""
+    key = getattr(page, "keyframe", None) or page  # geometry and decoder; offsets are the page's own
+    th, tw = key.tilelength, key.tilewidth
+    across = -(-key.imagewidth // tw)
+    out = np.empty((ch, cw, key.samplesperpixel), dtype=key.dtype)
+    for ty in range(ly // th, (ly + ch - 1) // th + 1):
+        for tx in range(lx // tw, (lx + cw - 1) // tw + 1):
+            idx = ty * across + tx
+            count = page.databytecounts[idx]
+            data = os.pread(fd, count, page.dataoffsets[idx]) if count else None
+            seg, _, _ = key.decode(data, idx, jpegtables=key.jpegtables)
+            seg = seg.reshape(seg.shape[-3:]) if seg is not None else np.zeros((th, tw, out.shape[2]), out.dtype)
+            y0, x0 = max(ly, ty * th), max(lx, tx * tw)
+            y1, x1 = min(ly + ch, (ty + 1) * th), min(lx + cw, (tx + 1) * tw)
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = seg[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+    return out
+
+
 class OpenSlideReader(SlideReader):
     """Aperio SVS, Hamamatsu NDPI, MIRAX, Leica SCN, Ventana BIF, generic tiled TIFF via OpenSlide."""
 
@@ -165,32 +204,11 @@ class TiffSlideReader(SlideReader):
         self.dtype = np.dtype(series.dtype)
         self.modality = "brightfield"
         self.properties = dict(props)
-        # fast path: decode the needed tiles ourselves (pread + tifffile's decoder, which releases
-        # the GIL) so that reader threads run in parallel; tiffslide's zarr path serializes them
-        self._pages = None
-        levels = series.levels
-        if len(levels) == self.level_count and all(
-            len(lv.pages) == 1 and lv.keyframe.is_tiled and lv.keyframe.planarconfig == 1 for lv in levels
-        ):
-            self._pages = [lv.keyframe for lv in levels]
+        # decode the needed tiles ourselves so reader threads run in parallel (read_tiled_page)
+        pages = tiled_pages(series.levels) if len(series.levels) == self.level_count else None
+        self._pages = [lv[0] for lv in pages] if pages and all(len(lv) == 1 for lv in pages) else None
+        if self._pages is not None:
             self._fd = os.open(self.path, os.O_RDONLY)
-
-    def _read_tiles(self, page, lx, ly, cw, ch) -> np.ndarray:
-        """Pixels [ly, ly+ch) × [lx, lx+cw) of a tiled page, decoding only the tiles they touch."""
-        th, tw = page.tilelength, page.tilewidth
-        across = -(-page.imagewidth // tw)
-        out = np.empty((ch, cw, page.samplesperpixel), dtype=page.dtype)
-        for ty in range(ly // th, (ly + ch - 1) // th + 1):
-            for tx in range(lx // tw, (lx + cw - 1) // tw + 1):
-                idx = ty * across + tx
-                count = page.databytecounts[idx]
-                data = os.pread(self._fd, count, page.dataoffsets[idx]) if count else None
-                seg, _, _ = page.decode(data, idx, jpegtables=page.jpegtables)
-                seg = seg.reshape(seg.shape[-3:]) if seg is not None else np.zeros((th, tw, out.shape[2]), out.dtype)
-                y0, x0 = max(ly, ty * th), max(lx, tx * tw)
-                y1, x1 = min(ly + ch, (ty + 1) * th), min(lx + cw, (tx + 1) * tw)
-                out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = seg[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
-        return out
 
     def _read_level(self, x, y, w, h, level):
         lw, lh = self.level_dimensions[level]
@@ -200,7 +218,7 @@ class TiffSlideReader(SlideReader):
             return np.full((h, w, 3), self.background_value(), dtype=self.dtype)
         lx, ly, cw, ch, ox, oy = box
         if self._pages is not None:
-            region = self._read_tiles(self._pages[level], lx, ly, cw, ch)[:, :, :3]
+            region = read_tiled_page(self._fd, self._pages[level], lx, ly, cw, ch)[:, :, :3]
             return region if (cw, ch) == (w, h) else pad_to(region, w, h, ox, oy, self.background_value())
         region = self._slide.read_region(
             (int(round(lx * ds)), int(round(ly * ds))), level, (cw, ch), as_array=True
@@ -219,7 +237,8 @@ class TiffSlideReader(SlideReader):
 class TiffFileReader(SlideReader):
     """OME-TIFF (pyramidal or flat, channel names from OME-XML), Vectra QPTIFF (channel names from
     each page's XML) and plain single- or multi-channel TIFF via tifffile, reading only the tiles
-    a region needs (through tifffile's zarr store)."""
+    a region needs: decoded directly (:func:`read_tiled_page`) when every level is stored as tiled
+    pages, through tifffile's zarr store otherwise (strips, interleaved multi-channel)."""
 
     name = "tifffile"
     parallel = "threads"
@@ -266,6 +285,13 @@ class TiffFileReader(SlideReader):
             names = list(RGB_NAMES) if rgb and n_channels == 3 else [f"Channel {i}" for i in range(n_channels)]
         self.channel_names = tuple(self._dedupe(names))
         self._zarr: dict[int, object] = {}
+        # one tiled page per channel (or one interleaved RGB page) per level: decode tiles directly
+        pages = tiled_pages(s.levels)
+        n_pages = 1 if rgb or n_channels == 1 else n_channels
+        planar = n_pages == 1 or self._axes_map["c"] < self._axes_map["y"]  # one page per channel
+        self._pages = pages if pages and planar and all(len(lv) == n_pages for lv in pages) else None
+        if self._pages is not None:
+            self._fd = os.open(self.path, os.O_RDONLY)
 
     # -- metadata helpers -------------------------------------------------------------
     def _map_axes(self, axes: str, shape) -> dict:
@@ -367,6 +393,12 @@ class TiffFileReader(SlideReader):
         if box is None:
             return np.full((h, w, n), self.background_value(), dtype=self.dtype)
         lx, ly, cw, ch, ox, oy = box
+        if self._pages is not None:
+            parts = [read_tiled_page(self._fd, page, lx, ly, cw, ch) for page in self._pages[level]]
+            data = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+            if self._axes_map["rgb"] and data.shape[2] == 4:
+                data = data[:, :, :3]
+            return data if (cw, ch) == (w, h) else pad_to(data, w, h, ox, oy, self.background_value())
         am = self._axes_map
         index: list = [0] * am["ndim"]
         index[am["y"]] = slice(ly, ly + ch)
@@ -389,6 +421,9 @@ class TiffFileReader(SlideReader):
         return pad_to(data, w, h, ox, oy, self.background_value())
 
     def close(self):
+        if self._pages is not None:
+            os.close(self._fd)
+            self._pages = None
         self._tif.close()
 
 
