@@ -80,6 +80,40 @@ def info(
 
 
 @app.command()
+def train(
+    config: Path = typer.Argument(..., help="training config (YAML), e.g. configs/train/nuclei.yaml"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder: checkpoints, metrics.jsonl, model.safetensors"),
+    data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
+    ship: bool = typer.Option(False, "--ship", help="copy the best model into the package with its model card"),
+    evaluation: Optional[Path] = typer.Option(None, "--evaluation", help="evaluation.json to cite in the model card"),
+):
+    """Train the built-in nucleus model; rerun the same command to resume after an interruption."""
+    from .train import ship as ship_model
+    from .train import train as train_model
+
+    path = train_model(config, out, data_root=data)
+    typer.echo(f"best model: {path}")
+    if ship:
+        for p in ship_model(out, evaluation):
+            typer.echo(f"  shipped {p}")
+
+
+@app.command()
+def evaluate(
+    config: Path = typer.Argument(Path("configs/evaluate.yaml"), help="evaluation config (YAML)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write evaluation.json and evaluation.md here"),
+    data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
+    backend: Optional[list[str]] = typer.Option(None, "--backend", "-b", help="only these backends (labels)"),
+):
+    """Score every configured backend on labelled images: mSA, F1@0.5, PQ, AJI, s/MP."""
+    from .evaluate import evaluate as run_eval
+
+    run_eval(config, out, data_root=data, only=backend)
+    if out is not None:
+        typer.echo(f"  written {out / 'evaluation.md'}")
+
+
+@app.command()
 def version():
     """Print the slidecell version."""
     from . import __version__

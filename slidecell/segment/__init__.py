@@ -55,6 +55,10 @@ class Segmenter:
     def segment(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def segment_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Several tiles at once; backends with a batched model override this."""
+        return [self.segment(im) for im in images]
+
 
 def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_channels=()) -> Segmenter:
     if name not in BACKENDS:
@@ -63,5 +67,7 @@ def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_chann
 
 
 from . import watershed  # noqa: E402,F401  (registers the classical backend)
+from . import builtin  # noqa: E402,F401  (registers the built-in model)
+from . import cellpose  # noqa: E402,F401  (registers Cellpose when installed)
 
 __all__ = ["BACKENDS", "Segmenter", "BackendParams", "get_segmenter", "register"]

@@ -1,0 +1,164 @@
+"""The built-in nucleus model as a segmentation backend (``backend: builtin``).
+
+Shipped variants (``params.model``): ``nuclei`` (default; trained on CC0/CC BY data only) and
+``nuclei-research`` (adds non-commercial and unlicensed sets; research use only). A path to a
+``.safetensors`` file written by ``slidecell train`` works too. Model cards sit beside the
+weights in ``weights/``.
+
+Tiles at another µm/px than the model's are resampled to it; the output maps are resampled back
+and post-processed at the tile's resolution.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from ...errors import ConfigError
+from .. import BackendParams, Segmenter, register
+from ..watershed import nuclear_channel_indices
+from .inputs import fit_range, model_input, nuclear_signal
+from .model import SHIPPED, PostParams, Predictor
+from .postprocess import maps_to_labels
+
+_CACHE: dict[tuple, Predictor] = {}
+_LOCK = threading.Lock()
+
+
+class BuiltinParams(BackendParams):
+    #: shipped model name or path to a .safetensors file from ``slidecell train``
+    model: str = "nuclei"
+    device: str = "auto"
+    #: "auto": bf16 autocast on GPU, fp32 on CPU (measured: bf16 on these CPUs is not faster)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: tiles per forward pass
+    batch_size: int = Field(4, ge=1, le=256)
+    #: overrides of the model's own post-processing thresholds
+    fg_threshold: float | None = Field(None, gt=0, lt=1)
+    seed_threshold: float | None = Field(None, gt=0, lt=1)
+    #: nuclei smaller than this are dropped
+    min_area_um2: float = Field(2.0, ge=0)
+
+
+def get_predictor(model: str, device: str, precision: str) -> Predictor:
+    key = (model, device, precision)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Predictor.load(model, device, precision)
+        return _CACHE[key]
+
+
+@register
+class BuiltinSegmenter(Segmenter):
+    name = "builtin"
+    Params = BuiltinParams
+
+    def __init__(self, params, channel_names, modality, mpp, nuclear_channels=()):
+        super().__init__(params, channel_names, modality, mpp, nuclear_channels)
+        p = self.params
+        self.predictor = get_predictor(p.model, p.device, p.precision)
+        meta = self.predictor.meta
+        self.post = PostParams(**meta.post.__dict__)
+        if p.fg_threshold is not None:
+            self.post.fg_threshold = p.fg_threshold
+        if p.seed_threshold is not None:
+            self.post.seed_threshold = p.seed_threshold
+        self.factor = self.mpp / meta.mpp  # >1: tile pixels are larger than the model's
+        if abs(self.factor - 1) < 0.05:
+            self.factor = 1.0
+        self.post.min_pixels = max(1, int(round(p.min_area_um2 / self.mpp**2)))
+        names = tuple(channel_names)
+        rgb = names == ("Red", "Green", "Blue")
+        if modality == "brightfield" and not nuclear_channels:
+            if len(names) != 3:
+                raise ConfigError(
+                    f"builtin model: brightfield input needs 3 channels (RGB), the image has {len(names)} "
+                    f"({list(names)}); for fluorescence set tissue.modality or segmentation.nuclear_channels")
+            self.input_modality = "brightfield"
+            self.channels = [0, 1, 2]
+        else:
+            self.input_modality = "fluorescence"
+            self.channels = nuclear_channel_indices(names, nuclear_channels)
+            if not self.channels:
+                if len(names) == 1 or rgb:
+                    self.channels = list(range(len(names)))
+                else:
+                    raise ConfigError(
+                        "segmentation.nuclear_channels: no channel looks nuclear in "
+                        f"{list(names)}; name the nuclear channel(s) in the config")
+
+    @property
+    def research_only(self) -> bool:
+        return bool(self.predictor.meta.extra.get("research_only"))
+
+    # -- slide-level calibration ----------------------------------------------------------------
+    def _signal(self, image: np.ndarray) -> np.ndarray:
+        sig = nuclear_signal(image[:, :, self.channels])
+        return np.where(np.isfinite(sig), sig, np.nan)
+
+    def calibrate(self, samples):
+        if self.input_modality == "fluorescence":
+            sigs = [self._signal(s) for s in samples]
+            sigs = [s[np.isfinite(s)] for s in sigs]
+            self.state["value_range"] = list(fit_range(sigs)) if any(s.size for s in sigs) else [0.0, 1.0]
+        return self.state
+
+    # -- inference ------------------------------------------------------------------------------------
+    def _input(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[2] != len(self.channel_names):
+            raise ValueError(f"tile has {image.shape[2]} channels, the slide has {len(self.channel_names)}")
+        if self.input_modality == "fluorescence":
+            if "value_range" not in self.state:
+                self.calibrate([image])
+            lo, hi = self.state["value_range"]
+            sig = self._signal(image)
+            sig = np.where(np.isnan(sig), lo, sig)  # missing pixels count as background
+            x = model_input(sig, "fluorescence", (lo, hi))
+        else:
+            img = image[:, :, :3]
+            if img.dtype.kind == "f":
+                img = np.nan_to_num(img, nan=1.0, posinf=1.0, neginf=0.0)  # missing = white
+            x = model_input(img, "brightfield")
+        if self.factor != 1.0:
+            h, w = x.shape[:2]
+            size = (max(1, round(w * self.factor)), max(1, round(h * self.factor)))
+            x = cv2.resize(x, size, interpolation=cv2.INTER_AREA if self.factor < 1 else cv2.INTER_LINEAR)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _labels(self, maps: np.ndarray, shape) -> np.ndarray:
+        if self.factor != 1.0:
+            maps = np.stack([cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for m in maps])
+        return maps_to_labels(maps[0], maps[1], maps[2], **self.post.__dict__)
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray | None] = [None] * len(images)
+        inputs = []
+        for i, image in enumerate(images):
+            if image.shape[0] == 0 or image.shape[1] == 0:
+                out[i] = np.zeros(image.shape[:2], np.int32)
+            else:
+                inputs.append((i, self._input(image)))
+        # batch inputs of equal size together
+        by_shape: dict[tuple, list] = {}
+        for i, x in inputs:
+            by_shape.setdefault(x.shape, []).append((i, x))
+        bs = self.params.batch_size
+        for group in by_shape.values():
+            for k in range(0, len(group), bs):
+                part = group[k:k + bs]
+                maps = self.predictor.maps(np.stack([x for _, x in part]))
+                for (i, _), m in zip(part, maps):
+                    out[i] = self._labels(m, images[i].shape[:2])
+        return out  # type: ignore[return-value]
+
+
+__all__ = ["BuiltinSegmenter", "BuiltinParams", "SHIPPED", "Predictor"]

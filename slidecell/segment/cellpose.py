@@ -1,0 +1,115 @@
+"""Cellpose as a segmentation backend (``backend: cellpose``), when the ``cellpose`` package is
+installed (``pip install "slidecell[cellpose]" "torch==2.13.0"``).
+
+* cellpose 3.x: CPnet models, e.g. ``model: /path/to/cellpose3_weights.pth`` or a built-in name
+  such as ``cyto3``/``nuclei`` whose weights are already in ``~/.cellpose/models``
+* cellpose ≥ 4: Cellpose-SAM (``model: cpsam``); cellpose 4 cannot load Cellpose 3 weights
+
+The major version installed decides which API is used. Nothing is downloaded by slidecell: a
+model name whose weights are missing locally is an error, not a download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..errors import ConfigError
+from . import BackendParams, Segmenter, register
+from .watershed import nuclear_channel_indices
+
+
+class CellposeParams(BackendParams):
+    #: weights file or a model name present in cellpose's model folder
+    model: str = "cyto3"
+    #: expected object diameter in µm; None = the model's default (30 px in cellpose 3)
+    diameter_um: float | None = Field(None, gt=0)
+    flow_threshold: float = Field(0.4, ge=0)
+    cellprob_threshold: float = Field(0.0, ge=-10, le=10)
+    #: brightfield: segment the grey image with dark objects inverted to bright (nuclei in H&E)
+    invert: bool | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1)
+    min_area_um2: float = Field(2.0, ge=0)
+
+
+def cellpose_major() -> int | None:
+    try:
+        from importlib.metadata import version
+
+        return int(version("cellpose").split(".")[0])
+    except Exception:
+        return None
+
+
+def _model_path(name: str) -> str:
+    """Resolve a model name to a local file without letting cellpose download anything."""
+    p = Path(os.path.expanduser(name))
+    if p.is_file():
+        return str(p)
+    home = Path(os.environ.get("CELLPOSE_LOCAL_MODELS_PATH", Path.home() / ".cellpose" / "models"))
+    cands = [home / name, *sorted(home.glob(f"{name}*"))]
+    for c in cands:
+        if c.is_file():
+            return str(c)
+    raise ConfigError(f"cellpose model {name!r}: no weights file at {p} nor in {home} "
+                      "(slidecell never downloads weights; copy them there first)")
+
+
+@register
+class CellposeSegmenter(Segmenter):
+    name = "cellpose"
+    Params = CellposeParams
+
+    def __init__(self, params, channel_names, modality, mpp, nuclear_channels=()):
+        super().__init__(params, channel_names, modality, mpp, nuclear_channels)
+        self.major = cellpose_major()
+        if self.major is None:
+            raise ConfigError('segmentation backend "cellpose" needs the cellpose package: '
+                              'pip install "cellpose>=3.1" "torch==2.13.0"')
+        names = tuple(channel_names)
+        self.rgb = names == ("Red", "Green", "Blue")
+        self.brightfield = modality == "brightfield" and self.rgb and not nuclear_channels
+        if self.brightfield:
+            self.channels = [0, 1, 2]
+        else:
+            self.channels = nuclear_channel_indices(names, nuclear_channels) or (
+                list(range(len(names))) if (len(names) == 1 or self.rgb) else [])
+            if not self.channels:
+                raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {list(names)}")
+        p = self.params
+        import torch
+        from cellpose import models
+
+        gpu = torch.cuda.is_available() if p.device == "auto" else p.device == "cuda"
+        path = _model_path(p.model)
+        self.model = models.CellposeModel(gpu=gpu, pretrained_model=path)
+        self.min_px = max(1, int(round(p.min_area_um2 / self.mpp**2)))
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        img = np.nan_to_num(image[:, :, self.channels].astype(np.float32))
+        if self.brightfield:
+            return img.mean(axis=2)  # grey; cellpose inverts it (dark nuclei → bright)
+        return img.mean(axis=2)
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        from .builtin.postprocess import relabel
+
+        p = self.params
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            return np.zeros(image.shape[:2], np.int32)
+        img = self._prepare(image)
+        if np.ptp(img) == 0:
+            return np.zeros(img.shape, np.int32)
+        diameter = p.diameter_um / self.mpp if p.diameter_um else None
+        invert = self.brightfield if p.invert is None else p.invert
+        kwargs = dict(diameter=diameter, flow_threshold=p.flow_threshold,
+                      cellprob_threshold=p.cellprob_threshold, batch_size=p.batch_size, invert=invert)
+        if self.major < 4:
+            kwargs["channels"] = [0, 0]
+        masks = self.model.eval(img, **kwargs)[0]
+        return relabel(np.asarray(masks, np.int32), self.min_px)

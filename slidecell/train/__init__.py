@@ -1,0 +1,322 @@
+"""``slidecell train CONFIG``: train the built-in nucleus network from annotated sets.
+
+Reproducible (seeded; the sample stream of step *k* depends only on the seed and *k*), logged
+(``metrics.jsonl``, one line per epoch), resumable (``checkpoint.safetensors`` + ``checkpoint.json``
+hold model, optimiser and progress after every epoch; a restarted run continues from there and
+produces the same weights as an uninterrupted one). The best epoch by validation mSA is kept as
+``model.safetensors`` with the resolved config beside it (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SetSpec(_Strict):
+    #: folder under ``data_root``
+    name: str
+    #: regular expressions on index.csv columns choosing the training images
+    train: dict[str, str] = Field(default_factory=dict)
+    #: the same for validation images (never trained on); empty = none from this set
+    val: dict[str, str] | None = None
+    #: nominal µm/px for images without ``mpp``/``magnification`` in the index
+    mpp: float | None = None
+    #: relative sampling weight of this group
+    weight: float = Field(1.0, gt=0)
+    #: licence of the data (goes into the model card)
+    license: str = "unknown"
+
+
+class AugmentSpec(_Strict):
+    patch: int = Field(192, ge=32, le=1024)
+    scale: tuple[float, float] = (0.5, 2.0)
+    hed: float = Field(0.25, ge=0, le=1)
+    blur: float = Field(0.2, ge=0, le=1)
+    noise: float = Field(0.2, ge=0, le=1)
+    jpeg: float = Field(0.2, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    name: str
+    description: str = ""
+    research_only: bool = False
+    seed: int = 0
+    data_root: str = "../shared/data/nuclei"
+    model_mpp: float = Field(0.5, gt=0)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
+    sets: list[SetSpec]
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    device: str = "auto"
+    threads: int = Field(0, ge=0)  # 0 = torch default
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such training config") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data.update(overrides or {})
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except ValidationError as err:
+        from ..config import _format_errors
+
+        raise ConfigError(_format_errors(str(path), err)) from None
+    for s in cfg.sets:
+        split = s.train.get("split")
+        if split is not None and __import__("re").fullmatch(split, "test"):
+            raise ConfigError(f"{path}: set {s.name!r} would train on its test split (train.split={split!r})")
+    return cfg
+
+
+def _groups(cfg: TrainConfig, root: Path, which: str):
+    from .data import Group, load_samples
+
+    groups = []
+    for s in cfg.sets:
+        where = s.train if which == "train" else s.val
+        if where is None:
+            continue
+        samples = load_samples(root, s.name, where, s.mpp, cfg.model_mpp)
+        if which == "train" and not samples:
+            raise ConfigError(f"set {s.name!r}: the train filter {s.train} selects no image")
+        groups.append(Group(f"{s.name}:{which}", s.weight, samples))
+    return groups
+
+
+def validate(predictor, samples) -> dict:
+    from ..metrics import SetScore
+
+    score = SetScore()
+    for s in samples:
+        pred = predictor.labels(s.image[None])[0]
+        score.add(s.labels, pred)
+    return score.summary()
+
+
+def train(config_path: str | Path, out: str | Path, data_root: str | Path | None = None,
+          overrides: dict | None = None, log=print) -> Path:
+    import torch
+
+    from ..segment.builtin.model import ModelMeta, Predictor, pick_device, save_weights
+    from ..segment.builtin.net import NetSpec, UNet
+    from .data import Augment, sample_batch
+
+    cfg = load_train_config(config_path, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(data_root or cfg.data_root)
+    if not root.is_dir():
+        raise ConfigError(f"data_root {root}: no such folder")
+    resolved = cfg.model_dump(mode="json")
+    cfg_file = out / "config.yaml"
+    if cfg_file.exists():
+        old = yaml.safe_load(cfg_file.read_text())
+        if old != resolved:
+            raise ConfigError(f"{out}: holds a run with a different config; use another --out")
+    else:
+        cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    train_groups = _groups(cfg, root, "train")
+    val_samples = [s for g in _groups(cfg, root, "val") for s in g.samples]
+    train_keys = {s.key for g in train_groups for s in g.samples}
+    leak = [s.key for s in val_samples if s.key in train_keys]
+    if leak:
+        raise ConfigError(f"validation images are also training images: {leak[:5]}")
+    log(f"train: {sum(len(g.samples) for g in train_groups)} images in {len(train_groups)} groups; "
+        f"val: {len(val_samples)} images; device {device}")
+
+    spec = NetSpec(3, tuple(cfg.channels), 3)
+    net = UNet(spec).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
+    epoch0, best = _resume(out, net, opt, sched)
+    aug = Augment(cfg.augment.patch, tuple(cfg.augment.scale), cfg.augment.hed, cfg.augment.blur,
+                  cfg.augment.noise, cfg.augment.jpeg)
+    w = torch.tensor(cfg.loss_weights)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    meta_extra = {"research_only": cfg.research_only, "description": cfg.description,
+                  "training_sets": [{"name": s.name, "train": s.train, "license": s.license} for s in cfg.sets]}
+    for epoch in range(epoch0, cfg.epochs):
+        net.train()
+        t0 = time.perf_counter()
+        losses = []
+        for k in range(cfg.steps_per_epoch):
+            step = epoch * cfg.steps_per_epoch + k
+            rng = np.random.default_rng([cfg.seed, step])
+            x, y = sample_batch(train_groups, aug, cfg.batch_size, rng)
+            x = torch.from_numpy(x).to(device)
+            y = torch.from_numpy(y).to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = net(x)
+            logits = logits.float()
+            l_fg = bce(logits[:, 0], y[:, 0])
+            l_ring = bce(logits[:, 1], y[:, 1])
+            l_dist = torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 2]), y[:, 2])
+            loss = w[0] * l_fg + w[1] * l_ring + w[2] * l_dist
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append([loss.item(), l_fg.item(), l_ring.item(), l_dist.item()])
+        t_train = time.perf_counter() - t0
+        meta = ModelMeta(cfg.name, spec, cfg.model_mpp, extra=meta_extra)
+        net.eval()
+        val = validate(Predictor(net, meta, device=str(device)), val_samples) if val_samples else {}
+        lm = np.mean(losses, axis=0)
+        rec = {"epoch": epoch + 1, "step": (epoch + 1) * cfg.steps_per_epoch, "loss": float(lm[0]),
+               "loss_fg": float(lm[1]), "loss_boundary": float(lm[2]), "loss_distance": float(lm[3]),
+               "lr": float(sched.get_last_lr()[0]), "seconds": round(t_train, 1),
+               **{f"val_{k}": v for k, v in val.items()}}
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        log(json.dumps(rec))
+        score = val.get("mSA", -float(lm[0]))
+        if best is None or score > best:
+            best = score
+            meta.extra = {**meta_extra, "epoch": epoch + 1, "validation": val}
+            save_weights(net, meta, out / "model.safetensors")
+        _checkpoint(out, net, opt, sched, epoch + 1, best)
+    return out / "model.safetensors"
+
+
+def _checkpoint(out: Path, net, opt, sched, epoch: int, best) -> None:
+    from safetensors.torch import save_file
+
+    from ..io.writers import atomic_path
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    opt_state = opt.state_dict()
+    scalars = {"param_groups": opt_state["param_groups"], "scheduler": sched.state_dict(),
+               "epoch": epoch, "best": best, "state_scalars": {}}
+    for pid, st in opt_state["state"].items():
+        for key, val in st.items():
+            if hasattr(val, "shape") and val.ndim > 0:
+                tensors[f"opt.{pid}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars["state_scalars"][f"{pid}.{key}"] = float(val)
+    with atomic_path(out / "checkpoint.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(out / "checkpoint.json") as tmp:
+        Path(tmp).write_text(json.dumps(scalars, default=float))
+
+
+def _resume(out: Path, net, opt, sched):
+    import torch
+    from safetensors.torch import load_file
+
+    js, st = out / "checkpoint.json", out / "checkpoint.safetensors"
+    if not (js.exists() and st.exists()):
+        return 0, None
+    scalars = json.loads(js.read_text())
+    tensors = load_file(str(st))
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, key = k.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    for k, v in scalars["state_scalars"].items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = torch.tensor(v)
+    opt.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+    sched.load_state_dict(scalars["scheduler"])
+    return int(scalars["epoch"]), scalars["best"]
+
+
+def ship(run_dir: str | Path, evaluation: str | Path | None = None) -> list[Path]:
+    """Copy a run's best model into the package (``segment/builtin/weights/<name>.safetensors``,
+    fp16 to halve the size; loaded back as fp32) and write its model card beside it."""
+    from ..io.writers import atomic_path
+    from ..segment.builtin.model import WEIGHTS_DIR, load_weights, save_weights
+
+    run_dir = Path(run_dir)
+    net, meta = load_weights(run_dir / "model.safetensors")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    dest = WEIGHTS_DIR / f"{meta.name}.safetensors"
+    save_weights(net, meta, dest, half=True)
+    card = model_card(meta, cfg, metrics, json.loads(Path(evaluation).read_text()) if evaluation else None)
+    card_path = WEIGHTS_DIR / f"{meta.name}.md"
+    with atomic_path(card_path) as tmp:
+        Path(tmp).write_text(card)
+    return [dest, card_path]
+
+
+def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) -> str:
+    n_params = None
+    try:
+        from ..segment.builtin.net import UNet
+
+        n_params = sum(p.numel() for p in UNet(meta.spec).parameters())
+    except Exception:
+        pass
+    best = meta.extra.get("validation", {})
+    lines = [f"# Model card: `{meta.name}`", ""]
+    if cfg.get("research_only"):
+        lines += ["**RESEARCH USE ONLY.** Trained on data under non-commercial terms or with no licence "
+                  "stated; the weights inherit those terms.", ""]
+    lines += [
+        (cfg.get("description") or "").strip(), "",
+        "## Network",
+        f"- U-Net, encoder widths {list(meta.spec.channels)}, {n_params:,} parameters; stored in fp16"
+        if n_params else f"- U-Net, encoder widths {list(meta.spec.channels)}",
+        "- outputs: foreground, boundary ring, normalised distance to the nucleus border; "
+        f"post-processing: seeds = distance > {meta.post.seed_threshold}, grown to the foreground "
+        f"(> {meta.post.fg_threshold}) by {meta.post.grow} seed",
+        f"- input resolution: {meta.mpp} µm/px (tiles at other resolutions are resampled); RGB brightfield "
+        "or one nuclear fluorescence channel (scaled by its 1st-99.8th percentiles per slide)",
+        "", "## Training data and licences", "",
+        "| set | images chosen by | licence |", "|---|---|---|",
+    ]
+    for s in cfg["sets"]:
+        lines.append(f"| {s['name']} | train {s.get('train') or 'all'}; val {s.get('val') or '-'} | {s.get('license')} |")
+    lines += ["", f"Seed {cfg['seed']}; {cfg['epochs']} epochs × {cfg['steps_per_epoch']} steps, batch "
+              f"{cfg['batch_size']}, patches {cfg['augment']['patch']}² with stain (HED) jitter, scale "
+              f"{cfg['augment']['scale'][0]}–{cfg['augment']['scale'][1]}×, flips/90° rotations, blur, "
+              "noise, JPEG artefacts.", ""]
+    lines += ["## Validation (during training)", "",
+              f"Best epoch {meta.extra.get('epoch')}: " + ", ".join(
+                  f"{k} {v:.3f}" for k, v in best.items() if isinstance(v, float)), ""]
+    if metrics:
+        last = metrics[-1]
+        lines.append(f"Training time: {sum(m['seconds'] for m in metrics):.0f} s over {last['epoch']} epochs.")
+        lines.append("")
+    if evaluation:
+        lines += ["## Evaluation on held-out images (`slidecell evaluate`)", "",
+                  "| set | model | mSA | F1@0.5 | PQ | AJI |", "|---|---|---|---|---|---|"]
+        for label, per_set in evaluation.get("results", {}).items():
+            for set_label, r in per_set.items():
+                lines.append(f"| {set_label} | {label} | {r['mSA']:.3f} | {r['F1_50']:.3f} | {r['PQ']:.3f} | {r['AJI']:.3f} |")
+        lines.append("")
+    lines += ["## Reproduce", "", "```", f"slidecell train configs/train/{meta.name}.yaml --out runs/{meta.name} "
+              "--ship", "slidecell evaluate configs/evaluate.yaml --out benchmarks/evaluation", "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""The shipped nucleus model: loads offline without pickle, reaches a minimum accuracy on real
+annotated images, is deterministic, and handles bad input without crashing."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import SHARED, STARDIST, need
+from slidecell import load_config
+from slidecell.errors import ConfigError
+from slidecell.metrics import SetScore
+from slidecell.segment import get_segmenter
+from slidecell.segment.builtin.model import SHIPPED, WEIGHTS_DIR, load_weights
+
+DSB = SHARED / "nuclei" / "dsb2018"
+RGB = ("Red", "Green", "Blue")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_without_pickle(name, monkeypatch):
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    assert path.is_file() and path.stat().st_size <= 10 * 2**20
+    assert (WEIGHTS_DIR / f"{name}.md").is_file()  # model card
+
+    def forbidden(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr("torch.load", forbidden)
+    net, meta = load_weights(name)
+    assert meta.name == name and meta.mpp == 0.5
+    assert meta.extra["research_only"] is (name == "nuclei-research")
+    card = (WEIGHTS_DIR / f"{name}.md").read_text()
+    assert ("RESEARCH USE ONLY" in card) is (name == "nuclei-research")
+
+
+def test_default_config_uses_builtin_nuclei():
+    cfg = load_config(None)
+    assert cfg.segmentation.backend == "builtin"
+    seg = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, RGB, "brightfield", 0.5)
+    assert seg.params.model == "nuclei" and not seg.research_only
+
+
+def score(gt, pred):
+    s = SetScore()
+    s.add(gt, pred)
+    return s.summary()
+
+
+def test_stardist_demo_fluorescence():
+    img = tifffile.imread(need(STARDIST / "img2d.tif"))
+    gt = tifffile.imread(STARDIST / "mask2d.tif")
+    seg = get_segmenter("builtin", {}, ["DAPI"], "fluorescence", 0.5)
+    seg.calibrate([img[:, :, None]])
+    pred = seg.segment(img[:, :, None])
+    r = score(gt, pred)
+    assert r["F1_50"] >= 0.85, r
+
+
+def test_dsb2018_test_histology():
+    need(DSB)
+    rows = [r for r in csv.DictReader(open(DSB / "index.csv")) if r["split"] == "test" and r["kind"].startswith("histology")]
+    seg = get_segmenter("builtin", {}, RGB, "brightfield", 0.5)
+    s = SetScore()
+    for r in rows:
+        img = np.asarray(Image.open(DSB / "images" / f"{r['image_id']}.png").convert("RGB"))
+        gt = tifffile.imread(DSB / "labels" / f"{r['image_id']}.tif")
+        s.add(gt, seg.segment(img))
+    out = s.summary()
+    assert out["images"] == 16 and out["F1_50"] >= 0.70, out
+
+
+def blobs(shape=(96, 128), seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.full(shape + (3,), 235, np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(12):
+        cy, cx = rng.uniform(8, np.array(shape) - 8)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 25] = (70, 40, 130)
+    return img
+
+
+def test_deterministic_and_batch_equals_single():
+    img = blobs()
+    seg = get_segmenter("builtin", {}, RGB, "brightfield", 0.5)
+    a = seg.segment(img)
+    b = seg.segment(img)
+    batch = seg.segment_batch([img, blobs(seed=1), img])
+    assert a.max() > 0
+    assert np.array_equal(a, b) and np.array_equal(a, batch[0]) and np.array_equal(a, batch[2])
+
+
+def test_resolution_is_resampled_to_the_model():
+    img = blobs()
+    seg05 = get_segmenter("builtin", {}, RGB, "brightfield", 0.5)
+    seg025 = get_segmenter("builtin", {}, RGB, "brightfield", 0.25)
+    big = np.asarray(Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.BILINEAR))
+    a = seg05.segment(img)
+    b = seg025.segment(big)
+    assert b.shape == big.shape[:2]
+    assert abs(int(a.max()) - int(b.max())) <= 1
+
+
+def test_bad_inputs_never_crash():
+    seg = get_segmenter("builtin", {}, RGB, "brightfield", 0.5)
+    assert seg.segment(np.full((64, 64, 3), 240, np.uint8)).max() == 0      # all background
+    assert seg.segment(np.zeros((0, 10, 3), np.uint8)).shape == (0, 10)     # empty
+    assert seg.segment(np.full((3, 2, 3), 200, np.uint8)).shape == (3, 2)  # tiny
+    with pytest.raises(ValueError, match="channels"):
+        seg.segment(np.zeros((32, 32, 2), np.uint8))
+    with pytest.raises(ConfigError, match="3 channels"):
+        get_segmenter("builtin", {}, ["A", "B"], "brightfield", 0.5)
+    with pytest.raises(ConfigError, match="no weights file"):
+        get_segmenter("builtin", {"model": "nope"}, RGB, "brightfield", 0.5)
+    fl = get_segmenter("builtin", {}, ["DAPI"], "fluorescence", 0.5)
+    nan = np.full((48, 48, 1), np.nan, np.float32)
+    assert fl.segment(nan).max() == 0
+    part = np.zeros((64, 64, 1), np.float32)
+    part[20:30, 20:30] = 100
+    part[:8] = np.nan
+    fl.state = {}
+    out = fl.segment(part)
+    assert out.shape == (64, 64) and out[:8].max() == 0 and out[25, 25] > 0
+    assert fl.segment(np.zeros((40, 40, 1), np.float32)).max() == 0        # constant image
+
+
+def test_cellpose_backend_when_installed():
+    pytest.importorskip("cellpose")
+    model = need(SHARED.parent / "models" / "cellpose-scellseg" / "scellseg_cellpose_cellpose3.pth")
+    img = tifffile.imread(need(STARDIST / "img2d.tif"))[:192, :192]
+    gt = tifffile.imread(STARDIST / "mask2d.tif")[:192, :192]
+    seg = get_segmenter("cellpose", {"model": str(model), "diameter_um": 8.0}, ["DAPI"], "fluorescence", 0.5)
+    r = score(gt, seg.segment(img[:, :, None]))
+    assert r["F1_50"] >= 0.6, r
+    with pytest.raises(ConfigError, match="never downloads"):
+        get_segmenter("cellpose", {"model": "no-such-model"}, ["DAPI"], "fluorescence", 0.5)
