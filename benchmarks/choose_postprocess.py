@@ -28,12 +28,16 @@ def main() -> None:
     cfg = load_train_config(sys.argv[1])
     pred = Predictor.load(sys.argv[2])
     groups = _groups(cfg, Path(cfg.data_root), "val")
-    maps = {g.name: [(s.labels, pred.maps(s.image[None])[0]) for s in g.samples] for g in groups}
+    maps = {}
+    for g in groups:  # a set may appear in several groups (e.g. DSB2018 by kind): name them apart
+        kinds = sorted({s.modality for s in g.samples})
+        maps[f"{g.name}:{'+'.join(kinds)}"] = [(s.labels, pred.maps(s.image[None])[0]) for s in g.samples]
     variants = []
-    for seeds in ("distance", "boundary"):
+    for seeds in ("distance", "hmax", "boundary"):
         for grow in ("nearest", "watershed"):
-            for st in ((0.3, 0.4, 0.5, 0.6, 0.7) if seeds == "distance" else (0.5,)):
-                for fg in (0.4, 0.5, 0.6):
+            sts = {"distance": (0.5, 0.6, 0.7, 0.8), "hmax": (0.6, 0.7, 0.8)}.get(seeds, (0.5,))
+            for st in sts:
+                for fg in (0.3, 0.4, 0.5):
                     variants.append(dict(seeds=seeds, grow=grow, seed_threshold=st, fg_threshold=fg))
     print(f"{'seeds':9s} {'grow':9s} seed fg   " + "  ".join(f"{g:>28s}" for g in maps) + "   post MP/s")
     for v in variants:

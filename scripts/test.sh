@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Run the test suite (sets up .venv first). Extra arguments go to pytest.
+# Without arguments, the Cellpose backend's tests then run in their own environment
+# (.venv-cellpose, see benchmarks/peers/setup_cellpose.sh); SLIDECELL_SKIP_PEERS=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"
+if [ $# -eq 0 ] && [ -z "${SLIDECELL_SKIP_PEERS:-}" ]; then
+  bash benchmarks/peers/setup_cellpose.sh
+  .venv-cellpose/bin/python -m pytest -q -p no:cacheprovider -m cellpose
+fi

@@ -62,6 +62,8 @@ def run(
     t = result.timings.get("total", 0.0)
     resumed = f", {result.resumed_chunks} chunks resumed" if result.resumed_chunks else ""
     typer.echo(f"{result.n_cells} cells from {result.n_tiles} tiles in {t:.1f} s{resumed}")
+    if result.info.get("segmentation", {}).get("research_only"):
+        typer.echo("  note: the segmentation model is licensed for research use only (see its model card)")
     for kind, path in result.outputs.items():
         typer.echo(f"  {kind:8s} {path}")
     typer.echo(f"  {'summary':8s} {result.out_dir / 'run.json'}")
@@ -100,7 +102,7 @@ def train(
 
 @app.command()
 def evaluate(
-    config: Path = typer.Argument(Path("configs/evaluate.yaml"), help="evaluation config (YAML)"),
+    config: Path = typer.Argument(Path("configs/evaluate/nuclei-heldout.yaml"), help="evaluation config (YAML)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write evaluation.json and evaluation.md here"),
     data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
     backend: Optional[list[str]] = typer.Option(None, "--backend", "-b", help="only these backends (labels)"),

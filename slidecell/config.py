@@ -39,10 +39,12 @@ class TilingConfig(Strict):
     mpp: float = Field(0.5, gt=0, le=100)
     #: use a pyramid level's own resolution instead of resampling when it is this close (relative)
     snap_tolerance: float = Field(0.05, ge=0, le=0.5)
-    #: tile core size in working pixels
-    tile_size: int = Field(1024, ge=64, le=16384)
-    #: context added on each side of a tile core; must exceed the largest cell diameter
-    overlap_um: float = Field(24.0, ge=0, le=1000)
+    #: tile core size in working pixels (a multiple of 16, so tiles line up with the network's
+    #: poolings and the cells do not depend on the tiling)
+    tile_size: int = Field(1024, ge=64, le=16384, multiple_of=16)
+    #: context added on each side of a tile core; must exceed the largest cell diameter plus the
+    #: built-in network's context (~48 px), so that a cell comes out the same in every tiling
+    overlap_um: float = Field(40.0, ge=0, le=1000)
     #: tiles per result chunk (the unit of resumption)
     chunk_tiles: int = Field(16, ge=1, le=100000)
 
@@ -64,7 +66,7 @@ class TissueConfig(Strict):
 
 class SegmentationConfig(Strict):
     #: a registered backend (slidecell.segment.BACKENDS)
-    backend: str = "watershed"
+    backend: str = "builtin"
     #: channels holding the nuclear signal (DAPI, Hoechst, Ir191...); empty: chosen automatically
     #: (haematoxylin by colour deconvolution for brightfield RGB)
     nuclear_channels: list[str] = Field(default_factory=list)

@@ -34,6 +34,8 @@ from .table import BASE_COLUMNS, MEAN_PREFIX, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
 
 WORK_DIR = ".slidecell"
+#: tile windows start on multiples of this (the built-in network pools 4 times: 2**4)
+TILE_ALIGN = 16
 RUN_FILE = "run.json"
 OUTPUT_FILES = {"geojson": "cells.geojson", "parquet": "cells.parquet", "h5ad": "cells.h5ad"}
 _ID_NAMESPACE = uuid.UUID("8a1f3c52-6d0e-4f4e-9d1a-5c11dece11ed")
@@ -216,7 +218,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     else:
         modality = cfg.tissue.modality
     plan = plan_tiles(reader, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,
-                      cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, roi)
+                      cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, roi, align=TILE_ALIGN)
     timings["plan"] = time.perf_counter() - t0
 
     segmenter = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, reader.channel_names,
@@ -287,6 +289,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         "tissue_fraction": tissue.tissue_fraction if tissue is not None else None,
         "config_name": cfg.name,
         "segmentation_backend": cfg.segmentation.backend,
+        "segmentation": segmenter.describe(),
         "segmenter_state": segmenter.state,
     }
     outputs = _write_outputs(table, out, cfg, reader, info, timings)

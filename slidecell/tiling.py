@@ -89,6 +89,7 @@ def plan_tiles(
     tissue: "TissueMask | None" = None,
     min_tissue_fraction: float = 0.01,
     roi=None,
+    align: int = 1,
 ) -> TilePlan:
     """Cut the slide at ``mpp`` µm/px into tiles. ``tissue`` (a :class:`TissueMask`) skips
     tiles whose core holds less than ``min_tissue_fraction`` tissue; ``roi`` (a shapely geometry
@@ -98,6 +99,11 @@ def plan_tiles(
     w0, h0 = reader.dimensions
     width, height = max(1, int(math.floor(w0 / scale + 1e-9))), max(1, int(math.floor(h0 / scale + 1e-9)))
     overlap = int(math.ceil(overlap_um / use_mpp))
+    if align > 1:
+        # read windows start on multiples of ``align`` (with a tile size that is one too), so a
+        # network with ``log2(align)`` poolings sees every pixel at the same phase in every tile:
+        # its output in the cores then does not depend on the tiling
+        overlap = -(-overlap // align) * align
     ncol, nrow = math.ceil(width / tile_size), math.ceil(height / tile_size)
     if roi is not None:
         shapely.prepare(roi)

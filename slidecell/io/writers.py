@@ -24,6 +24,8 @@ def atomic_path(path: str | Path):
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o644)  # some writers (safetensors) create owner-only files
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -55,6 +55,10 @@ class Segmenter:
     def segment(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def describe(self) -> dict[str, Any]:
+        """What produced the cells, recorded in run.json."""
+        return {"backend": self.name, "params": self.params.model_dump(mode="json")}
+
     def segment_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Several tiles at once; backends with a batched model override this."""
         return [self.segment(im) for im in images]

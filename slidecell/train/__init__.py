@@ -65,6 +65,10 @@ class TrainConfig(_Strict):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    #: weight of a soft Dice loss on the foreground map (counters the many background pixels)
+    dice_weight: float = Field(0.0, ge=0)
+    #: start from these weights (a model.safetensors of an earlier stage) instead of random ones
+    init: str | None = None
     device: str = "auto"
     threads: int = Field(0, ge=0)  # 0 = torch default
 
@@ -153,7 +157,15 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
         f"val: {len(val_samples)} images; device {device}")
 
     spec = NetSpec(3, tuple(cfg.channels), 3)
-    net = UNet(spec).to(device)
+    net = UNet(spec)
+    if cfg.init:
+        from ..segment.builtin.model import load_weights
+
+        init_net, init_meta = load_weights(cfg.init)
+        if init_meta.spec != spec:
+            raise ConfigError(f"init {cfg.init}: network {init_meta.spec} differs from channels {cfg.channels}")
+        net.load_state_dict(init_net.state_dict())
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
@@ -163,7 +175,7 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
     w = torch.tensor(cfg.loss_weights)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     amp = torch.bfloat16 if device.type == "cuda" else None
-    meta_extra = {"research_only": cfg.research_only, "description": cfg.description,
+    meta_extra = {"research_only": cfg.research_only, "description": cfg.description, "init": cfg.init,
                   "training_sets": [{"name": s.name, "train": s.train, "license": s.license} for s in cfg.sets]}
     for epoch in range(epoch0, cfg.epochs):
         net.train()
@@ -182,6 +194,10 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
             l_ring = bce(logits[:, 1], y[:, 1])
             l_dist = torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 2]), y[:, 2])
             loss = w[0] * l_fg + w[1] * l_ring + w[2] * l_dist
+            if cfg.dice_weight:
+                pf = torch.sigmoid(logits[:, 0])
+                inter = (pf * y[:, 0]).sum()
+                loss = loss + cfg.dice_weight * (1 - (2 * inter + 1) / (pf.sum() + y[:, 0].sum() + 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,12 +272,13 @@ def ship(run_dir: str | Path, evaluation: str | Path | None = None) -> list[Path
     """Copy a run's best model into the package (``segment/builtin/weights/<name>.safetensors``,
     fp16 to halve the size; loaded back as fp32) and write its model card beside it."""
     from ..io.writers import atomic_path
-    from ..segment.builtin.model import WEIGHTS_DIR, load_weights, save_weights
+    from ..segment.builtin.model import WEIGHTS_DIR, PostParams, load_weights, save_weights
 
     run_dir = Path(run_dir)
     net, meta = load_weights(run_dir / "model.safetensors")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    meta.post = PostParams()  # the post-processing chosen on validation images (see PostParams)
     dest = WEIGHTS_DIR / f"{meta.name}.safetensors"
     save_weights(net, meta, dest, half=True)
     card = model_card(meta, cfg, metrics, json.loads(Path(evaluation).read_text()) if evaluation else None)
@@ -290,8 +307,8 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
         f"- U-Net, encoder widths {list(meta.spec.channels)}, {n_params:,} parameters; stored in fp16"
         if n_params else f"- U-Net, encoder widths {list(meta.spec.channels)}",
         "- outputs: foreground, boundary ring, normalised distance to the nucleus border; "
-        f"post-processing: seeds = distance > {meta.post.seed_threshold}, grown to the foreground "
-        f"(> {meta.post.fg_threshold}) by {meta.post.grow} seed",
+        f"post-processing: seeds = {meta.post.seeds} (threshold {meta.post.seed_threshold}), grown to the "
+        f"foreground (> {meta.post.fg_threshold}) by {meta.post.grow}",
         f"- input resolution: {meta.mpp} µm/px (tiles at other resolutions are resampled); RGB brightfield "
         "or one nuclear fluorescence channel (scaled by its 1st-99.8th percentiles per slide)",
         "", "## Training data and licences", "",
@@ -318,5 +335,5 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
                 lines.append(f"| {set_label} | {label} | {r['mSA']:.3f} | {r['F1_50']:.3f} | {r['PQ']:.3f} | {r['AJI']:.3f} |")
         lines.append("")
     lines += ["## Reproduce", "", "```", f"slidecell train configs/train/{meta.name}.yaml --out runs/{meta.name} "
-              "--ship", "slidecell evaluate configs/evaluate.yaml --out benchmarks/evaluation", "```", ""]
+              "--ship", "slidecell evaluate configs/evaluate/nuclei-heldout.yaml --out benchmarks/evaluation", "```", ""]
     return "\n".join(lines)

@@ -95,6 +95,12 @@ class BuiltinSegmenter(Segmenter):
     def research_only(self) -> bool:
         return bool(self.predictor.meta.extra.get("research_only"))
 
+    def describe(self) -> dict:
+        meta = self.predictor.meta
+        return {**super().describe(), "model": meta.name, "model_mpp": meta.mpp,
+                "research_only": self.research_only, "device": str(self.predictor.device),
+                "precision": self.predictor.precision}
+
     # -- slide-level calibration ----------------------------------------------------------------
     def _signal(self, image: np.ndarray) -> np.ndarray:
         sig = nuclear_signal(image[:, :, self.channels])

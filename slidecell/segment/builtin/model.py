@@ -20,11 +20,13 @@ FORMAT = "slidecell-nuclei-1"
 
 @dataclass
 class PostParams:
-    fg_threshold: float = 0.5
-    seed_threshold: float = 0.5
+    """Defaults chosen on the validation images (benchmarks/choose_postprocess.py, RESULTS.md)."""
+
+    fg_threshold: float = 0.4
+    seed_threshold: float = 0.8
     min_pixels: int = 4
-    seeds: str = "distance"
-    grow: str = "nearest"
+    seeds: str = "hmax"
+    grow: str = "watershed"
 
 
 @dataclass
