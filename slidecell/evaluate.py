@@ -115,7 +115,10 @@ def run_backend(b: EvalBackend, params: dict, items: list[dict]) -> tuple[dict, 
 
 
 def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: str | Path | None = None,
-             only: list[str] | None = None, log=print) -> dict:
+             only: list[str] | None = None, append: bool = False, log=print) -> dict:
+    """Score the backends of a config (or ``only`` those labels). With ``append``, results of other
+    backends already in ``out/evaluation.json`` for the same sets are kept, so peers that live in
+    their own environment can be run separately and still land in one table."""
     from .segment import BACKENDS  # noqa: F401  (registers backends)
 
     cfg = load_eval_config(config_path)
@@ -162,6 +165,16 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
             log(f"{b.label:>18} on {s.label:<28} mSA {r['mSA']:.3f}  F1@0.5 {r['F1_50']:.3f}  "
                 f"PQ {r['PQ']:.3f}  AJI {r['AJI']:.3f}  {r['s_per_MP']:.2f} s/MP" + (f"  {chosen}" if chosen else ""))
         results["results"][b.label] = per_set
+    if out is not None and append and (Path(out) / "evaluation.json").exists():
+        old = json.loads((Path(out) / "evaluation.json").read_text())
+        if old["config"]["sets"] != results["config"]["sets"]:
+            raise ConfigError(f"{out}/evaluation.json was made on other sets; cannot append")
+        merged = {k: v for k, v in old["results"].items() if k not in results["results"]}
+        merged.update(results["results"])
+        order = [b.label for b in cfg.backends]
+        results["results"] = dict(sorted(merged.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+        results["skipped"] = {k: v for k, v in {**old.get("skipped", {}), **results["skipped"]}.items()
+                              if k not in results["results"]}
     if out is not None:
         from .io.writers import atomic_path
 

@@ -142,3 +142,22 @@ def test_cellpose_backend_when_installed():
     assert r["F1_50"] >= 0.6, r
     with pytest.raises(ConfigError, match="never downloads"):
         get_segmenter("cellpose", {"model": "no-such-model"}, ["DAPI"], "fluorescence", 0.5)
+
+
+def test_against_recorded_peers_on_dsb2018_histology():
+    """Live scores of the shipped model against the peers' recorded scores on the same images
+    (benchmarks/evaluation/evaluation.json, written by benchmarks/run_evaluation.sh)."""
+    import json
+
+    from slidecell.evaluate import EvalBackend, load_eval_config, load_set, run_backend
+    from conftest import REPO
+
+    need(DSB)
+    recorded = json.loads((REPO / "benchmarks" / "evaluation" / "evaluation.json").read_text())["results"]
+    cfg = load_eval_config(REPO / "configs" / "evaluate" / "nuclei-heldout.yaml")
+    s = next(x for x in cfg.sets if x.label == "dsb2018-histology")
+    live, _ = run_backend(EvalBackend(label="nuclei", backend="builtin"), {}, load_set(SHARED / "nuclei", s))
+    # deterministic: the recorded run gave the same numbers
+    assert live["mSA"] == pytest.approx(recorded["nuclei"][s.label]["mSA"], abs=1e-6)
+    assert live["mSA"] >= recorded["watershed"][s.label]["mSA"] + 0.05
+    assert live["mSA"] > recorded["cellpose-scellseg"][s.label]["mSA"]

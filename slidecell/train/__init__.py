@@ -279,6 +279,15 @@ def ship(run_dir: str | Path, evaluation: str | Path | None = None) -> list[Path
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     meta.post = PostParams()  # the post-processing chosen on validation images (see PostParams)
+    # validation scores with the post-processing that ships (training logged its own defaults)
+    tcfg = TrainConfig.model_validate(cfg)
+    root = Path(tcfg.data_root)
+    if root.is_dir():
+        from ..segment.builtin.model import Predictor
+
+        val_samples = [x for g in _groups(tcfg, root, "val") for x in g.samples]
+        if val_samples:
+            meta.extra["validation_shipped_post"] = validate(Predictor(net, meta), val_samples)
     dest = WEIGHTS_DIR / f"{meta.name}.safetensors"
     save_weights(net, meta, dest, half=True)
     card = model_card(meta, cfg, metrics, json.loads(Path(evaluation).read_text()) if evaluation else None)
@@ -320,9 +329,13 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
               f"{cfg['batch_size']}, patches {cfg['augment']['patch']}² with stain (HED) jitter, scale "
               f"{cfg['augment']['scale'][0]}–{cfg['augment']['scale'][1]}×, flips/90° rotations, blur, "
               "noise, JPEG artefacts.", ""]
-    lines += ["## Validation (during training)", "",
-              f"Best epoch {meta.extra.get('epoch')}: " + ", ".join(
-                  f"{k} {v:.3f}" for k, v in best.items() if isinstance(v, float)), ""]
+    lines += ["## Validation", "",
+              f"Best epoch {meta.extra.get('epoch')} (chosen by validation mSA with the post-processing of the "
+              "training run): " + ", ".join(f"{k} {v:.3f}" for k, v in best.items() if isinstance(v, float)), ""]
+    shipped = meta.extra.get("validation_shipped_post")
+    if shipped:
+        lines += ["With the shipped post-processing: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in shipped.items() if isinstance(v, float)), ""]
     if metrics:
         last = metrics[-1]
         lines.append(f"Training time: {sum(m['seconds'] for m in metrics):.0f} s over {last['epoch']} epochs.")
@@ -334,6 +347,11 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
             for set_label, r in per_set.items():
                 lines.append(f"| {set_label} | {label} | {r['mSA']:.3f} | {r['F1_50']:.3f} | {r['PQ']:.3f} | {r['AJI']:.3f} |")
         lines.append("")
-    lines += ["## Reproduce", "", "```", f"slidecell train configs/train/{meta.name}.yaml --out runs/{meta.name} "
-              "--ship", "slidecell evaluate configs/evaluate/nuclei-heldout.yaml --out benchmarks/evaluation", "```", ""]
+    repro = []
+    if cfg.get("init"):
+        lines += [f"Stage 2: starts from `{cfg['init']}` (stage 1, `configs/train/nuclei-base.yaml`).", ""]
+        repro.append("slidecell train configs/train/nuclei-base.yaml --out runs/nuclei-base")
+    repro += [f"slidecell train configs/train/{meta.name}.yaml --out runs/{meta.name} --ship",
+              "bash benchmarks/run_evaluation.sh   # slidecell evaluate configs/evaluate/nuclei-heldout.yaml"]
+    lines += ["## Reproduce", "", "```", *repro, "```", ""]
     return "\n".join(lines)
