@@ -67,6 +67,7 @@ def main() -> None:
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}'})")
     data = tiles(args.batch * args.batches, args.tile)
     mp = data.shape[0] * args.tile * args.tile / 1e6
+    ref = None
     for prec in precisions:
         p = Predictor.load(args.model, args.device, prec)
         p.maps(data[: args.batch])  # warm-up
@@ -81,7 +82,8 @@ def main() -> None:
             for x in m:
                 n += int(maps_to_labels(x[0], x[1], x[2], **p.meta.post.__dict__).max())
         t_post = time.perf_counter() - t0
-        ref = np.concatenate(maps) if prec == precisions[0] else ref  # noqa: F821
+        if ref is None:
+            ref = np.concatenate(maps)
         diff = float(np.abs(np.concatenate(maps) - ref).max())
         print(f"{prec:5s} tiles {len(data)}×{args.tile}²  model {mp / t_model:7.2f} MP/s  post {mp / t_post:7.2f} MP/s  "
               f"model+post {mp / (t_model + t_post):7.2f} MP/s  post share {t_post / (t_model + t_post):5.1%}  "

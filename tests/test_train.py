@@ -56,7 +56,7 @@ def test_train_tiny_run_logs_and_is_reproducible_and_resumable(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2]
     assert all(np.isfinite(r["loss"]) and "val_mSA" in r for r in lines)
     assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["seed"] == 3
-    net_a, meta = load_weights(tmp_path / "a" / "model.safetensors")
+    _, meta = load_weights(tmp_path / "a" / "model.safetensors")
     assert meta.name == "toy" and meta.mpp == 0.5
 
     # interrupted after the first epoch, then the same command again: same final weights

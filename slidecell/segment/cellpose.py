@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
-from .watershed import nuclear_channel_indices
+from .watershed import model_input_channels
 
 
 class CellposeParams(BackendParams):
@@ -71,16 +71,8 @@ class CellposeSegmenter(Segmenter):
         if self.major is None:
             raise ConfigError('segmentation backend "cellpose" needs the cellpose package: '
                               'pip install "cellpose>=3.1" "torch==2.13.0"')
-        names = tuple(channel_names)
-        self.rgb = names == ("Red", "Green", "Blue")
-        self.brightfield = modality == "brightfield" and self.rgb and not nuclear_channels
-        if self.brightfield:
-            self.channels = [0, 1, 2]
-        else:
-            self.channels = nuclear_channel_indices(names, nuclear_channels) or (
-                list(range(len(names))) if (len(names) == 1 or self.rgb) else [])
-            if not self.channels:
-                raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {list(names)}")
+        mode, self.channels = model_input_channels(channel_names, modality, nuclear_channels, "cellpose")
+        self.brightfield = mode == "brightfield"
         p = self.params
         import torch
         from cellpose import models
@@ -91,10 +83,8 @@ class CellposeSegmenter(Segmenter):
         self.min_px = max(1, int(round(p.min_area_um2 / self.mpp**2)))
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        img = np.nan_to_num(image[:, :, self.channels].astype(np.float32))
-        if self.brightfield:
-            return img.mean(axis=2)  # grey; cellpose inverts it (dark nuclei → bright)
-        return img.mean(axis=2)
+        # grey (brightfield: cellpose inverts it, dark nuclei → bright) or the nuclear signal
+        return np.nan_to_num(image[:, :, self.channels].astype(np.float32)).mean(axis=2)
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         from .builtin.postprocess import relabel

@@ -56,6 +56,26 @@ def nuclear_channel_indices(channel_names, requested) -> list[int]:
     return found
 
 
+def model_input_channels(channel_names, modality, nuclear_channels, backend: str) -> tuple[str, list[int]]:
+    """How a model backend reads a tile: ``("brightfield", [0, 1, 2])`` for RGB brightfield, or
+    ``("fluorescence", indices)`` of the nuclear channel(s) (by name; all channels of a single-
+    channel or RGB fluorescence image)."""
+    names = list(channel_names)
+    if modality == "brightfield" and not nuclear_channels:
+        if len(names) != 3:
+            raise ConfigError(
+                f"{backend}: brightfield input needs 3 channels (RGB), the image has {len(names)} "
+                f"({names}); for fluorescence set tissue.modality or segmentation.nuclear_channels")
+        return "brightfield", [0, 1, 2]
+    channels = nuclear_channel_indices(names, nuclear_channels)
+    if not channels and (len(names) == 1 or tuple(names) == ("Red", "Green", "Blue")):
+        channels = list(range(len(names)))
+    if not channels:
+        raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {names}; "
+                          "name the nuclear channel(s) in the config")
+    return "fluorescence", channels
+
+
 @register
 class WatershedSegmenter(Segmenter):
     name = "watershed"

@@ -18,9 +18,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from ...errors import ConfigError
 from .. import BackendParams, Segmenter, register
-from ..watershed import nuclear_channel_indices
+from ..watershed import model_input_channels
 from .inputs import fit_range, model_input, nuclear_signal
 from .model import SHIPPED, PostParams, Predictor
 from .postprocess import maps_to_labels
@@ -72,25 +71,8 @@ class BuiltinSegmenter(Segmenter):
         if abs(self.factor - 1) < 0.05:
             self.factor = 1.0
         self.post.min_pixels = max(1, int(round(p.min_area_um2 / self.mpp**2)))
-        names = tuple(channel_names)
-        rgb = names == ("Red", "Green", "Blue")
-        if modality == "brightfield" and not nuclear_channels:
-            if len(names) != 3:
-                raise ConfigError(
-                    f"builtin model: brightfield input needs 3 channels (RGB), the image has {len(names)} "
-                    f"({list(names)}); for fluorescence set tissue.modality or segmentation.nuclear_channels")
-            self.input_modality = "brightfield"
-            self.channels = [0, 1, 2]
-        else:
-            self.input_modality = "fluorescence"
-            self.channels = nuclear_channel_indices(names, nuclear_channels)
-            if not self.channels:
-                if len(names) == 1 or rgb:
-                    self.channels = list(range(len(names)))
-                else:
-                    raise ConfigError(
-                        "segmentation.nuclear_channels: no channel looks nuclear in "
-                        f"{list(names)}; name the nuclear channel(s) in the config")
+        self.input_modality, self.channels = model_input_channels(
+            channel_names, modality, nuclear_channels, "builtin model")
 
     @property
     def research_only(self) -> bool:
