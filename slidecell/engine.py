@@ -1,8 +1,9 @@
 """The whole-slide engine: plan → stream tiles → segment → keep owned cells → measure → write
 per-chunk results → merge into the outputs.
 
-The unit of work, :func:`process_tile`, is a pure function of a tile, its pixels, a calibrated
-segmenter and a :class:`TileContext` (tile in, cell table out), so it can run in any worker.
+The unit of work, :func:`process_tiles`, is a pure function of tiles, their pixels, a calibrated
+segmenter and a :class:`TileContext` (tiles in, one cell table per tile out), so it can run in
+any worker; tiles of equal size go through the model as one batch.
 Finished chunks are kept in ``OUT/.slidecell/chunks``; a run started again with the same slide
 and config continues after the last finished chunk.
 """
@@ -58,10 +59,22 @@ class TileContext:
         return self.mpp0 * self.scale
 
 
+def process_tiles(tiles: list[Tile], images: list[np.ndarray], segmenter: Segmenter,
+                  ctx: TileContext) -> list[pd.DataFrame]:
+    """The unit of work: a batch of tiles in (segmented together, so a model sees a batch), one
+    cell table per tile out."""
+    labels = segmenter.segment_batch(images)
+    return [cells_from_labels(t, im, lab, ctx) for t, im, lab in zip(tiles, images, labels)]
+
+
 def process_tile(tile: Tile, image: np.ndarray, segmenter: Segmenter, ctx: TileContext) -> pd.DataFrame:
     """Segment one tile and return the cells it owns (centroid in its core, and in the ROI),
     measured, with polygons in level-0 pixels."""
-    labels = segmenter.segment(image)
+    return process_tiles([tile], [image], segmenter, ctx)[0]
+
+
+def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: TileContext) -> pd.DataFrame:
+    """The cells a tile owns, from its label image: ownership, outlines and measurements."""
     ids, area, cx, cy, mu20, mu02, mu11 = label_moments(labels)
     gx, gy = cx + tile.x, cy + tile.y
     keep = tile.owns(gx, gy)
@@ -323,24 +336,37 @@ def _process_stream(stream, tiles, segmenter, ctx, chunk_size, chunk_path, timin
                   TimeRemainingColumn(), disable=not progress, transient=False) as bar:
         task = bar.add_task("tiles", total=total, completed=done)
         it = stream(tiles)
-        while True:
-            t0 = time.perf_counter()
-            item = next(it, None)
-            timings["read_wait"] += time.perf_counter() - t0
-            if item is None:
-                break
-            tile, image = item
-            t0 = time.perf_counter()
-            table = process_tile(tile, image, segmenter, ctx)
-            timings["segment+measure"] += time.perf_counter() - t0
-            k = tile.index // chunk_size
-            current.setdefault(k, []).append(table)
-            remaining[k] -= 1
-            if remaining[k] == 0:
+        batch_size = int(getattr(segmenter.params, "batch_size", 1))
+        done_reading = False
+        while not done_reading:
+            # a batch of equally sized tiles (edge tiles are smaller: they close a batch)
+            batch: list = []
+            while len(batch) < batch_size:
                 t0 = time.perf_counter()
-                _write_chunk(current.pop(k), chunk_path(k), ctx.channel_names)
-                timings["write_chunks"] += time.perf_counter() - t0
-            bar.advance(task)
+                item = next(it, None)
+                timings["read_wait"] += time.perf_counter() - t0
+                if item is None:
+                    done_reading = True
+                    break
+                batch.append(item)
+                if item[1].shape != batch[0][1].shape:
+                    break
+            if not batch:
+                break
+            groups = [batch] if all(b[1].shape == batch[0][1].shape for b in batch) else [batch[:-1], batch[-1:]]
+            for group in groups:
+                t0 = time.perf_counter()
+                tables = process_tiles([b[0] for b in group], [b[1] for b in group], segmenter, ctx)
+                timings["segment+measure"] += time.perf_counter() - t0
+                for (tile, _), table in zip(group, tables):
+                    k = tile.index // chunk_size
+                    current.setdefault(k, []).append(table)
+                    remaining[k] -= 1
+                    if remaining[k] == 0:
+                        t0 = time.perf_counter()
+                        _write_chunk(current.pop(k), chunk_path(k), ctx.channel_names)
+                        timings["write_chunks"] += time.perf_counter() - t0
+                    bar.advance(task)
 
 
 def _write_chunk(tables: list[pd.DataFrame], path: Path, channels) -> None:
@@ -376,4 +402,4 @@ def _write_outputs(table: pd.DataFrame, out: Path, cfg: Config, reader: SlideRea
     return outputs
 
 
-__all__ = ["run", "process_tile", "TileContext", "RunResult", "BASE_COLUMNS"]
+__all__ = ["run", "process_tile", "process_tiles", "cells_from_labels", "TileContext", "RunResult", "BASE_COLUMNS"]
