@@ -335,38 +335,37 @@ def _process_stream(stream, tiles, segmenter, ctx, chunk_size, chunk_path, timin
     with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
                   TimeRemainingColumn(), disable=not progress, transient=False) as bar:
         task = bar.add_task("tiles", total=total, completed=done)
-        it = stream(tiles)
         batch_size = int(getattr(segmenter.params, "batch_size", 1))
-        done_reading = False
-        while not done_reading:
-            # a batch of equally sized tiles (edge tiles are smaller: they close a batch)
-            batch: list = []
-            while len(batch) < batch_size:
-                t0 = time.perf_counter()
-                item = next(it, None)
-                timings["read_wait"] += time.perf_counter() - t0
-                if item is None:
-                    done_reading = True
-                    break
-                batch.append(item)
-                if item[1].shape != batch[0][1].shape:
-                    break
-            if not batch:
+        pending: list = []
+
+        def flush():
+            t0 = time.perf_counter()
+            tables = process_tiles([t for t, _ in pending], [im for _, im in pending], segmenter, ctx)
+            timings["segment+measure"] += time.perf_counter() - t0
+            for (tile, _), table in zip(pending, tables):
+                k = tile.index // chunk_size
+                current.setdefault(k, []).append(table)
+                remaining[k] -= 1
+                if remaining[k] == 0:
+                    t0 = time.perf_counter()
+                    _write_chunk(current.pop(k), chunk_path(k), ctx.channel_names)
+                    timings["write_chunks"] += time.perf_counter() - t0
+                bar.advance(task)
+            pending.clear()
+
+        it = stream(tiles)
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            timings["read_wait"] += time.perf_counter() - t0
+            if item is None:
                 break
-            groups = [batch] if all(b[1].shape == batch[0][1].shape for b in batch) else [batch[:-1], batch[-1:]]
-            for group in groups:
-                t0 = time.perf_counter()
-                tables = process_tiles([b[0] for b in group], [b[1] for b in group], segmenter, ctx)
-                timings["segment+measure"] += time.perf_counter() - t0
-                for (tile, _), table in zip(group, tables):
-                    k = tile.index // chunk_size
-                    current.setdefault(k, []).append(table)
-                    remaining[k] -= 1
-                    if remaining[k] == 0:
-                        t0 = time.perf_counter()
-                        _write_chunk(current.pop(k), chunk_path(k), ctx.channel_names)
-                        timings["write_chunks"] += time.perf_counter() - t0
-                    bar.advance(task)
+            # a batch holds tiles of one size (edge tiles are smaller) up to batch_size
+            if pending and (len(pending) == batch_size or item[1].shape != pending[0][1].shape):
+                flush()
+            pending.append(item)
+        if pending:
+            flush()
 
 
 def _write_chunk(tables: list[pd.DataFrame], path: Path, channels) -> None:

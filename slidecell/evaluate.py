@@ -119,7 +119,7 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
     """Score the backends of a config (or ``only`` those labels). With ``append``, results of other
     backends already in ``out/evaluation.json`` for the same sets are kept, so peers that live in
     their own environment can be run separately and still land in one table."""
-    from .segment import BACKENDS  # noqa: F401  (registers backends)
+    from .segment import get_segmenter
 
     cfg = load_eval_config(config_path)
     root = Path(data_root or cfg.data_root)
@@ -133,7 +133,8 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
     results: dict = {"config": cfg.model_dump(mode="json"), "results": {}, "skipped": {}}
     for b in backends:
         try:
-            _probe(b)
+            # building the backend once up front: a missing package or weights file shows here
+            get_segmenter(b.backend, b.params, ("Red", "Green", "Blue"), "brightfield", 0.5)
         except ConfigError as err:
             if b.optional:
                 results["skipped"][b.label] = str(err)
@@ -185,19 +186,6 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
         with atomic_path(out / "evaluation.md") as tmp:
             Path(tmp).write_text(markdown_table(results, cfg))
     return results
-
-
-def _probe(b: EvalBackend) -> None:
-    from .segment import BACKENDS
-
-    if b.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {b.backend!r}")
-    if b.backend == "cellpose":
-        from .segment.cellpose import _model_path, cellpose_major
-
-        if cellpose_major() is None:
-            raise ConfigError("the cellpose package is not installed")
-        _model_path(b.params.get("model", "cyto3"))
 
 
 def markdown_table(results: dict, cfg: EvalConfig) -> str:

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
-from .watershed import model_input_channels
+from .channels import model_input_channels
 
 
 class CellposeParams(BackendParams):

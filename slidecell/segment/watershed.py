@@ -9,21 +9,12 @@ in both.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from pydantic import Field
 from scipy import ndimage as ndi
 
-from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
-
-NUCLEAR_NAME = re.compile(
-    r"^(dapi|hoechst.*|nuclei|nuclear|nucleus|dna\d*|histone.*|h3.*|ir19[13].*|.*\(ir19[13]\).*|"
-    r"draq5|sytox.*|topro.*|pi)$",
-    re.IGNORECASE,
-)
-
+from .channels import nuclear_or_all
 
 class WatershedParams(BackendParams):
     #: Gaussian smoothing of the nuclear signal, in µm
@@ -43,39 +34,6 @@ class WatershedParams(BackendParams):
     max_area_um2: float = Field(800.0, gt=0)
 
 
-def nuclear_channel_indices(channel_names, requested) -> list[int]:
-    names = list(channel_names)
-    if requested:
-        missing = [r for r in requested if r not in names]
-        if missing:
-            raise ConfigError(
-                f"segmentation.nuclear_channels: {missing} not among the slide's channels {names}"
-            )
-        return [names.index(r) for r in requested]
-    found = [i for i, n in enumerate(names) if NUCLEAR_NAME.match(n.strip())]
-    return found
-
-
-def model_input_channels(channel_names, modality, nuclear_channels, backend: str) -> tuple[str, list[int]]:
-    """How a model backend reads a tile: ``("brightfield", [0, 1, 2])`` for RGB brightfield, or
-    ``("fluorescence", indices)`` of the nuclear channel(s) (by name; all channels of a single-
-    channel or RGB fluorescence image)."""
-    names = list(channel_names)
-    if modality == "brightfield" and not nuclear_channels:
-        if len(names) != 3:
-            raise ConfigError(
-                f"{backend}: brightfield input needs 3 channels (RGB), the image has {len(names)} "
-                f"({names}); for fluorescence set tissue.modality or segmentation.nuclear_channels")
-        return "brightfield", [0, 1, 2]
-    channels = nuclear_channel_indices(names, nuclear_channels)
-    if not channels and (len(names) == 1 or tuple(names) == ("Red", "Green", "Blue")):
-        channels = list(range(len(names)))
-    if not channels:
-        raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {names}; "
-                          "name the nuclear channel(s) in the config")
-    return "fluorescence", channels
-
-
 @register
 class WatershedSegmenter(Segmenter):
     name = "watershed"
@@ -88,15 +46,7 @@ class WatershedSegmenter(Segmenter):
         if self.use_hematoxylin:
             self.channels: list[int] = []
         else:
-            self.channels = nuclear_channel_indices(channel_names, nuclear_channels)
-            if not self.channels:
-                if len(channel_names) == 1 or self.rgb:
-                    self.channels = list(range(len(channel_names)))
-                else:
-                    raise ConfigError(
-                        "segmentation.nuclear_channels: no channel looks nuclear in "
-                        f"{list(channel_names)}; name the nuclear channel(s) in the config"
-                    )
+            self.channels = nuclear_or_all(channel_names, nuclear_channels)
 
     # -- signal -------------------------------------------------------------------
     def signal(self, image: np.ndarray) -> np.ndarray:

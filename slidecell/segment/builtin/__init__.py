@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from .. import BackendParams, Segmenter, register
-from ..watershed import model_input_channels
+from ..channels import model_input_channels
 from .inputs import fit_range, model_input, nuclear_signal
 from .model import SHIPPED, PostParams, Predictor
 from .postprocess import maps_to_labels

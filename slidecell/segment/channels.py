@@ -1,0 +1,53 @@
+"""Which channels a backend reads: nuclear channels are chosen by name, never by position."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigError
+
+NUCLEAR_NAME = re.compile(
+    r"^(dapi|hoechst.*|nuclei|nuclear|nucleus|dna\d*|histone.*|h3.*|ir19[13].*|.*\(ir19[13]\).*|"
+    r"draq5|sytox.*|topro.*|pi)$",
+    re.IGNORECASE,
+)
+
+
+def nuclear_channel_indices(channel_names, requested) -> list[int]:
+    names = list(channel_names)
+    if requested:
+        missing = [r for r in requested if r not in names]
+        if missing:
+            raise ConfigError(
+                f"segmentation.nuclear_channels: {missing} not among the slide's channels {names}"
+            )
+        return [names.index(r) for r in requested]
+    found = [i for i, n in enumerate(names) if NUCLEAR_NAME.match(n.strip())]
+    return found
+
+
+def model_input_channels(channel_names, modality, nuclear_channels, backend: str) -> tuple[str, list[int]]:
+    """How a model backend reads a tile: ``("brightfield", [0, 1, 2])`` for RGB brightfield, or
+    ``("fluorescence", indices)`` of the nuclear channel(s) (by name; all channels of a single-
+    channel or RGB fluorescence image)."""
+    names = list(channel_names)
+    if modality == "brightfield" and not nuclear_channels:
+        if len(names) != 3:
+            raise ConfigError(
+                f"{backend}: brightfield input needs 3 channels (RGB), the image has {len(names)} "
+                f"({names}); for fluorescence set tissue.modality or segmentation.nuclear_channels")
+        return "brightfield", [0, 1, 2]
+    return "fluorescence", nuclear_or_all(names, nuclear_channels)
+
+
+def nuclear_or_all(channel_names, requested) -> list[int]:
+    """The nuclear channel(s) by name; every channel of a single-channel or RGB image; else an
+    error asking to name them."""
+    names = list(channel_names)
+    channels = nuclear_channel_indices(names, requested)
+    if not channels and (len(names) == 1 or tuple(names) == ("Red", "Green", "Blue")):
+        channels = list(range(len(names)))
+    if not channels:
+        raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {names}; "
+                          "name the nuclear channel(s) in the config")
+    return channels
