@@ -39,14 +39,30 @@ class TilingConfig(Strict):
     mpp: float = Field(0.5, gt=0, le=100)
     #: use a pyramid level's own resolution instead of resampling when it is this close (relative)
     snap_tolerance: float = Field(0.05, ge=0, le=0.5)
-    #: tile core size in working pixels (a multiple of 16, so tiles line up with the network's
-    #: poolings and the cells do not depend on the tiling)
-    tile_size: int = Field(1024, ge=64, le=16384, multiple_of=16)
+    #: tile core size in working pixels (read windows are aligned to the network's poolings
+    #: whatever the size, so the cells do not depend on the tiling)
+    tile_size: int = Field(1024, ge=64, le=16384)
     #: context added on each side of a tile core; must exceed the largest cell diameter plus the
     #: built-in network's context (~48 px), so that a cell comes out the same in every tiling
     overlap_um: float = Field(40.0, ge=0, le=1000)
+    #: a tile that owns a cell reaching the edge of its read window (a cell larger than the
+    #: overlap) is read again with twice the overlap, up to this much; cells still cut are kept
+    #: and flagged (``touches_tile_edge``) and counted in run.json
+    max_overlap_um: float = Field(160.0, ge=0, le=4000)
+    #: shift of the tile grid in working pixels (core boundaries at offset + k × tile_size)
+    grid_offset: tuple[int, int] = (0, 0)
     #: tiles per result chunk (the unit of resumption)
     chunk_tiles: int = Field(16, ge=1, le=100000)
+
+
+class EngineConfig(Strict):
+    """How the work is spread over this machine (does not change the cells)."""
+
+    #: threads that post-process model output into measured cell outlines while the model runs
+    #: on the next batch (0: in the model's thread)
+    post_workers: int = Field(1, ge=0, le=64)
+    #: tiles waiting for post-processing at most (bounds memory)
+    queue: int = Field(8, ge=1, le=1024)
 
 
 class TissueConfig(Strict):
@@ -98,6 +114,7 @@ class Config(Strict):
     tissue: TissueConfig = Field(default_factory=TissueConfig)
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     #: region of interest [x, y, width, height] in level-0 pixels
     roi: list[float] | None = None
 
@@ -113,6 +130,7 @@ class Config(Strict):
         data = self.model_dump(mode="json")
         data.pop("reader", None)
         data.pop("output", None)
+        data.pop("engine", None)
         data.pop("name", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

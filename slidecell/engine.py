@@ -10,12 +10,15 @@ and config continues after the last finished chunk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from . import __version__
 from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
-from .io.writers import write_geoparquet, write_h5ad, write_qupath_geojson, write_text_atomic
+from .io.writers import GeoJSONWriter, GeoParquetWriter, H5adWriter, atomic_path, write_geoparquet, write_text_atomic
 from .measure import channel_means, ellipse_axes, label_moments, polygon_shape
 from .polygons import label_polygons
 from .segment import Segmenter, get_segmenter
@@ -63,8 +66,15 @@ def process_tiles(tiles: list[Tile], images: list[np.ndarray], segmenter: Segmen
                   ctx: TileContext) -> list[pd.DataFrame]:
     """The unit of work: a batch of tiles in (segmented together, so a model sees a batch), one
     cell table per tile out."""
-    labels = segmenter.segment_batch(images)
-    return [cells_from_labels(t, im, lab, ctx) for t, im, lab in zip(tiles, images, labels)]
+    raws = segmenter.predict(images)
+    return [finish_tile(t, im, r, segmenter, ctx) for t, im, r in zip(tiles, images, raws)]
+
+
+def finish_tile(tile: Tile, image: np.ndarray, raw, segmenter: Segmenter, ctx: TileContext) -> pd.DataFrame:
+    """Second half of the unit of work, for one tile: the model's output → labels → the cells
+    the tile owns. Thread-safe; the engine runs it in a pool while the model runs on the next
+    batch."""
+    return cells_from_labels(tile, image, segmenter.finish(raw, image), ctx)
 
 
 def process_tile(tile: Tile, image: np.ndarray, segmenter: Segmenter, ctx: TileContext) -> pd.DataFrame:
@@ -214,7 +224,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     mpp0 = reader.mpp  # raises MissingPixelSizeError with the file name
     _prepare_out(out, overwrite)
     work = out / WORK_DIR
-    timings: dict[str, float] = {"read_wait": 0.0, "segment+measure": 0.0, "write_chunks": 0.0}
+    timings: dict[str, float] = {"read_wait": 0.0, "model": 0.0, "post": 0.0, "write_chunks": 0.0,
+                                 "retry": 0.0}
 
     if roi is None and cfg.roi is not None:
         x, y, w, h = cfg.roi
@@ -231,7 +242,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     else:
         modality = cfg.tissue.modality
     plan = plan_tiles(reader, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,
-                      cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, roi, align=TILE_ALIGN)
+                      cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, roi, align=TILE_ALIGN,
+                      offset=tuple(cfg.tiling.grid_offset))
     timings["plan"] = time.perf_counter() - t0
 
     segmenter = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, reader.channel_names,
@@ -283,17 +295,9 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
                 resumed += 1
             else:
                 pending_tiles.extend(plan.tiles[k * chunk_size : (k + 1) * chunk_size])
-        _process_stream(stream, pending_tiles, segmenter, ctx, chunk_size, chunk_path, timings,
-                        progress, len(plan.tiles), resumed * chunk_size)
+        pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings)
+        pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
 
-    # merge the chunks into the outputs
-    t0 = time.perf_counter()
-    import pyarrow.parquet as pq
-
-    parts = [from_arrow(pq.read_table(chunk_path(k))) for k in range(n_chunks)]
-    parts = [p for p in parts if len(p)]
-    table = pd.concat(parts, ignore_index=True) if parts else empty_table(reader.channel_names)
-    timings["merge"] = time.perf_counter() - t0
     info = {
         "slide": str(slide.resolve()),
         "reader": reader.describe(),
@@ -305,15 +309,17 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         "segmentation": segmenter.describe(),
         "segmenter_state": segmenter.state,
     }
-    outputs = _write_outputs(table, out, cfg, reader, info, timings)
+    chunks = [chunk_path(k) for k in range(n_chunks)]
+    outputs, n_cells, n_touch = _write_outputs(chunks, out, cfg, reader, info, timings)
     timings["total"] = time.perf_counter() - t_start
-    n_touch = int(table["touches_tile_edge"].sum()) if len(table) else 0
     summary = {
         "status": "complete",
         "slidecell_version": __version__,
-        "n_cells": int(len(table)),
+        "n_cells": n_cells,
         "n_tiles": len(plan.tiles),
         "cells_touching_tile_edge": n_touch,
+        # tiles (in this invocation) read again with more context: they own a cell larger than the overlap
+        "tiles_reread_for_large_cells": pipe.retried,
         "resumed_chunks": resumed,
         "outputs": {k: str(v.name) for k, v in outputs.items()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -321,51 +327,128 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     }
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
-    return RunResult(out, int(len(table)), len(plan.tiles), outputs, timings, resumed, summary)
+    return RunResult(out, n_cells, len(plan.tiles), outputs, timings, resumed, summary)
 
 
-def _process_stream(stream, tiles, segmenter, ctx, chunk_size, chunk_path, timings, progress, total, done):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class _Pipeline:
+    """Streams tiles through the model and post-processing, writing finished chunks.
 
-    current: dict[int, list[pd.DataFrame]] = {}
-    remaining: dict[int, int] = {}
-    for t in tiles:
-        k = t.index // chunk_size
-        remaining[k] = remaining.get(k, 0) + 1
-    with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                  TimeRemainingColumn(), disable=not progress, transient=False) as bar:
-        task = bar.add_task("tiles", total=total, completed=done)
-        batch_size = int(getattr(segmenter.params, "batch_size", 1))
-        pending: list = []
+    The reader pool (:class:`TileStream`) reads ahead; this thread batches tiles of one size and
+    runs :meth:`Segmenter.predict` (the model); a pool of ``engine.post_workers`` threads runs
+    :func:`finish_tile` (post-processing, outlines, measurements) on the previous batches
+    meanwhile. At most ``engine.queue`` tiles wait for post-processing, so memory is bounded
+    whatever the slide size. Results are taken in plan order; a chunk is written (atomically) as
+    soon as all its tiles are done, then forgotten.
 
-        def flush():
-            t0 = time.perf_counter()
-            tables = process_tiles([t for t, _ in pending], [im for _, im in pending], segmenter, ctx)
-            timings["segment+measure"] += time.perf_counter() - t0
-            for (tile, _), table in zip(pending, tables):
-                k = tile.index // chunk_size
-                current.setdefault(k, []).append(table)
-                remaining[k] -= 1
-                if remaining[k] == 0:
-                    t0 = time.perf_counter()
-                    _write_chunk(current.pop(k), chunk_path(k), ctx.channel_names)
-                    timings["write_chunks"] += time.perf_counter() - t0
+    A tile that owns a cell touching the edge of its read window (a cell larger than the overlap)
+    is segmented again with twice the overlap, up to ``tiling.max_overlap_um``; every tile whose
+    window the cell reaches does the same, so the cell comes out whole, once."""
+
+    def __init__(self, reader, plan: TilePlan, segmenter: Segmenter, ctx: TileContext, cfg: Config,
+                 chunk_path, timings: dict):
+        self.reader, self.plan, self.segmenter, self.ctx = reader, plan, segmenter, ctx
+        self.chunk_size = cfg.tiling.chunk_tiles
+        self.max_overlap = int(math.ceil(cfg.tiling.max_overlap_um / plan.mpp))
+        self.workers = cfg.engine.post_workers
+        self.queue = cfg.engine.queue
+        self.batch_size = int(getattr(segmenter.params, "batch_size", 1))
+        self.chunk_path = chunk_path
+        self.timings = timings
+        self.retried = 0
+        self.current: dict[int, list[pd.DataFrame]] = {}
+        self.remaining: dict[int, int] = {}
+
+    def _finish(self, tile, image, raw):
+        t0 = time.perf_counter()
+        table = finish_tile(tile, image, raw, self.segmenter, self.ctx)
+        return table, time.perf_counter() - t0
+
+    def run(self, stream, tiles, progress, done) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        for t in tiles:
+            k = t.index // self.chunk_size
+            self.remaining[k] = self.remaining.get(k, 0) + 1
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="slidecell-post") if self.workers else None
+        inflight: deque = deque()
+        with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                      TimeRemainingColumn(), disable=not progress, transient=False) as bar:
+            task = bar.add_task("tiles", total=len(self.plan.tiles), completed=done)
+
+            def collect():
+                tile, fut = inflight.popleft()
+                table, dt = fut.result()
+                self.timings["post"] += dt
+                self._take(tile, table)
                 bar.advance(task)
-            pending.clear()
 
-        it = stream(tiles)
+            try:
+                for batch in self._batches(stream(tiles)):
+                    t0 = time.perf_counter()
+                    raws = self.segmenter.predict([im for _, im in batch])
+                    self.timings["model"] += time.perf_counter() - t0
+                    for (tile, image), raw in zip(batch, raws):
+                        if pool is not None:
+                            fut = pool.submit(self._finish, tile, image, raw)
+                        else:
+                            fut = Future()
+                            fut.set_result(self._finish(tile, image, raw))
+                        inflight.append((tile, fut))
+                    del batch, raws
+                    while len(inflight) > self.queue:
+                        collect()
+                while inflight:
+                    collect()
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batches(self, items):
+        """Tiles of one size (edge tiles are smaller), ``batch_size`` at a time, timing the wait
+        for the readers."""
+        pending: list = []
+        it = iter(items)
         while True:
             t0 = time.perf_counter()
             item = next(it, None)
-            timings["read_wait"] += time.perf_counter() - t0
+            self.timings["read_wait"] += time.perf_counter() - t0
             if item is None:
                 break
-            # a batch holds tiles of one size (edge tiles are smaller) up to batch_size
-            if pending and (len(pending) == batch_size or item[1].shape != pending[0][1].shape):
-                flush()
+            if pending and (len(pending) == self.batch_size or item[1].shape != pending[0][1].shape):
+                yield pending
+                pending = []
             pending.append(item)
         if pending:
-            flush()
+            yield pending
+
+    def _take(self, tile: Tile, table: pd.DataFrame) -> None:
+        if len(table) and table["touches_tile_edge"].any():
+            table = self._more_context(tile, table)
+        k = tile.index // self.chunk_size
+        self.current.setdefault(k, []).append(table)
+        self.remaining[k] -= 1
+        if self.remaining[k] == 0:
+            t0 = time.perf_counter()
+            _write_chunk(self.current.pop(k), self.chunk_path(k), self.ctx.channel_names)
+            self.timings["write_chunks"] += time.perf_counter() - t0
+
+    def _more_context(self, tile: Tile, table: pd.DataFrame) -> pd.DataFrame:
+        t0 = time.perf_counter()
+        overlap = self.plan.overlap
+        while table["touches_tile_edge"].any() and overlap < self.max_overlap:
+            overlap = min(2 * overlap, self.max_overlap)
+            big = self.plan.enlarge(tile, overlap)
+            if (big.w, big.h) == (tile.w, tile.h):
+                break  # clipped by the slide: no more context to read
+            x0, y0 = self.plan.level0_origin(big)
+            image = self.reader.read(x0, y0, big.w, big.h, self.plan.mpp)
+            table = process_tiles([big], [image], self.segmenter, self.ctx)[0]
+            tile = big
+            self.retried += 1
+        self.timings["retry"] += time.perf_counter() - t0
+        return table
 
 
 def _write_chunk(tables: list[pd.DataFrame], path: Path, channels) -> None:
@@ -378,27 +461,55 @@ def _write_chunk(tables: list[pd.DataFrame], path: Path, channels) -> None:
     os.replace(tmp, path)
 
 
-def _write_outputs(table: pd.DataFrame, out: Path, cfg: Config, reader: SlideReader, info: dict,
-                   timings: dict) -> dict[str, Path]:
-    outputs: dict[str, Path] = {}
+def _write_outputs(chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict,
+                   timings: dict) -> tuple[dict[str, Path], int, int]:
+    """Stream the chunk files into the outputs, one chunk in memory at a time: every file is
+    written under a temporary name and renamed into place only when all are complete."""
+    import pyarrow.parquet as pq
+
     t0 = time.perf_counter()
-    if cfg.output.geojson:
-        p = out / OUTPUT_FILES["geojson"]
-        write_qupath_geojson(table, p, offset=reader.bounds_offset, precision=cfg.output.geojson_precision)
-        outputs["geojson"] = p
-    if cfg.output.parquet:
-        p = out / OUTPUT_FILES["parquet"]
-        write_geoparquet(table, p)
-        outputs["parquet"] = p
-    if cfg.output.h5ad:
-        p = out / OUTPUT_FILES["h5ad"]
-        uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
-               "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
-               "reader": info["reader"], "config": cfg.model_dump(mode="json")}
-        write_h5ad(table, p, uns)
-        outputs["h5ad"] = p
+    counts = [pq.ParquetFile(p).metadata.num_rows for p in chunks]
+    n = int(sum(counts))
+    channels = list(reader.channel_names)
+    outputs: dict[str, Path] = {p: out / OUTPUT_FILES[p] for p in OUTPUT_FILES if getattr(cfg.output, p)}
+    n_touch = 0
+    with contextlib.ExitStack() as stack:
+        gj = pw = hw = None
+        if "geojson" in outputs:
+            tmp = stack.enter_context(atomic_path(outputs["geojson"]))
+            fh = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+            gj = GeoJSONWriter(fh, reader.bounds_offset, cfg.output.geojson_precision)
+        if "h5ad" in outputs:
+            tmp = stack.enter_context(atomic_path(outputs["h5ad"]))
+            uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
+                   "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
+                   "reader": info["reader"], "config": cfg.model_dump(mode="json")}
+            hw = H5adWriter(tmp, n, channels, uns)
+            stack.callback(hw.f.close)
+        for p, count in zip(chunks, counts):
+            if not count:
+                continue
+            at = pq.read_table(p)
+            if "parquet" in outputs and pw is None:
+                tmp = stack.enter_context(atomic_path(outputs["parquet"]))
+                pw = GeoParquetWriter(tmp, at.schema)
+                stack.callback(pw.close)
+            if pw is not None:
+                pw.write(at)
+            part = from_arrow(at)
+            n_touch += int(part["touches_tile_edge"].sum())
+            if gj is not None:
+                gj.write(part)
+            if hw is not None:
+                hw.write(part)
+        if "parquet" in outputs and pw is None:  # no cells at all
+            write_geoparquet(empty_table(channels), outputs["parquet"])
+        if gj is not None:
+            gj.close()
+        if hw is not None:
+            hw.close()
     timings["write_outputs"] = time.perf_counter() - t0
-    return outputs
+    return outputs, n, n_touch
 
 
 __all__ = ["run", "process_tile", "process_tiles", "cells_from_labels", "TileContext", "RunResult", "BASE_COLUMNS"]

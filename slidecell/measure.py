@@ -52,8 +52,11 @@ def channel_means(labels: np.ndarray, image: np.ndarray, ids: np.ndarray, area: 
     flat = labels.ravel()
     n = int(flat.max()) + 1
     out = np.empty((len(ids), image.shape[2]), np.float32)
+    mask = flat > 0
+    fl = flat[mask]
+    pix = image.reshape(-1, image.shape[2])[mask]  # foreground pixels only
     for c in range(image.shape[2]):
-        sums = np.bincount(flat, image[:, :, c].ravel().astype(np.float64), n)
+        sums = np.bincount(fl, pix[:, c].astype(np.float64), n)
         out[:, c] = sums[ids] / area
     return out
 

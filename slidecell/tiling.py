@@ -55,6 +55,20 @@ class TilePlan:
     tiles: list[Tile]
     n_grid: int  # tiles in the full grid before tissue/ROI selection
     requested_mpp: float
+    align: int = 1  # read windows start and end on multiples of this
+
+    def window(self, index: int, row: int, col: int, core: tuple[int, int, int, int], overlap: int) -> Tile:
+        """The tile of ``core`` read with at least ``overlap`` pixels of context on every side,
+        its window aligned to ``align`` and clipped to the slide."""
+        a = self.align
+        x0, y0, x1, y1 = core
+        rx0, ry0 = max(0, (x0 - overlap) // a * a), max(0, (y0 - overlap) // a * a)
+        rx1, ry1 = min(self.width, -(-(x1 + overlap) // a) * a), min(self.height, -(-(y1 + overlap) // a) * a)
+        return Tile(index, row, col, rx0, ry0, rx1 - rx0, ry1 - ry0, core)
+
+    def enlarge(self, tile: Tile, overlap: int) -> Tile:
+        """The same tile (same core and index) read with more context."""
+        return self.window(tile.index, tile.row, tile.col, tile.core, overlap)
 
     def level0_origin(self, tile: Tile) -> tuple[int, int]:
         return int(round(tile.x * self.scale)), int(round(tile.y * self.scale))
@@ -64,7 +78,7 @@ class TilePlan:
             "mpp": self.mpp, "requested_mpp": self.requested_mpp, "scale": self.scale,
             "width": self.width, "height": self.height, "tile_size": self.tile_size,
             "overlap_px": self.overlap, "level": self.level, "tiles": len(self.tiles),
-            "grid_tiles": self.n_grid,
+            "grid_tiles": self.n_grid, "align": self.align,
         }
 
 
@@ -90,37 +104,42 @@ def plan_tiles(
     min_tissue_fraction: float = 0.01,
     roi=None,
     align: int = 1,
+    offset: tuple[int, int] = (0, 0),
 ) -> TilePlan:
     """Cut the slide at ``mpp`` µm/px into tiles. ``tissue`` (a :class:`TissueMask`) skips
     tiles whose core holds less than ``min_tissue_fraction`` tissue; ``roi`` (a shapely geometry
-    in level-0 pixels) skips tiles whose core does not touch it."""
+    in level-0 pixels) skips tiles whose core does not touch it.
+
+    Core boundaries lie at ``offset + k × tile_size``. Read windows (core + at least the overlap)
+    start and end on multiples of ``align`` in slide coordinates, whatever the cores: a network
+    with ``log2(align)`` poolings then sees every pixel at the same phase in every tile, so its
+    output in a core does not depend on the tiling."""
     use_mpp = working_mpp(reader, mpp, snap_tolerance)
     scale = use_mpp / reader.mpp
     w0, h0 = reader.dimensions
     width, height = max(1, int(math.floor(w0 / scale + 1e-9))), max(1, int(math.floor(h0 / scale + 1e-9)))
     overlap = int(math.ceil(overlap_um / use_mpp))
-    if align > 1:
-        # read windows start on multiples of ``align`` (with a tile size that is one too), so a
-        # network with ``log2(align)`` poolings sees every pixel at the same phase in every tile:
-        # its output in the cores then does not depend on the tiling
-        overlap = -(-overlap // align) * align
-    ncol, nrow = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    xs = _grid_lines(width, tile_size, offset[0])
+    ys = _grid_lines(height, tile_size, offset[1])
     if roi is not None:
         shapely.prepare(roi)
-    tiles: list[Tile] = []
-    for r in range(nrow):
-        for c in range(ncol):
-            x0, y0 = c * tile_size, r * tile_size
-            x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+    plan = TilePlan(use_mpp, scale, width, height, tile_size, overlap, reader.best_level(use_mpp),
+                    [], (len(xs) - 1) * (len(ys) - 1), float(mpp), align)
+    for r in range(len(ys) - 1):
+        for c in range(len(xs) - 1):
+            x0, y0, x1, y1 = xs[c], ys[r], xs[c + 1], ys[r + 1]
             if tissue is not None and tissue.fraction(x0 * scale, y0 * scale, x1 * scale, y1 * scale) < min_tissue_fraction:
                 continue
             if roi is not None and not roi.intersects(shapely.box(x0 * scale, y0 * scale, x1 * scale, y1 * scale)):
                 continue
-            rx0, ry0 = max(0, x0 - overlap), max(0, y0 - overlap)
-            rx1, ry1 = min(width, x1 + overlap), min(height, y1 + overlap)
-            tiles.append(Tile(len(tiles), r, c, rx0, ry0, rx1 - rx0, ry1 - ry0, (x0, y0, x1, y1)))
-    return TilePlan(use_mpp, scale, width, height, tile_size, overlap, reader.best_level(use_mpp),
-                    tiles, ncol * nrow, float(mpp))
+            plan.tiles.append(plan.window(len(plan.tiles), r, c, (x0, y0, x1, y1), overlap))
+    return plan
+
+
+def _grid_lines(size: int, step: int, offset: int) -> list[int]:
+    first = offset % step
+    lines = [0] + list(range(first if first else step, size, step)) + [size]
+    return sorted(set(lines))
 
 
 # -- tissue detection ---------------------------------------------------------------------------

@@ -63,6 +63,16 @@ class Segmenter:
         """Several tiles at once; backends with a batched model override this."""
         return [self.segment(im) for im in images]
 
+    def predict(self, images: list[np.ndarray]) -> list[Any]:
+        """The batched, heavy part (a model's forward pass) for several tiles. The engine runs it
+        in one thread and hands each result to :meth:`finish`, possibly in another thread, so
+        post-processing overlaps the next batch. Default: the labels themselves."""
+        return self.segment_batch(images)
+
+    def finish(self, raw: Any, image: np.ndarray) -> np.ndarray:
+        """One tile's :meth:`predict` output → its label image. Must be thread-safe."""
+        return raw
+
 
 def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_channels=()) -> Segmenter:
     if name not in BACKENDS:

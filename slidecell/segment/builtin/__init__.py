@@ -129,25 +129,30 @@ class BuiltinSegmenter(Segmenter):
         return self.segment_batch([image])[0]
 
     def segment_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.finish(r, im) for r, im in zip(self.predict(images), images)]
+
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Probability maps (3×H×W at the model's resolution) per tile, ``None`` for an empty
+        tile; tiles of equal size go through the network together, ``batch_size`` at a time."""
         out: list[np.ndarray | None] = [None] * len(images)
-        inputs = []
-        for i, image in enumerate(images):
-            if image.shape[0] == 0 or image.shape[1] == 0:
-                out[i] = np.zeros(image.shape[:2], np.int32)
-            else:
-                inputs.append((i, self._input(image)))
-        # batch inputs of equal size together
         by_shape: dict[tuple, list] = {}
-        for i, x in inputs:
-            by_shape.setdefault(x.shape, []).append((i, x))
+        for i, image in enumerate(images):
+            if image.shape[0] and image.shape[1]:
+                x = self._input(image)
+                by_shape.setdefault(x.shape, []).append((i, x))
         bs = self.params.batch_size
         for group in by_shape.values():
             for k in range(0, len(group), bs):
                 part = group[k:k + bs]
                 maps = self.predictor.maps(np.stack([x for _, x in part]))
                 for (i, _), m in zip(part, maps):
-                    out[i] = self._labels(m, images[i].shape[:2])
-        return out  # type: ignore[return-value]
+                    out[i] = m
+        return out
+
+    def finish(self, raw: np.ndarray | None, image: np.ndarray) -> np.ndarray:
+        if raw is None:
+            return np.zeros(image.shape[:2], np.int32)
+        return self._labels(raw, image.shape[:2])
 
 
 __all__ = ["BuiltinSegmenter", "BuiltinParams", "SHIPPED", "Predictor"]
