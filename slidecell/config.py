@@ -42,9 +42,11 @@ class TilingConfig(Strict):
     #: tile core size in working pixels (read windows are aligned to the network's poolings
     #: whatever the size, so the cells do not depend on the tiling)
     tile_size: int = Field(1024, ge=64, le=16384)
-    #: context added on each side of a tile core; must exceed the largest cell diameter plus the
-    #: built-in network's context (~48 px), so that a cell comes out the same in every tiling
-    overlap_um: float = Field(40.0, ge=0, le=1000)
+    #: context added on each side of a tile core. The built-in network's output is bit-identical
+    #: beyond 96 px (48 µm at 0.5 µm/px) from a window edge and differs slightly closer to it;
+    #: 64 µm keeps every cell within 16 µm of a seam in the identical zone of both tiles, so both
+    #: see the same cell and exactly one owns it (RESULTS.md: seams)
+    overlap_um: float = Field(64.0, ge=0, le=1000)
     #: a tile that owns a cell reaching the edge of its read window (a cell larger than the
     #: overlap) is read again with twice the overlap, up to this much; cells still cut are kept
     #: and flagged (``touches_tile_edge``) and counted in run.json

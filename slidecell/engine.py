@@ -351,7 +351,7 @@ class _Pipeline:
         self.max_overlap = int(math.ceil(cfg.tiling.max_overlap_um / plan.mpp))
         self.workers = cfg.engine.post_workers
         self.queue = cfg.engine.queue
-        self.batch_size = int(getattr(segmenter.params, "batch_size", 1))
+        self.batch_size = segmenter.batch_size
         self.chunk_path = chunk_path
         self.timings = timings
         self.retried = 0
@@ -440,8 +440,8 @@ class _Pipeline:
         while table["touches_tile_edge"].any() and overlap < self.max_overlap:
             overlap = min(2 * overlap, self.max_overlap)
             big = self.plan.enlarge(tile, overlap)
-            if (big.w, big.h) == (tile.w, tile.h):
-                break  # clipped by the slide: no more context to read
+            if (big.x, big.y, big.w, big.h) == (tile.x, tile.y, tile.w, tile.h):
+                continue  # aligned or clipped to the same window: ask for more
             x0, y0 = self.plan.level0_origin(big)
             image = self.reader.read(x0, y0, big.w, big.h, self.plan.mpp)
             table = process_tiles([big], [image], self.segmenter, self.ctx)[0]

@@ -15,6 +15,33 @@ import numpy as np
 import shapely
 
 
+def _square_corners(up, pts, ring, starts, lengths, owner):
+    """OpenCV's 8-connected trace cuts each concave corner with a one-step diagonal; put the
+    corner back (the neighbouring pixel that belongs to the region), so that every edge is
+    horizontal or vertical and the quarter-pixel mitre offset lands exactly on pixel edges: the
+    outline's area is then the pixel count and touching cells share edges without overlapping."""
+    n = len(pts)
+    nxt = np.arange(1, n + 1)
+    ends = starts + lengths - 1
+    nxt[ends] = starts  # rings are cyclic
+    d = pts[nxt] - pts
+    diag = (np.abs(d[:, 0]) == 1) & (np.abs(d[:, 1]) == 1)
+    if not diag.any():
+        return pts, ring
+    k = np.flatnonzero(diag)
+    c1 = np.stack([pts[nxt[k], 0], pts[k, 1]], axis=1)  # step in x first
+    c2 = np.stack([pts[k, 0], pts[nxt[k], 1]], axis=1)  # step in y first
+    inside1 = up[c1[:, 1], c1[:, 0]] == owner[ring[k]]
+    corner = np.where(inside1[:, None], c1, c2)
+    counts = np.ones(n, np.int64)
+    counts[k] = 2
+    pos = np.cumsum(counts) - counts  # where each original point goes
+    out = np.empty((n + len(k), 2), pts.dtype)
+    out[pos] = pts
+    out[pos[k] + 1] = corner
+    return out, np.repeat(ring, counts)
+
+
 def label_polygons(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Outline of each label in ``ids`` (an array of shapely Polygons, in the label image's pixel
     coordinates, x to the right and y down, pixel ``(r, c)`` covering ``[c, c+1) × [r, r+1)``).
@@ -41,6 +68,7 @@ def label_polygons(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     want &= lengths >= 3
     sel = np.flatnonzero(want)
     ring_of_point = np.repeat(np.arange(len(contours)), lengths)
+    pts, ring_of_point = _square_corners(up, pts, ring_of_point, starts, lengths, owner)
     pmask = want[ring_of_point]
     # back to label-image coordinates (padding removed): half-pixel centres of the 2× grid
     coords = (pts[pmask].astype(np.float64) + 0.5) / 2 - 1.0

@@ -18,27 +18,32 @@ import pandas as pd
 import pytest
 import shapely
 
-from conftest import CMU1, NDPI, QPTIFF, need
+from conftest import CMU1, NDPI, QPTIFF, need, write_ome_pyramid, write_rgb_pyramid
 from slidecell import load_config, run
 from slidecell.errors import OutputError
 
 FAST = {"reader": {"workers": 2}}
 
 
-def match_cells(a: np.ndarray, b: np.ndarray, thr: float = 0.9):
-    """One-to-one matches between two polygon arrays at IoU ≥ thr (greedy on IoU)."""
+def matched_pairs(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> np.ndarray:
+    """One-to-one matches ``(i, j)`` between two polygon arrays at IoU ≥ thr (greedy on IoU;
+    at thr > 0.5 a match is unique anyway)."""
     tree = shapely.STRtree(b)
     ia, ib = tree.query(a, predicate="intersects")
     inter = shapely.area(shapely.intersection(a[ia], b[ib]))
     iou = inter / (shapely.area(a[ia]) + shapely.area(b[ib]) - inter)
     order = np.argsort(-iou)
-    used_a, used_b, n = set(), set(), 0
+    used_a, used_b, pairs = set(), set(), []
     for k in order:
         if iou[k] < thr:
             break
         if ia[k] not in used_a and ib[k] not in used_b:
-            used_a.add(ia[k]); used_b.add(ib[k]); n += 1
-    return n
+            used_a.add(ia[k]); used_b.add(ib[k]); pairs.append((ia[k], ib[k]))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def match_cells(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
+    return len(matched_pairs(a, b, thr))
 
 
 def max_overlap_fraction(polys: np.ndarray) -> float:
@@ -135,6 +140,66 @@ def test_same_cells_whatever_the_tiling(cmu1_run, tmp_path):
     assert len(set(a["cell_id"]) & set(b["cell_id"])) >= 0.95 * len(a)
 
 
+@pytest.fixture(scope="module")
+def he4096(tmp_path_factory):
+    """4096×4096 px of real H&E at 0.5 µm/px: CMU-1-Small-Region (2220×2967) extended by
+    mirroring, so tissue continues across the joins; a JPEG tiled TIFF."""
+    from slidecell import open_slide
+
+    with open_slide(need(CMU1)) as r:
+        img = r.read(0, 0, *r.dimensions, r.mpp)
+    canvas = np.pad(img, ((0, 4096 - img.shape[0]), (0, 4096 - img.shape[1]), (0, 0)), mode="symmetric")
+    path = tmp_path_factory.mktemp("he4096") / "he4096.tif"
+    write_rgb_pyramid(path, canvas, 0.5, levels=2)
+    with open_slide(path) as r:
+        pixels = r.read(0, 0, 4096, 4096, 0.5)
+    return path, pixels
+
+
+@pytest.fixture(scope="module")
+def he4096_whole(he4096):
+    """The 4096² image segmented as one image (no tiles) by the default model."""
+    from slidecell.engine import TileContext, cells_from_labels
+    from slidecell.segment import get_segmenter
+    from slidecell.tiling import Tile
+
+    _, pixels = he4096
+    seg = get_segmenter("builtin", {}, ("Red", "Green", "Blue"), "brightfield", 0.5)
+    labels = seg.segment(pixels)
+    h, w = labels.shape
+    ctx = TileContext("whole", 1.0, 0.5, w, h, ("Red", "Green", "Blue"))
+    return cells_from_labels(Tile(0, 0, 0, 0, 0, w, h, (0, 0, w, h)), pixels, labels, ctx)
+
+
+@pytest.mark.parametrize("tile_size,offset", [(512, (0, 0)), (1000, (200, 333)), (1536, (700, 90))])
+def test_seams_tiled_equals_whole_image(he4096, he4096_whole, tile_size, offset, tmp_path):
+    """The tiled engine gives the cells of the image segmented whole, whatever the tile size and
+    where the seams fall: ≥ 99% matched one-to-one at IoU ≥ 0.9 (also among the cells that
+    straddle a seam), no two cells overlapping by more than 5%, none cut at a tile edge."""
+    path, _ = he4096
+    cfg = load_config(None, {**FAST, "tissue": {"enabled": False},
+                             "tiling": {"tile_size": tile_size, "grid_offset": list(offset)},
+                             "output": {"geojson": False, "h5ad": False}})
+    r = run(path, cfg, tmp_path / "t", progress=False)
+    assert r.n_tiles == len(set(range(offset[0] % tile_size or tile_size, 4096, tile_size)) | {0}) * \
+        len(set(range(offset[1] % tile_size or tile_size, 4096, tile_size)) | {0})
+    tiled = gpd.read_parquet(tmp_path / "t" / "cells.parquet")
+    ref = he4096_whole
+    a, b = ref["geometry"].to_numpy(), tiled.geometry.to_numpy()
+    pairs = matched_pairs(a, b, 0.9)
+    assert len(a) > 10000
+    assert len(pairs) >= 0.99 * max(len(a), len(b)), (len(pairs), len(a), len(b))
+    assert max_overlap_fraction(b) <= 0.05
+    assert not tiled["touches_tile_edge"].any()
+    assert shapely.is_valid(b).all()
+    # cells of the whole image that a seam (core boundary) crosses come out whole as well
+    lines = [shapely.LineString([(x, 0), (x, 4096)]) for x in range(offset[0] % tile_size or tile_size, 4096, tile_size)]
+    lines += [shapely.LineString([(0, y), (4096, y)]) for y in range(offset[1] % tile_size or tile_size, 4096, tile_size)]
+    on_seam = np.flatnonzero(shapely.intersects(a[:, None], np.array(lines)[None, :]).any(axis=1))
+    assert len(on_seam) > 100
+    assert np.isin(on_seam, pairs[:, 0]).mean() >= 0.99
+
+
 def test_finished_run_is_protected(cmu1_run):
     _, out = cmu1_run
     before = (out / "cells.geojson").stat().st_mtime_ns
@@ -209,3 +274,51 @@ def test_run_qptiff_multiplex_preset(tmp_path):
     dapi = open_slide(QPTIFF).read_region(0, 0, 1920, 1440)[:, :, 0].astype(float)
     assert float(np.median(adata.X[:, 0])) > 3 * dapi.mean()
     assert adata.uns["slidecell"]["modality"] == "fluorescence"
+
+
+def _giant_nucleus_image(path):
+    """Fluorescence at 1 µm/px: one 60 µm nucleus straddling the corner of four 128 px tile
+    cores (far larger than the 8 µm overlap) and four ordinary 8 µm nuclei."""
+    from skimage.draw import disk
+
+    img = np.full((384, 384), 10, np.uint16)
+    giant = np.zeros(img.shape, bool)
+    giant[disk((138, 133), 30, shape=img.shape)] = True
+    img[giant] = 1000
+    for c in [(40, 40), (40, 330), (330, 40), (330, 330)]:
+        img[disk(c, 4, shape=img.shape)] = 1000
+    write_ome_pyramid(path, img[None], ["DAPI"], 1.0, levels=1, tile=64)
+    return int(giant.sum())
+
+
+@pytest.mark.parametrize("max_overlap_um,whole", [(64, True), (8, False)])
+def test_cells_larger_than_the_overlap(tmp_path, max_overlap_um, whole):
+    """A cell larger than the overlap reaches the edge of its tile's window: the engine reads
+    that tile (and any neighbour that owns a piece of it) again with more context, so it comes out whole and
+    once; when the context may not grow enough, the cut pieces are flagged and counted."""
+    path = tmp_path / "giant.ome.tif"
+    giant_px = _giant_nucleus_image(path)
+    cfg = load_config(None, {
+        "tissue": {"enabled": False, "modality": "fluorescence"},
+        "tiling": {"mpp": 1.0, "tile_size": 128, "overlap_um": 8, "max_overlap_um": max_overlap_um},
+        "segmentation": {"backend": "watershed", "params": {
+            "background_radius_um": 0, "min_distance_um": 50, "max_area_um2": 10000, "threshold": 0.5}},
+        "output": {"geojson": False, "h5ad": False}})
+    r = run(path, cfg, tmp_path / "o", progress=False)
+    cells = gpd.read_parquet(tmp_path / "o" / "cells.parquet")
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    small = cells[cells["area_um2"] < 100]
+    assert len(small) == 4 and not small["touches_tile_edge"].any()
+    big = cells[cells["area_um2"] >= 100]
+    if whole:
+        assert len(big) == 1
+        assert big["area_um2"].iloc[0] == giant_px  # exact pixel count: nothing cut
+        assert abs(big.geometry.iloc[0].area - giant_px) < 1e-6
+        assert not big["touches_tile_edge"].any() and info["cells_touching_tile_edge"] == 0
+        assert info["tiles_reread_for_large_cells"] >= 1
+    else:
+        assert big["touches_tile_edge"].all() and len(big) >= 1
+        assert info["cells_touching_tile_edge"] == len(big)
+        assert big["area_um2"].max() < giant_px
+    assert max_overlap_fraction(cells.geometry.to_numpy()) <= 0.05
+    assert r.n_cells == len(cells)

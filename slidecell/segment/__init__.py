@@ -55,6 +55,11 @@ class Segmenter:
     def segment(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    @property
+    def batch_size(self) -> int:
+        """Tiles the engine hands to :meth:`predict` at once."""
+        return int(getattr(self.params, "batch_size", None) or 1)
+
     def describe(self) -> dict[str, Any]:
         """What produced the cells, recorded in run.json."""
         return {"backend": self.name, "params": self.params.model_dump(mode="json")}
