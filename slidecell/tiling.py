@@ -79,6 +79,7 @@ class TilePlan:
             "width": self.width, "height": self.height, "tile_size": self.tile_size,
             "overlap_px": self.overlap, "level": self.level, "tiles": len(self.tiles),
             "grid_tiles": self.n_grid, "align": self.align,
+            "window_pixels": int(sum(t.w * t.h for t in self.tiles)),
         }
 
 
