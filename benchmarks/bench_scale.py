@@ -61,7 +61,6 @@ def run_child(slide: Path, out: Path, config: str, extra: list[str]) -> dict:
 
 def model_post_alone(slide: Path, config: str, n: int = 8) -> float:
     """Window MP/s of predict + finish, one after the other, on ``n`` tissue tiles in memory."""
-    import numpy as np
 
     from slidecell import load_config, open_slide
     from slidecell.engine import TILE_ALIGN

@@ -63,6 +63,9 @@ class EngineConfig(Strict):
     #: threads that post-process model output into measured cell outlines while the model runs
     #: on the next batch (0: in the model's thread)
     post_workers: int = Field(1, ge=0, le=64)
+    #: "processes" sidesteps Python's GIL (measured 1.9× vs 1.5× with two workers) at the cost of
+    #: sending each tile's model output to a worker; worth it with several free cores (GPU runs)
+    post_parallel: Literal["threads", "processes"] = "threads"
     #: tiles waiting for post-processing at most (bounds memory)
     queue: int = Field(8, ge=1, le=1024)
 
@@ -106,7 +109,7 @@ class OutputConfig(Strict):
     parquet: bool = True
     h5ad: bool = True
     #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
-    geojson_precision: int = Field(2, ge=0, le=6)
+    geojson_precision: int = Field(3, ge=0, le=6)
 
 
 class Config(Strict):

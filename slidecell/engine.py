@@ -17,22 +17,24 @@ import math
 import os
 import shutil
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import shapely
+from scipy import ndimage as ndi
 
 from . import __version__
 from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
-from .io.writers import GeoJSONWriter, GeoParquetWriter, H5adWriter, atomic_path, write_geoparquet, write_text_atomic
-from .measure import channel_means, ellipse_axes, label_moments, polygon_shape
-from .polygons import label_polygons
+from .io.writers import (GeoJSONWriter, GeoParquetWriter, H5adWriter, atomic_path, geojson_features, write_geoparquet,
+                         write_text_atomic)
+from .measure import ellipse_axes, label_stats
+from .polygons import outline_labels
 from .segment import Segmenter, get_segmenter
 from .table import BASE_COLUMNS, MEAN_PREFIX, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
@@ -42,7 +44,6 @@ WORK_DIR = ".slidecell"
 TILE_ALIGN = 16
 RUN_FILE = "run.json"
 OUTPUT_FILES = {"geojson": "cells.geojson", "parquet": "cells.parquet", "h5ad": "cells.h5ad"}
-_ID_NAMESPACE = uuid.UUID("8a1f3c52-6d0e-4f4e-9d1a-5c11dece11ed")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class TileContext:
     height: int
     channel_names: tuple[str, ...]
     roi_wkb: bytes | None = None
+    #: (x offset, y offset, decimals) of the GeoJSON output: each chunk carries the cells'
+    #: QuPath features ready-made, so the final file is a concatenation; None: no GeoJSON
+    geojson: tuple[float, float, int] | None = None
 
     @property
     def mpp(self) -> float:
@@ -85,7 +89,7 @@ def process_tile(tile: Tile, image: np.ndarray, segmenter: Segmenter, ctx: TileC
 
 def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: TileContext) -> pd.DataFrame:
     """The cells a tile owns, from its label image: ownership, outlines and measurements."""
-    ids, area, cx, cy, mu20, mu02, mu11 = label_moments(labels)
+    ids, area, cx, cy, mu20, mu02, mu11, means = label_stats(labels, image)
     gx, gy = cx + tile.x, cy + tile.y
     keep = tile.owns(gx, gy)
     if ctx.roi_wkb is not None and keep.any():
@@ -94,22 +98,25 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     if not keep.any():
         return empty_table(ctx.channel_names)
     ids, area, cx, cy, gx, gy = ids[keep], area[keep], cx[keep], cy[keep], gx[keep], gy[keep]
-    mu20, mu02, mu11 = mu20[keep], mu02[keep], mu11[keep]
+    mu20, mu02, mu11, means = mu20[keep], mu02[keep], mu11[keep], means[keep]
 
-    polys = label_polygons(labels, ids)
-    minx, miny, maxx, maxy = shapely.bounds(polys).T
+    # bounding boxes of the owned cells: which reach the window's edge (inside the slide), and
+    # the part of the window to outline
+    boxes = ndi.find_objects(labels, max_label=int(ids.max()))
+    bb = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) for b in (boxes[i - 1] for i in ids)])
+    miny, maxy, minx, maxx = bb.T
     touches = (
         ((minx <= 0) & (tile.x > 0)) | ((miny <= 0) & (tile.y > 0))
         | ((maxx >= tile.w) & (tile.x + tile.w < ctx.width))
         | ((maxy >= tile.h) & (tile.y + tile.h < ctx.height))
     )
-    perim_px, solidity = polygon_shape(polys)
+    r0, r1, c0, c1 = miny.min(), maxy.max(), minx.min(), maxx.max()
+    # outlines straight in level-0 pixels
+    polys0, perim_px, hull = outline_labels(labels[r0:r1, c0:c1], ids, (tile.x + c0, tile.y + r0), ctx.scale)
+    solidity = np.clip(area / np.maximum(hull, 1e-12), 0, 1)
     major, minor, ecc = ellipse_axes(mu20, mu02, mu11)
-    means = channel_means(labels, image, ids, area)
     mpp = ctx.mpp
     x0, y0 = gx * ctx.scale, gy * ctx.scale
-    offset = np.array([tile.x, tile.y], dtype=np.float64)
-    polys0 = shapely.transform(polys, lambda c: (c + offset) * ctx.scale)
     table = pd.DataFrame({
         "cell_id": cell_ids(ctx.slide_key, x0, y0),
         "tile": np.full(len(ids), tile.index, np.int64),
@@ -128,10 +135,39 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     return table
 
 
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective 64-bit mix."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
 def cell_ids(slide_key: str, x: np.ndarray, y: np.ndarray) -> list[str]:
-    """Deterministic UUIDs from the slide and the level-0 centroid: the same cell gets the same id
-    in every run, whatever the tiling."""
-    return [str(uuid.uuid5(_ID_NAMESPACE, f"{slide_key}:{a:.2f}:{b:.2f}")) for a, b in zip(x, y)]
+    """Deterministic UUIDs (RFC 9562 version 8) hashed from the slide and the level-0 centroid
+    (to 0.01 px): the same cell gets the same id in every run, whatever the tiling. Vectorized."""
+    n = len(x)
+    if n == 0:
+        return []
+    key = np.uint64(int(hashlib.sha256(slide_key.encode()).hexdigest()[:16], 16))
+    qx = np.round(np.asarray(x, np.float64) * 100).astype(np.int64).view(np.uint64)
+    qy = np.round(np.asarray(y, np.float64) * 100).astype(np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        hi = _mix64(key ^ _mix64(qx ^ _mix64(qy)))
+        lo = _mix64(hi ^ _mix64(qy + np.uint64(0x9E3779B97F4A7C15)) ^ key)
+    hi = (hi & ~np.uint64(0xF000)) | np.uint64(0x8000)  # version 8
+    lo = (lo & ~(np.uint64(3) << np.uint64(62))) | (np.uint64(2) << np.uint64(62))  # RFC variant
+    b = np.stack([hi, lo], axis=1).astype(">u8").view(np.uint8).reshape(n, 16)
+    hexed = np.empty((n, 32), np.uint8)
+    hexed[:, 0::2] = _HEX[b >> 4]
+    hexed[:, 1::2] = _HEX[b & 15]
+    out = np.full((n, 36), ord("-"), np.uint8)
+    for src, dst in ((slice(0, 8), slice(0, 8)), (slice(8, 12), slice(9, 13)), (slice(12, 16), slice(14, 18)),
+                     (slice(16, 20), slice(19, 23)), (slice(20, 32), slice(24, 36))):
+        out[:, dst] = hexed[:, src]
+    return out.view("S36").ravel().astype("U36").tolist()
 
 
 def slide_fingerprint(path: Path) -> dict:
@@ -256,6 +292,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         "mpp_override": mpp,
         "roi_wkt": roi.wkt if roi is not None else None,
         "plan": plan.summary(),
+        # chunks hold GeoJSON features made with these settings
+        "geojson": [cfg.output.geojson, cfg.output.geojson_precision],
     }
     manifest_path = work / "manifest.json"
     resumed = 0
@@ -285,6 +323,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
             slide_key=fingerprint["sha256_head_tail"][:16], scale=plan.scale, mpp0=mpp0,
             width=plan.width, height=plan.height, channel_names=tuple(reader.channel_names),
             roi_wkb=shapely.to_wkb(roi) if roi is not None else None,
+            geojson=(*reader.bounds_offset, cfg.output.geojson_precision) if cfg.output.geojson else None,
         )
         chunk_size = cfg.tiling.chunk_tiles
         n_chunks = (len(plan.tiles) + chunk_size - 1) // chunk_size
@@ -350,38 +389,54 @@ class _Pipeline:
         self.chunk_size = cfg.tiling.chunk_tiles
         self.max_overlap = int(math.ceil(cfg.tiling.max_overlap_um / plan.mpp))
         self.workers = cfg.engine.post_workers
+        self.parallel = cfg.engine.post_parallel
         self.queue = cfg.engine.queue
         self.batch_size = segmenter.batch_size
         self.chunk_path = chunk_path
         self.timings = timings
         self.retried = 0
-        self.current: dict[int, list[pd.DataFrame]] = {}
+        self.current: dict[int, list] = {}
         self.remaining: dict[int, int] = {}
 
-    def _finish(self, tile, image, raw):
-        t0 = time.perf_counter()
-        table = finish_tile(tile, image, raw, self.segmenter, self.ctx)
-        return table, time.perf_counter() - t0
+    def _pool(self):
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        if not self.workers:
+            return None
+        if self.parallel == "processes":
+            import multiprocessing as mp
+
+            return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"), initializer=_init_post,
+                                       initargs=(self.segmenter.finisher(), self.ctx))
+        _init_post(self.segmenter.finisher(), self.ctx)
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="slidecell-post")
 
     def run(self, stream, tiles, progress, done) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from concurrent.futures import Future
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         for t in tiles:
             k = t.index // self.chunk_size
             self.remaining[k] = self.remaining.get(k, 0) + 1
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="slidecell-post") if self.workers else None
+        pool = self._pool()
+        if pool is None:
+            _init_post(self.segmenter.finisher(), self.ctx)
         inflight: deque = deque()
         with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
                       TimeRemainingColumn(), disable=not progress, transient=False) as bar:
             task = bar.add_task("tiles", total=len(self.plan.tiles), completed=done)
 
             def collect():
-                tile, fut = inflight.popleft()
-                table, dt = fut.result()
+                tile, fut, shm = inflight.popleft()
+                try:
+                    part, dt = fut.result()
+                finally:
+                    if shm is not None:
+                        shm.close()
+                        shm.unlink()
                 self.timings["post"] += dt
-                self._take(tile, table)
+                self._take(tile, part)
                 bar.advance(task)
 
             try:
@@ -390,12 +445,17 @@ class _Pipeline:
                     raws = self.segmenter.predict([im for _, im in batch])
                     self.timings["model"] += time.perf_counter() - t0
                     for (tile, image), raw in zip(batch, raws):
-                        if pool is not None:
-                            fut = pool.submit(self._finish, tile, image, raw)
-                        else:
+                        shm = None
+                        if pool is None:
                             fut = Future()
-                            fut.set_result(self._finish(tile, image, raw))
-                        inflight.append((tile, fut))
+                            fut.set_result(_post_tile(tile, image, raw))
+                        elif self.parallel == "processes":
+                            # pixels travel through shared memory, not pickles down a pipe
+                            shm, specs = _to_shared([image, raw])
+                            fut = pool.submit(_post_tile_shared, tile, shm.name, specs)
+                        else:
+                            fut = pool.submit(_post_tile, tile, image, raw)
+                        inflight.append((tile, fut, shm))
                     del batch, raws
                     while len(inflight) > self.queue:
                         collect()
@@ -404,6 +464,10 @@ class _Pipeline:
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
+                for _, _, shm in inflight:
+                    if shm is not None:
+                        shm.close()
+                        shm.unlink()
 
     def _batches(self, items):
         """Tiles of one size (edge tiles are smaller), ``batch_size`` at a time, timing the wait
@@ -423,19 +487,20 @@ class _Pipeline:
         if pending:
             yield pending
 
-    def _take(self, tile: Tile, table: pd.DataFrame) -> None:
-        if len(table) and table["touches_tile_edge"].any():
-            table = self._more_context(tile, table)
+    def _take(self, tile: Tile, part) -> None:
+        if part.num_rows and pc.any(part.column("touches_tile_edge")).as_py():
+            part = self._more_context(tile, part)
         k = tile.index // self.chunk_size
-        self.current.setdefault(k, []).append(table)
+        self.current.setdefault(k, []).append(part)
         self.remaining[k] -= 1
         if self.remaining[k] == 0:
             t0 = time.perf_counter()
-            _write_chunk(self.current.pop(k), self.chunk_path(k), self.ctx.channel_names)
+            _write_chunk(self.current.pop(k), self.chunk_path(k))
             self.timings["write_chunks"] += time.perf_counter() - t0
 
-    def _more_context(self, tile: Tile, table: pd.DataFrame) -> pd.DataFrame:
+    def _more_context(self, tile: Tile, part):
         t0 = time.perf_counter()
+        table = from_arrow(part)
         overlap = self.plan.overlap
         while table["touches_tile_edge"].any() and overlap < self.max_overlap:
             overlap = min(2 * overlap, self.max_overlap)
@@ -448,16 +513,78 @@ class _Pipeline:
             tile = big
             self.retried += 1
         self.timings["retry"] += time.perf_counter() - t0
-        return table
+        return _chunk_part(table, self.ctx)
 
 
-def _write_chunk(tables: list[pd.DataFrame], path: Path, channels) -> None:
+# -- post-processing workers (threads or processes) -----------------------------------------------
+_POST: dict = {}
+
+
+def _init_post(finisher, ctx: TileContext) -> None:
+    _POST["finisher"], _POST["ctx"] = finisher, ctx
+
+
+def _post_tile(tile: Tile, image: np.ndarray, raw):
+    """Model output of one tile → its cells as an Arrow chunk part (geometry as WKB, GeoJSON
+    features ready-made); returns (part, seconds)."""
+    t0 = time.perf_counter()
+    ctx = _POST["ctx"]
+    table = cells_from_labels(tile, image, _POST["finisher"](raw, image), ctx)
+    return _chunk_part(table, ctx), time.perf_counter() - t0
+
+
+def _to_shared(items: list):
+    """Copy the arrays among ``items`` into one shared-memory block; other items (None) travel
+    in the spec list as they are."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    arrays = [a for a in items if isinstance(a, np.ndarray)]
+    shm = SharedMemory(create=True, size=max(1, sum(a.nbytes for a in arrays)))
+    specs, offset = [], 0
+    for item in items:
+        if isinstance(item, np.ndarray):
+            np.ndarray(item.shape, item.dtype, buffer=shm.buf, offset=offset)[...] = item
+            specs.append(("array", item.shape, item.dtype.str, offset))
+            offset += item.nbytes
+        else:
+            specs.append(("object", item))
+    return shm, specs
+
+
+def _post_tile_shared(tile: Tile, name: str, specs: list):
+    from multiprocessing.shared_memory import SharedMemory
+
+    # (the forkserver's children share the parent's resource tracker: the parent's unlink is
+    # the one that counts)
+    shm = SharedMemory(name=name)
+    try:
+        items = [np.ndarray(s[1], np.dtype(s[2]), buffer=shm.buf, offset=s[3]) if s[0] == "array" else s[1]
+                 for s in specs]
+        result = _post_tile(tile, *items)
+        del items
+        return result
+    finally:
+        shm.close()
+
+
+def _chunk_part(table: pd.DataFrame, ctx: TileContext):
+    import pyarrow as pa
+
+    at = to_arrow(table)
+    if ctx.geojson is not None:
+        ox, oy, prec = ctx.geojson
+        feats = [f + "," for f in geojson_features(table, (ox, oy), prec)]
+        at = at.append_column("feature", pa.array(feats, type=pa.string()))
+    return at
+
+
+def _write_chunk(parts: list, path: Path) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [t for t in tables if len(t)]
-    table = pd.concat(tables, ignore_index=True) if tables else empty_table(channels)
+    table = pa.concat_tables(parts, promote_options="default")
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    pq.write_table(to_arrow(table), tmp)
+    pq.write_table(table, tmp, compression="lz4")
     os.replace(tmp, path)
 
 
@@ -477,7 +604,7 @@ def _write_outputs(chunks: list[Path], out: Path, cfg: Config, reader: SlideRead
         gj = pw = hw = None
         if "geojson" in outputs:
             tmp = stack.enter_context(atomic_path(outputs["geojson"]))
-            fh = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+            fh = stack.enter_context(open(tmp, "wb"))
             gj = GeoJSONWriter(fh, reader.bounds_offset, cfg.output.geojson_precision)
         if "h5ad" in outputs:
             tmp = stack.enter_context(atomic_path(outputs["h5ad"]))
@@ -490,18 +617,20 @@ def _write_outputs(chunks: list[Path], out: Path, cfg: Config, reader: SlideRead
             if not count:
                 continue
             at = pq.read_table(p)
+            cells = at.drop_columns([c for c in ("feature",) if c in at.column_names])
             if "parquet" in outputs and pw is None:
                 tmp = stack.enter_context(atomic_path(outputs["parquet"]))
-                pw = GeoParquetWriter(tmp, at.schema)
+                pw = GeoParquetWriter(tmp, cells.schema)
                 stack.callback(pw.close)
             if pw is not None:
-                pw.write(at)
-            part = from_arrow(at)
-            n_touch += int(part["touches_tile_edge"].sum())
-            if gj is not None:
-                gj.write(part)
+                pw.write(cells)
+            n_touch += int(pc.sum(at.column("touches_tile_edge")).as_py() or 0)
+            if gj is not None:  # the features' bytes as they lie in the chunk, no Python strings
+                feats = at.column("feature").combine_chunks()
+                offsets = np.frombuffer(feats.buffers()[1], np.int32, len(feats) + 1, feats.offset * 4)
+                gj.write_joined(memoryview(feats.buffers()[2])[offsets[0]:offsets[-1]], len(feats))
             if hw is not None:
-                hw.write(part)
+                hw.write(cells.drop_columns(["geometry"]).to_pandas())
         if "parquet" in outputs and pw is None:  # no cells at all
             write_geoparquet(empty_table(channels), outputs["parquet"])
         if gj is not None:

@@ -68,6 +68,8 @@ def to_arrow(table: pd.DataFrame):
 
     df = table.drop(columns=["geometry"])
     at = pa.Table.from_pandas(df, preserve_index=False)
+    if at.schema.field("cell_id").type == pa.null():  # an empty table: keep the column's type
+        at = at.set_column(at.schema.get_field_index("cell_id"), "cell_id", pa.array([], pa.string()))
     wkb = shapely.to_wkb(np.asarray(table["geometry"].to_numpy(), dtype=object))
     return at.append_column("geometry", pa.array(list(wkb), type=pa.binary()))
 

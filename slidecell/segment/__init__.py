@@ -78,6 +78,15 @@ class Segmenter:
         """One tile's :meth:`predict` output → its label image. Must be thread-safe."""
         return raw
 
+    def finisher(self):
+        """A picklable callable doing :meth:`finish`, sent once to each post-processing process
+        (so a backend holding a model can send just its post-processing settings)."""
+        return _identity if type(self).finish is Segmenter.finish else self.finish
+
+
+def _identity(raw, image):
+    return raw
+
 
 def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_channels=()) -> Segmenter:
     if name not in BACKENDS:

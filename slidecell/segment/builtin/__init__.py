@@ -127,11 +127,6 @@ class BuiltinSegmenter(Segmenter):
             x = cv2.resize(x, size, interpolation=cv2.INTER_AREA if self.factor < 1 else cv2.INTER_LINEAR)
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def _labels(self, maps: np.ndarray, shape) -> np.ndarray:
-        if self.factor != 1.0:
-            maps = np.stack([cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR) for m in maps])
-        return maps_to_labels(maps[0], maps[1], maps[2], **self.post.__dict__)
-
     def segment(self, image: np.ndarray) -> np.ndarray:
         return self.segment_batch([image])[0]
 
@@ -157,9 +152,26 @@ class BuiltinSegmenter(Segmenter):
         return out
 
     def finish(self, raw: np.ndarray | None, image: np.ndarray) -> np.ndarray:
-        if raw is None:
-            return np.zeros(image.shape[:2], np.int32)
-        return self._labels(raw, image.shape[:2])
+        return self.finisher()(raw, image)
+
+    def finisher(self) -> "MapsToLabels":
+        return MapsToLabels(self.post, self.factor)
+
+
+class MapsToLabels:
+    """The model's maps (at the model's resolution) → labels at the tile's resolution; small and
+    picklable, for post-processing processes."""
+
+    def __init__(self, post: PostParams, factor: float):
+        self.post, self.factor = post, factor
+
+    def __call__(self, maps: np.ndarray | None, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        if maps is None:
+            return np.zeros((h, w), np.int32)
+        if self.factor != 1.0:
+            maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
+        return maps_to_labels(maps[0], maps[1], maps[2], **self.post.__dict__)
 
 
 __all__ = ["BuiltinSegmenter", "BuiltinParams", "SHIPPED", "Predictor"]
