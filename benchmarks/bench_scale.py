@@ -60,7 +60,10 @@ def run_child(slide: Path, out: Path, config: str, extra: list[str]) -> dict:
 
 
 def model_post_alone(slide: Path, config: str, n: int = 8) -> float:
-    """Window MP/s of predict + finish, one after the other, on ``n`` tissue tiles in memory."""
+    """Window MP/s of predict + finish, one after the other, on ``n`` full-size tiles spread over
+    the run's plan (the same mix of dense and sparse tiles), held in memory."""
+    import numpy as np
+
 
     from slidecell import load_config, open_slide
     from slidecell.engine import TILE_ALIGN
@@ -71,8 +74,10 @@ def model_post_alone(slide: Path, config: str, n: int = 8) -> float:
     with open_slide(slide) as r:
         tissue = detect_tissue(r, cfg.tissue.thumbnail_mpp, "brightfield", cfg.tissue.min_area_um2)
         plan = plan_tiles(r, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,
-                          cfg.tiling.snap_tolerance, tissue, 0.5, align=TILE_ALIGN)
-        full = [t for t in plan.tiles if t.w == t.h == plan.tiles[0].w][:n]
+                          cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, align=TILE_ALIGN)
+        size = max(t.w for t in plan.tiles)
+        full = [t for t in plan.tiles if t.w == t.h == size]
+        full = [full[i] for i in np.linspace(0, len(full) - 1, n).round().astype(int)]  # spread over the plan
         images = [r.read(*plan.level0_origin(t), t.w, t.h, plan.mpp) for t in full]
     seg = get_segmenter("builtin", cfg.segmentation.params, ("Red", "Green", "Blue"), "brightfield", plan.mpp)
     bs = seg.batch_size
@@ -91,6 +96,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="50000,100000")
     ap.add_argument("--config", default="he-brightfield")
     ap.add_argument("--extra", default="", help="more arguments for slidecell run")
+    ap.add_argument("--alone-only", action="store_true", help="only measure model + post alone")
     args = ap.parse_args()
     cache = HERE / ".cache"
     cache.mkdir(exist_ok=True)
@@ -100,6 +106,10 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {dev}, python {platform.python_version()}, "
           f"torch {torch.__version__}")
     rows = []
+    if args.alone_only:
+        path = cache / f"sparse-he-{args.sizes.split(',')[-1]}.tif"
+        print(f"model + post alone: {model_post_alone(path, args.config):.2f} MP/s (windows)")
+        return
     for size in [int(s) for s in args.sizes.split(",")]:
         path = cache / f"sparse-he-{size}.tif"
         t0 = time.perf_counter()

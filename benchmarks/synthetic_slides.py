@@ -19,6 +19,9 @@ HERE = Path(__file__).resolve().parent
 CMU1 = HERE.parent.parent / "shared" / "data" / "slides" / "cmu-1-small-region" / "CMU-1-Small-Region.svs"
 CANVAS = 4096  # period of the content at 0.5 µm/px
 BACKGROUND = (236, 234, 238)
+#: content offset (0.5 µm/px pixels) that puts the middle of CMU-1-Small-Region at each island's
+#: centre (the islands sit on multiples of the canvas period)
+SHIFT = (1110, 1480)
 
 
 def he_canvas() -> np.ndarray:
@@ -40,7 +43,7 @@ class Islands:
     """Elliptical tissue islands on a square grid: one per ``pitch`` level-0 pixels, semi-axes
     ``a`` × ``b`` level-0 pixels (tissue fraction π·a·b / pitch²)."""
 
-    def __init__(self, size0: int, pitch: int = 16384, a: int = 1600, b: int = 1000):
+    def __init__(self, size0: int, pitch: int = 16384, a: int = 2400, b: int = 1500):
         self.size0, self.pitch, self.a, self.b = size0, pitch, a, b
         n = max(1, size0 // pitch)
         self.centres = [((i + 0.5) * pitch, (j + 0.5) * pitch) for j in range(n) for i in range(n)]
@@ -98,11 +101,12 @@ def write_sparse_slide(path: Path, size0: int, canvas: np.ndarray | None = None,
                     yield blank
                     continue
                 if d == 1:
-                    src = periodic_crop(canvas, tx // 2, ty // 2, tile // 2 + 1, tile // 2 + 1)
+                    src = periodic_crop(canvas, tx // 2 + SHIFT[0], ty // 2 + SHIFT[1], tile // 2 + 1, tile // 2 + 1)
                     src = cv2.resize(src, ((tile // 2 + 1) * 2, (tile // 2 + 1) * 2), interpolation=cv2.INTER_LINEAR)
                     px = src[:tile, :tile]
                 else:
-                    px = periodic_crop(contents[d], tx, ty, tile, tile)
+                    f = d // 2
+                    px = periodic_crop(contents[d], tx + SHIFT[0] // f, ty + SHIFT[1] // f, tile, tile)
                 out = blank.copy()
                 out[m] = px[m]
                 yield out

@@ -107,3 +107,40 @@ class SetScore:
             "PQ": float(sq * f1),
             "AJI": float(np.mean(ajis)) if ajis else float("nan"),
         }
+
+
+# -- polygon sets (tiled vs whole-image runs) ------------------------------------------------------
+def match_polygons(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> np.ndarray:
+    """One-to-one matches ``(i, j)`` between two arrays of shapely polygons at IoU ≥ ``thr``
+    (greedy by IoU; above 0.5 a match is unique anyway)."""
+    import shapely
+
+    tree = shapely.STRtree(b)
+    ia, ib = tree.query(a, predicate="intersects")
+    inter = shapely.area(shapely.intersection(a[ia], b[ib]))
+    iou = inter / (shapely.area(a[ia]) + shapely.area(b[ib]) - inter)
+    order = np.argsort(-iou)
+    used_a, used_b, pairs = set(), set(), []
+    for k in order:
+        if iou[k] < thr:
+            break
+        if ia[k] not in used_a and ib[k] not in used_b:
+            used_a.add(ia[k])
+            used_b.add(ib[k])
+            pairs.append((ia[k], ib[k]))
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def max_overlap_fraction(polys: np.ndarray) -> float:
+    """Largest overlap between two polygons of a set, as a fraction of the smaller one's area
+    (0 for cells that only share edges; 1 for a duplicate)."""
+    import shapely
+
+    tree = shapely.STRtree(polys)
+    i, j = tree.query(polys, predicate="intersects")
+    keep = i < j
+    i, j = i[keep], j[keep]
+    if not len(i):
+        return 0.0
+    inter = shapely.area(shapely.intersection(polys[i], polys[j]))
+    return float(np.max(inter / np.minimum(shapely.area(polys[i]), shapely.area(polys[j]))))

@@ -21,40 +21,14 @@ import shapely
 from conftest import CMU1, NDPI, QPTIFF, need, write_ome_pyramid, write_rgb_pyramid
 from slidecell import load_config, run
 from slidecell.errors import OutputError
+from slidecell.metrics import match_polygons as matched_pairs
+from slidecell.metrics import max_overlap_fraction
 
 FAST = {"reader": {"workers": 2}}
 
 
-def matched_pairs(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> np.ndarray:
-    """One-to-one matches ``(i, j)`` between two polygon arrays at IoU ≥ thr (greedy on IoU;
-    at thr > 0.5 a match is unique anyway)."""
-    tree = shapely.STRtree(b)
-    ia, ib = tree.query(a, predicate="intersects")
-    inter = shapely.area(shapely.intersection(a[ia], b[ib]))
-    iou = inter / (shapely.area(a[ia]) + shapely.area(b[ib]) - inter)
-    order = np.argsort(-iou)
-    used_a, used_b, pairs = set(), set(), []
-    for k in order:
-        if iou[k] < thr:
-            break
-        if ia[k] not in used_a and ib[k] not in used_b:
-            used_a.add(ia[k]); used_b.add(ib[k]); pairs.append((ia[k], ib[k]))
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
 def match_cells(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> int:
     return len(matched_pairs(a, b, thr))
-
-
-def max_overlap_fraction(polys: np.ndarray) -> float:
-    tree = shapely.STRtree(polys)
-    i, j = tree.query(polys, predicate="intersects")
-    keep = i < j
-    i, j = i[keep], j[keep]
-    if not len(i):
-        return 0.0
-    inter = shapely.area(shapely.intersection(polys[i], polys[j]))
-    return float(np.max(inter / np.minimum(shapely.area(polys[i]), shapely.area(polys[j]))))
 
 
 @pytest.fixture(scope="module")
@@ -322,3 +296,18 @@ def test_cells_larger_than_the_overlap(tmp_path, max_overlap_um, whole):
         assert big["area_um2"].max() < giant_px
     assert max_overlap_fraction(cells.geometry[~cells["touches_tile_edge"]].to_numpy()) <= 0.05
     assert r.n_cells == len(cells)
+
+
+@pytest.mark.parametrize("engine", [{"post_workers": 0}, {"post_workers": 2, "post_parallel": "processes"}])
+def test_post_processing_pool_does_not_change_cells(cmu1_run, tmp_path, engine):
+    """Post-processing in the model's thread, or in processes fed through shared memory, gives
+    the same cells, bit for bit, as the default thread pool."""
+    _, out = cmu1_run
+    cfg = load_config("he-brightfield", {**FAST, "engine": engine})
+    run(CMU1, cfg, tmp_path / "p", progress=False)
+    a, b = _cells(out), _cells(tmp_path / "p")
+    assert len(a) > 4000
+    assert list(a["cell_id"]) == list(b["cell_id"])
+    assert all(x.equals_exact(y, 0) for x, y in zip(a.geometry, b.geometry))
+    pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
+    assert (out / "cells.geojson").read_bytes() == (tmp_path / "p" / "cells.geojson").read_bytes()

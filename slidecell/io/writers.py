@@ -47,24 +47,37 @@ def _measurement_names(table: pd.DataFrame) -> list[tuple[str, str]]:
     return pairs
 
 
-def _decimal_text(v: np.ndarray, decimals: int) -> np.ndarray:
-    """ASCII decimal text of each finite value, rounded to ``decimals`` places, trailing zeros
-    (and a bare point) dropped: an ``(n, width)`` uint8 matrix padded with zero bytes. Vectorized;
-    this is what keeps GeoJSON output fast (Python's repr or GEOS's writer cost ~10 µs/cell)."""
-    q = np.round(np.asarray(v, np.float64) * 10.0**decimals).astype(np.int64)
-    neg = q < 0
-    q = np.abs(q)
-    ip, fp = np.divmod(q, 10**decimals)
+def _decimal_text(v: np.ndarray, decimals) -> np.ndarray:
+    """ASCII decimal text of each finite value, rounded to ``decimals`` places (a number, or one
+    per value), trailing zeros (and a bare point) dropped: an ``(n, width)`` uint8 matrix padded
+    with zero bytes. Vectorized; this is what keeps GeoJSON output fast (Python's repr or GEOS's
+    writer cost ~10 µs per cell)."""
+    v = np.asarray(v, np.float64)
+    dec = np.broadcast_to(np.asarray(decimals, np.int64), v.shape)
+    top = int(dec.max()) if len(v) else 0
+    a = np.abs(v)
+    ip = np.trunc(a)
+    fp = np.round((a - ip) * 10.0**dec)
+    carry = fp >= 10.0**dec  # e.g. 0.9999999 → 1
+    ip, fp = (ip + carry).astype(np.int64), np.where(carry, 0, fp).astype(np.int64) * 10 ** (top - dec)
+    neg = (v < 0) & ((ip > 0) | (fp > 0))
     nd = len(str(int(ip.max()))) if len(ip) else 1
     digits = (ip[:, None] // 10 ** np.arange(nd - 1, -1, -1, dtype=np.int64)) % 10
     keep = np.cumsum(digits, axis=1) > 0
     keep[:, -1] = True  # "0"
     parts = [np.where(neg, ord("-"), 0)[:, None], np.where(keep, digits + 48, 0)]
-    if decimals:
-        fd = (fp[:, None] // 10 ** np.arange(decimals - 1, -1, -1, dtype=np.int64)) % 10
+    if top:
+        fd = (fp[:, None] // 10 ** np.arange(top - 1, -1, -1, dtype=np.int64)) % 10
         fkeep = np.cumsum(fd[:, ::-1], axis=1)[:, ::-1] > 0  # up to the last non-zero digit
         parts += [np.where(fp > 0, ord("."), 0)[:, None], np.where(fkeep, fd + 48, 0)]
     return np.concatenate(parts, axis=1).astype(np.uint8)
+
+
+def _significant(v: np.ndarray, digits: int = 7) -> np.ndarray:
+    """Decimals that keep ``digits`` significant digits of each value (at most 9)."""
+    ip = np.abs(np.trunc(v))
+    ndig = np.where(ip >= 1, np.floor(np.log10(np.maximum(ip, 1))) + 1, 0)
+    return np.clip(digits - ndig, 0, 9).astype(np.int64)
 
 
 def _compact(matrix: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -77,10 +90,10 @@ def _compact(matrix: np.ndarray) -> tuple[bytes, np.ndarray]:
 
 
 def _polygon_json(geoms: np.ndarray, decimals: int) -> list[str]:
-    """GeoJSON geometry text of polygons without holes, vectorized over all vertices; GEOS's
-    writer where a coordinate is negative or a polygon has holes."""
+    """GeoJSON geometry text of polygons without holes, vectorized over all vertices (GEOS's
+    writer if a polygon has holes)."""
     coords, ring = shapely.get_coordinates(geoms, return_index=True)  # (outlines have no holes)
-    if len(coords) == 0 or (coords < 0).any() or shapely.get_num_interior_rings(geoms).any():
+    if len(coords) == 0 or shapely.get_num_interior_rings(geoms).any():
         return shapely.to_geojson(geoms).tolist()
     n = len(coords)
     last = np.ones(n, bool)
@@ -96,16 +109,15 @@ def _polygon_json(geoms: np.ndarray, decimals: int) -> list[str]:
 
 
 def _measurements_json(values: np.ndarray, names: list[str]) -> list[str]:
-    """``"name":value`` pairs per row (non-finite values left out), vectorized; each column keeps
-    7 significant digits of its largest value."""
+    """``"name":value`` pairs per row (non-finite values left out), vectorized; values keep 7
+    significant digits (as QuPath's float measurements)."""
     n = len(values)
     blocks = []
     for j, name in enumerate(names):
         col = values[:, j]
         fin = np.isfinite(col)
-        big = float(np.abs(col[fin]).max()) if fin.any() else 0.0
-        dec = int(np.clip(7 - (len(str(int(big))) if big >= 1 else 0), 0, 9))
-        txt = _decimal_text(np.where(fin, col, 0.0), dec)
+        col = np.where(fin, col, 0.0)
+        txt = _decimal_text(col, _significant(col))
         key = np.frombuffer((json.dumps(name, ensure_ascii=False) + ":").encode(), np.uint8)
         block = np.concatenate([np.broadcast_to(key, (n, len(key))), txt, np.full((n, 1), ord(","), np.uint8)], axis=1)
         block[~fin] = 0
