@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 from synthetic_slides import CANVAS, he_canvas  # noqa: E402
 
 from slidecell import load_config  # noqa: E402
-from slidecell.engine import TILE_ALIGN, TileContext, _Pipeline, _write_outputs  # noqa: E402
+from slidecell.engine import TILE_ALIGN, TileContext, _OutputStream, _Pipeline  # noqa: E402
 from slidecell.segment import Segmenter  # noqa: E402
 from slidecell.tiling import plan_tiles  # noqa: E402
 
@@ -125,21 +125,23 @@ def main() -> None:
           f"{len(plan.tiles)} tiles of {cfg.tiling.tile_size} + {plan.overlap} px, "
           f"post-processing in {args.post_workers} {args.post_parallel}")
     timings = {"read_wait": 0.0, "model": 0.0, "post": 0.0, "write_chunks": 0.0, "retry": 0.0}
-    t0 = time.perf_counter()
-    pipe = _Pipeline(None, plan, seg, ctx, cfg, chunk_path, timings)
-    pipe.run(stream, plan.tiles, False, 0)
-    t_pipe = time.perf_counter() - t0
     chunks = [chunk_path(k) for k in range(math.ceil(len(plan.tiles) / cfg.tiling.chunk_tiles))]
     info = {"slide": "virtual", "plan": plan.summary(), "modality": "brightfield", "reader": {}}
-    t1 = time.perf_counter()
-    outputs, n_cells, n_touch = _write_outputs(chunks, out, cfg, slide, info, timings)
-    t_out = time.perf_counter() - t1
+    t0 = time.perf_counter()
+    # as engine.run: outputs are written from the chunks while the pipeline goes on
+    with _OutputStream(chunks, out, cfg, slide, info) as writer:
+        pipe = _Pipeline(None, plan, seg, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
+        pipe.run(stream, plan.tiles, False, 0)
+        t_pipe = time.perf_counter() - t0
+        outputs, n_cells, n_touch = writer.finish()
+    t_out = time.perf_counter() - t0 - t_pipe
     total = time.perf_counter() - t0
     sizes = {k: f"{v.stat().st_size / 1e6:.0f} MB" for k, v in outputs.items()}
     print(f"cells {n_cells}  (cut at the canvas joins: {n_touch})  total {total:.1f} s  = {n_cells / total:,.0f} cells/s")
     print(f"  tiles → chunk files {t_pipe:.1f} s (label copies {timings['model']:.1f} s, post busy {timings['post']:.1f} s over {args.post_workers} "
           f"workers, chunk writes {timings['write_chunks']:.1f} s, retries {pipe.retried})")
-    print(f"  chunks → outputs    {t_out:.1f} s  {json.dumps(sizes)}")
+    print(f"  outputs: written alongside ({writer.busy:.1f} s busy), {t_out:.1f} s after the last tile  "
+          f"{json.dumps(sizes)}")
 
 
 if __name__ == "__main__":

@@ -100,19 +100,14 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     ids, area, cx, cy, gx, gy = ids[keep], area[keep], cx[keep], cy[keep], gx[keep], gy[keep]
     mu20, mu02, mu11, means = mu20[keep], mu02[keep], mu11[keep], means[keep]
 
-    # bounding boxes of the owned cells: which reach the window's edge (inside the slide), and
-    # the part of the window to outline
-    boxes = ndi.find_objects(labels, max_label=int(ids.max()))
-    bb = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) for b in (boxes[i - 1] for i in ids)])
-    miny, maxy, minx, maxx = bb.T
+    # outlines straight in level-0 pixels, with their bounds in the window: which cells reach
+    # the window's edge (inside the slide)
+    polys0, perim_px, hull, (minx, miny, maxx, maxy) = _outline(labels, ids, tile, ctx)
     touches = (
         ((minx <= 0) & (tile.x > 0)) | ((miny <= 0) & (tile.y > 0))
         | ((maxx >= tile.w) & (tile.x + tile.w < ctx.width))
         | ((maxy >= tile.h) & (tile.y + tile.h < ctx.height))
     )
-    r0, r1, c0, c1 = miny.min(), maxy.max(), minx.min(), maxx.max()
-    # outlines straight in level-0 pixels
-    polys0, perim_px, hull = outline_labels(labels[r0:r1, c0:c1], ids, (tile.x + c0, tile.y + r0), ctx.scale)
     solidity = np.clip(area / np.maximum(hull, 1e-12), 0, 1)
     major, minor, ecc = ellipse_axes(mu20, mu02, mu11)
     mpp = ctx.mpp
@@ -133,6 +128,17 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         table[MEAN_PREFIX + name] = means[:, c]
     table["geometry"] = polys0
     return table
+
+
+def _outline(labels, ids, tile: Tile, ctx: TileContext):
+    """Outlines of the owned cells over the part of the window they cover; bounds in the window."""
+    boxes = ndi.find_objects(labels, max_label=int(ids.max()))
+    r0 = min(boxes[i - 1][0].start for i in ids)
+    r1 = max(boxes[i - 1][0].stop for i in ids)
+    c0 = min(boxes[i - 1][1].start for i in ids)
+    c1 = max(boxes[i - 1][1].stop for i in ids)
+    polys, perim, hull, bounds = outline_labels(labels[r0:r1, c0:c1], ids, (tile.x + c0, tile.y + r0), ctx.scale)
+    return polys, perim, hull, (bounds + (c0, r0, c0, r0)).T
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -208,6 +214,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".tmp-*"), *(out / WORK_DIR / "chunks").glob(".tmp-*")]:  # left by a killed run
+        if stale.is_file():
+            stale.unlink()
 
 
 def calibration_windows(plan: TilePlan, tissue, roi=None, n: int = 8, size: int = 512,
@@ -328,28 +337,35 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         chunk_size = cfg.tiling.chunk_tiles
         n_chunks = (len(plan.tiles) + chunk_size - 1) // chunk_size
         chunk_path = lambda k: work / "chunks" / f"chunk-{k:06d}.parquet"  # noqa: E731
-        pending_tiles = []
+        pending_tiles, done = [], []
         for k in range(n_chunks):
             if chunk_path(k).exists():
-                resumed += 1
+                done.append(k)
             else:
                 pending_tiles.extend(plan.tiles[k * chunk_size : (k + 1) * chunk_size])
-        pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings)
-        pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
-
-    info = {
-        "slide": str(slide.resolve()),
-        "reader": reader.describe(),
-        "modality": modality,
-        "plan": plan.summary(),
-        "tissue_fraction": tissue.tissue_fraction if tissue is not None else None,
-        "config_name": cfg.name,
-        "segmentation_backend": cfg.segmentation.backend,
-        "segmentation": segmenter.describe(),
-        "segmenter_state": segmenter.state,
-    }
-    chunks = [chunk_path(k) for k in range(n_chunks)]
-    outputs, n_cells, n_touch = _write_outputs(chunks, out, cfg, reader, info, timings)
+        resumed = len(done)
+        info = {
+            "slide": str(slide.resolve()),
+            "reader": reader.describe(),
+            "modality": modality,
+            "plan": plan.summary(),
+            "tissue_fraction": tissue.tissue_fraction if tissue is not None else None,
+            "config_name": cfg.name,
+            "segmentation_backend": cfg.segmentation.backend,
+            "segmentation": segmenter.describe(),
+            "segmenter_state": segmenter.state,
+        }
+        # the outputs are written from the chunks, in order, while the run goes on
+        writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info)
+        pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
+        with writer:
+            for k in done:
+                writer.feed(k)
+            pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
+            t0 = time.perf_counter()
+            outputs, n_cells, n_touch = writer.finish()
+            timings["outputs_after_last_tile"] = time.perf_counter() - t0
+    timings["write_outputs"] = writer.busy
     timings["total"] = time.perf_counter() - t_start
     summary = {
         "status": "complete",
@@ -384,7 +400,7 @@ class _Pipeline:
     window the cell reaches does the same, so the cell comes out whole, once."""
 
     def __init__(self, reader, plan: TilePlan, segmenter: Segmenter, ctx: TileContext, cfg: Config,
-                 chunk_path, timings: dict):
+                 chunk_path, timings: dict, on_chunk=None):
         self.reader, self.plan, self.segmenter, self.ctx = reader, plan, segmenter, ctx
         self.chunk_size = cfg.tiling.chunk_tiles
         self.max_overlap = int(math.ceil(cfg.tiling.max_overlap_um / plan.mpp))
@@ -393,6 +409,7 @@ class _Pipeline:
         self.queue = cfg.engine.queue
         self.batch_size = segmenter.batch_size
         self.chunk_path = chunk_path
+        self.on_chunk = on_chunk
         self.timings = timings
         self.retried = 0
         self.current: dict[int, list] = {}
@@ -497,6 +514,8 @@ class _Pipeline:
             t0 = time.perf_counter()
             _write_chunk(self.current.pop(k), self.chunk_path(k))
             self.timings["write_chunks"] += time.perf_counter() - t0
+            if self.on_chunk is not None:
+                self.on_chunk(k)
 
     def _more_context(self, tile: Tile, part):
         t0 = time.perf_counter()
@@ -584,61 +603,107 @@ def _write_chunk(parts: list, path: Path) -> None:
 
     table = pa.concat_tables(parts, promote_options="default")
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    pq.write_table(table, tmp, compression="lz4")
+    # unique strings and WKB: dictionary encoding would only cost time
+    pq.write_table(table, tmp, compression="lz4", use_dictionary=["tile"])
     os.replace(tmp, path)
 
 
-def _write_outputs(chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict,
-                   timings: dict) -> tuple[dict[str, Path], int, int]:
-    """Stream the chunk files into the outputs, one chunk in memory at a time: every file is
-    written under a temporary name and renamed into place only when all are complete."""
-    import pyarrow.parquet as pq
+class _OutputStream:
+    """Writes GeoJSON, GeoParquet and h5ad from the chunk files in plan order, in a thread, as
+    the chunks are finished (:meth:`feed`), one chunk in memory at a time. Every file is written
+    under a temporary name and renamed into place only by :meth:`finish` once all chunks are in;
+    if the run fails (or is killed) the partial files are removed (or swept at the next start)."""
 
-    t0 = time.perf_counter()
-    counts = [pq.ParquetFile(p).metadata.num_rows for p in chunks]
-    n = int(sum(counts))
-    channels = list(reader.channel_names)
-    outputs: dict[str, Path] = {p: out / OUTPUT_FILES[p] for p in OUTPUT_FILES if getattr(cfg.output, p)}
-    n_touch = 0
-    with contextlib.ExitStack() as stack:
-        gj = pw = hw = None
-        if "geojson" in outputs:
-            tmp = stack.enter_context(atomic_path(outputs["geojson"]))
-            fh = stack.enter_context(open(tmp, "wb"))
-            gj = GeoJSONWriter(fh, reader.bounds_offset, cfg.output.geojson_precision)
-        if "h5ad" in outputs:
-            tmp = stack.enter_context(atomic_path(outputs["h5ad"]))
-            uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
-                   "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
-                   "reader": info["reader"], "config": cfg.model_dump(mode="json")}
-            hw = H5adWriter(tmp, n, channels, uns)
-            stack.callback(hw.f.close)
-        for p, count in zip(chunks, counts):
-            if not count:
-                continue
-            at = pq.read_table(p)
-            cells = at.drop_columns([c for c in ("feature",) if c in at.column_names])
-            if "parquet" in outputs and pw is None:
-                tmp = stack.enter_context(atomic_path(outputs["parquet"]))
-                pw = GeoParquetWriter(tmp, cells.schema)
-                stack.callback(pw.close)
-            if pw is not None:
-                pw.write(cells)
-            n_touch += int(pc.sum(at.column("touches_tile_edge")).as_py() or 0)
-            if gj is not None:  # the features' bytes as they lie in the chunk, no Python strings
-                feats = at.column("feature").combine_chunks()
-                offsets = np.frombuffer(feats.buffers()[1], np.int32, len(feats) + 1, feats.offset * 4)
-                gj.write_joined(memoryview(feats.buffers()[2])[offsets[0]:offsets[-1]], len(feats))
-            if hw is not None:
-                hw.write(cells.drop_columns(["geometry"]).to_pandas())
-        if "parquet" in outputs and pw is None:  # no cells at all
-            write_geoparquet(empty_table(channels), outputs["parquet"])
-        if gj is not None:
-            gj.close()
-        if hw is not None:
-            hw.close()
-    timings["write_outputs"] = time.perf_counter() - t0
-    return outputs, n, n_touch
+    def __init__(self, chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict):
+        import queue
+        import threading
+
+        self.chunks, self.out, self.cfg = chunks, out, cfg
+        self.offset, self.channels = reader.bounds_offset, list(reader.channel_names)
+        self.uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
+                    "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
+                    "reader": info["reader"], "config": cfg.model_dump(mode="json")}
+        self.outputs = {p: out / OUTPUT_FILES[p] for p in OUTPUT_FILES if getattr(cfg.output, p)}
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="slidecell-outputs", daemon=True)
+        self.error: BaseException | None = None
+        self.result = None
+        self.busy = 0.0
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.thread.is_alive():  # the run failed: abandon the partial outputs
+            self.queue.put("abort")
+            self.thread.join()
+
+    def feed(self, k: int) -> None:
+        self.queue.put(k)
+
+    def finish(self):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def _work(self) -> None:
+        try:
+            self.result = self._write()
+        except BaseException as err:  # noqa: BLE001  (re-raised in the run's thread by finish)
+            self.error = err
+
+    def _write(self):
+        import pyarrow.parquet as pq
+
+        outputs, ready, nxt, n, n_touch = self.outputs, set(), 0, 0, 0
+        with contextlib.ExitStack() as stack:
+            gj = pw = hw = None
+            if "geojson" in outputs:
+                tmp = stack.enter_context(atomic_path(outputs["geojson"]))
+                gj = GeoJSONWriter(stack.enter_context(open(tmp, "wb")), self.offset, self.cfg.output.geojson_precision)
+            if "h5ad" in outputs:
+                tmp = stack.enter_context(atomic_path(outputs["h5ad"]))
+                hw = H5adWriter(tmp, self.channels, self.uns)
+                stack.callback(hw.f.close)
+            while True:
+                item = self.queue.get()
+                if item == "abort":
+                    raise OutputError(f"{self.out}: run stopped before all tiles were done; outputs not written")
+                if item is None:
+                    break
+                ready.add(item)
+                while nxt in ready:
+                    t0 = time.perf_counter()
+                    at = pq.read_table(self.chunks[nxt])
+                    nxt += 1
+                    if not at.num_rows:
+                        continue
+                    cells = at.drop_columns([c for c in ("feature",) if c in at.column_names])
+                    if "parquet" in outputs and pw is None:
+                        tmp = stack.enter_context(atomic_path(outputs["parquet"]))
+                        pw = GeoParquetWriter(tmp, cells.schema)
+                        stack.callback(pw.close)
+                    if pw is not None:
+                        pw.write(cells)
+                    n += at.num_rows
+                    n_touch += int(pc.sum(at.column("touches_tile_edge")).as_py() or 0)
+                    if gj is not None:  # the features' bytes as they lie in the chunk, no Python strings
+                        feats = at.column("feature").combine_chunks()
+                        offsets = np.frombuffer(feats.buffers()[1], np.int32, len(feats) + 1, feats.offset * 4)
+                        gj.write_joined(memoryview(feats.buffers()[2])[offsets[0]:offsets[-1]], len(feats))
+                    if hw is not None:
+                        hw.write(cells.drop_columns(["geometry"]).to_pandas())
+                    self.busy += time.perf_counter() - t0
+            if nxt != len(self.chunks):
+                raise OutputError(f"{self.out}: chunk {nxt} missing; outputs not written")
+            if "parquet" in outputs and pw is None:  # no cells at all
+                write_geoparquet(empty_table(self.channels), outputs["parquet"])
+            if gj is not None:
+                gj.close()
+        return outputs, n, n_touch
 
 
 __all__ = ["run", "process_tile", "process_tiles", "cells_from_labels", "TileContext", "RunResult", "BASE_COLUMNS"]

@@ -10,9 +10,37 @@ a gap. Nothing loops over cells in Python.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import shapely
+
+
+_BUFFERS = threading.local()
+
+
+def _upsampled(labels: np.ndarray) -> np.ndarray:
+    """The label image padded by one pixel of background and upsampled 2× (nearest), into
+    buffers kept per thread: a fresh 26 MB array per tile costs more in page faults than the
+    upsampling itself."""
+    h, w = labels.shape
+    pad = _buffer("pad", (h + 2, w + 2))
+    pad[0], pad[-1], pad[:, 0], pad[:, -1] = 0, 0, 0, 0
+    pad[1:-1, 1:-1] = labels
+    up = _buffer("up", (2 * h + 4, 2 * w + 4))
+    cv2.resize(pad, (2 * w + 4, 2 * h + 4), dst=up, interpolation=cv2.INTER_NEAREST)  # 3× np.repeat's speed
+    return up
+
+
+def _buffer(name: str, shape) -> np.ndarray:
+    """A contiguous int32 array of ``shape`` on this thread's reusable buffer ``name``."""
+    n = shape[0] * shape[1]
+    flat = getattr(_BUFFERS, name, None)
+    if flat is None or flat.size < n:
+        flat = np.empty(max(n, int(1.25 * (flat.size if flat is not None else 0))), np.int32)
+        setattr(_BUFFERS, name, flat)
+    return flat[:n].reshape(shape)
 
 
 def _ring_next(starts: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
@@ -84,17 +112,18 @@ def label_polygons(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale: float = 1.0):
     """:func:`label_polygons` with the outlines placed at ``(xy + offset) × scale``, plus each
-    outline's perimeter and convex hull area in label-image pixels (for solidity)."""
+    outline's perimeter, convex hull area (for solidity) and bounds ``(minx, miny, maxx, maxy)``,
+    in label-image pixels."""
     ids = np.asarray(ids, dtype=np.int64)
     out = np.empty(len(ids), dtype=object)
     perim = np.zeros(len(ids))
     hull = np.zeros(len(ids))
+    bounds = np.zeros((len(ids), 4))
     if len(ids) == 0:
-        return out, perim, hull
+        return out, perim, hull, bounds
     if labels.max() > np.iinfo(np.int32).max:
         raise ValueError("label ids must fit in int32")
-    up = np.pad(labels.astype(np.int32, copy=False), 1)
-    up = cv2.resize(up, (up.shape[1] * 2, up.shape[0] * 2), interpolation=cv2.INTER_NEAREST)  # 3× np.repeat's speed
+    up = _upsampled(labels)
     contours, _ = cv2.findContours(up, cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         raise ValueError("no outlines found for the requested labels")
@@ -104,8 +133,16 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
     # a contour's first point lies inside its region: that pixel's label names it
     owner = up[pts[starts, 1], pts[starts, 0]].astype(np.int64)
     # the 2× grid never yields fewer than 4 points for a region, but stay safe
-    want = np.isin(owner, ids) & (lengths >= 3)
+    keep = np.flatnonzero(np.isin(owner, ids) & (lengths >= 3))
+    # only the requested labels' rings from here on
     ring = np.repeat(np.arange(len(contours)), lengths)
+    pmask = np.zeros(len(contours), bool)
+    pmask[keep] = True
+    pmask = pmask[ring]
+    pts, ring = pts[pmask], np.searchsorted(keep, ring[pmask])
+    lengths, owner = lengths[keep], owner[keep]
+    starts = np.cumsum(lengths) - lengths
+    want = np.ones(len(keep), bool)
     pts, ring, pinched = _square_corners(up, pts, ring, starts, lengths, owner)
     lengths = np.bincount(ring, minlength=len(lengths))
     # largest piece per label (shoelace areas of all rings at once)
@@ -144,6 +181,8 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
     nxt = _ring_next(s_sel, l_sel, len(edge_xy))
     seg = np.abs(edge_xy[nxt] - edge_xy).sum(axis=1)
     per = np.bincount(rank, seg, len(best_sorted))
+    box = np.stack([np.minimum.reduceat(edge_xy[:, 0], s_sel), np.minimum.reduceat(edge_xy[:, 1], s_sel),
+                    np.maximum.reduceat(edge_xy[:, 0], s_sel), np.maximum.reduceat(edge_xy[:, 1], s_sel)], axis=1)
     # (a rectilinear ring has 4 more convex than concave corners, so at least 4)
     hull_area = shapely.area(shapely.convex_hull(shapely.linestrings(edge_xy[convex], indices=rank[convex])))
     ox, oy = offset
@@ -158,15 +197,15 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
             if g.geom_type != "Polygon":  # grown into several parts: keep the largest
                 g = max(getattr(g, "geoms", [g]), key=lambda q: q.area)
             g = shapely.Polygon(g.exterior)
-            per[k], hull_area[k] = g.length, g.convex_hull.area
+            per[k], hull_area[k], box[k] = g.length, g.convex_hull.area, g.bounds
             grown[k] = shapely.transform(g, lambda c: (c + (ox, oy)) * scale)
     labels_of = owner[best_sorted]
     pos = np.searchsorted(ids, labels_of) if np.all(ids[:-1] <= ids[1:]) else None
     if pos is None or not np.array_equal(ids[np.minimum(pos, len(ids) - 1)], labels_of):
         where = {int(v): i for i, v in enumerate(ids)}
         pos = np.array([where[int(v)] for v in labels_of], np.int64)
-    out[pos], perim[pos], hull[pos] = grown, per, hull_area
+    out[pos], perim[pos], hull[pos], bounds[pos] = grown, per, hull_area, box
     missing = np.array([g is None for g in out])
     if missing.any():
         raise ValueError(f"labels without an outline: {ids[missing][:5].tolist()}")
-    return out, perim, hull
+    return out, perim, hull, bounds

@@ -72,7 +72,7 @@ def test_outlines_of_real_nuclei_are_exact_and_disjoint():
 
     lab = tifffile.imread(need(STARDIST) / "mask2d.tif").astype(np.int32)
     ids = np.unique(lab)[1:]
-    polys, perim, hull = outline_labels(lab, ids, (100, 200), 2.0)
+    polys, perim, hull, bounds = outline_labels(lab, ids, (100, 200), 2.0)
     assert shapely.is_valid(polys).all()
     counts = np.bincount(lab.ravel())[ids]
     single = np.array([ndi.label(lab == i)[1] == 1 and not ndi.binary_fill_holes(lab == i).sum() > (lab == i).sum()
@@ -88,6 +88,7 @@ def test_outlines_of_real_nuclei_are_exact_and_disjoint():
     assert np.allclose(perim * 2, shapely.length(polys))
     assert np.allclose(hull * 4, shapely.area(shapely.convex_hull(polys)))
     assert shapely.bounds(polys).min() >= 200
+    assert np.allclose((bounds + (100, 200, 100, 200)) * 2, shapely.bounds(polys))
 
 
 def test_touching_cells_share_edges():

@@ -85,7 +85,7 @@ def test_h5ad_streamed_equals_anndata(rng, tmp_path):
     uns = {"slide": "s.svs", "mpp": 0.25, "config": {"a": 1}}
     write_h5ad(t, tmp_path / "ref.h5ad", uns)
     with atomic_path(tmp_path / "s.h5ad") as tmp:
-        w = H5adWriter(tmp, 400, ["DAPI", "CD3"], uns)
+        w = H5adWriter(tmp, ["DAPI", "CD3"], uns, n=400)
         for part in (t.iloc[:0], t.iloc[:150], t.iloc[150:].drop(columns="geometry")):
             w.write(part)
         w.close()
@@ -100,10 +100,12 @@ def test_h5ad_streamed_equals_anndata(rng, tmp_path):
 
 def test_h5ad_writer_refuses_a_wrong_count(rng, tmp_path):
     t = cell_table(rng, 10)
-    w = H5adWriter(tmp_path / "x.h5ad", 5, ["DAPI", "CD3"])
+    w = H5adWriter(tmp_path / "x.h5ad", ["DAPI", "CD3"], n=5)
     with pytest.raises(ValueError, match="more cells than announced"):
         w.write(t)
-    w.f.close()
+    w.write(t.iloc[:4])
+    with pytest.raises(ValueError, match="wrote 4 cells, announced 5"):
+        w.close()
 
 
 def test_cell_ids_are_uuids(rng):

@@ -66,7 +66,7 @@ def _decimal_text(v: np.ndarray, decimals) -> np.ndarray:
     keep = np.cumsum(digits, axis=1) > 0
     keep[:, -1] = True  # "0"
     parts = [np.where(neg, ord("-"), 0)[:, None], np.where(keep, digits + 48, 0)]
-    if top:
+    if top and fp.any():
         fd = (fp[:, None] // 10 ** np.arange(top - 1, -1, -1, dtype=np.int64)) % 10
         fkeep = np.cumsum(fd[:, ::-1], axis=1)[:, ::-1] > 0  # up to the last non-zero digit
         parts += [np.where(fp > 0, ord("."), 0)[:, None], np.where(fkeep, fd + 48, 0)]
@@ -211,7 +211,7 @@ class GeoParquetWriter:
         meta = dict(schema.metadata or {})
         meta[b"geo"] = geoparquet_metadata()
         self.schema = schema.with_metadata(meta)
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", use_dictionary=["tile"])
 
     def write(self, arrow_table) -> None:
         if arrow_table.num_rows:
@@ -232,12 +232,12 @@ def write_geoparquet(table: pd.DataFrame, path) -> None:
 
 
 class H5adWriter:
-    """Streams cell tables into an AnnData ``.h5ad`` of a known number of cells without holding
-    them in memory. anndata writes the file's layout (var, uns, encodings) from an empty AnnData;
-    the per-cell arrays (``X``, the ``obs`` columns and index, ``obsm['spatial']``) are then
-    sized to ``n`` cells and filled part by part."""
+    """Streams cell tables into an AnnData ``.h5ad`` without holding them in memory. anndata
+    writes the file's layout (var, uns, encodings) from an empty AnnData; the per-cell arrays
+    (``X``, the ``obs`` columns and index, ``obsm['spatial']``) are then made resizable and
+    filled part by part. With ``n``, :meth:`close` checks that exactly ``n`` cells came."""
 
-    def __init__(self, path, n: int, channels, uns: dict | None = None):
+    def __init__(self, path, channels, uns: dict | None = None, n: int | None = None):
         import h5py
 
         from ..table import empty_table
@@ -252,8 +252,8 @@ class H5adWriter:
             old = self.f[key]
             attrs, dtype, shape = dict(old.attrs), old.dtype, old.shape
             del self.f[key]
-            new = self.f.create_dataset(key, shape=(n, *shape[1:]), dtype=dtype,
-                                        chunks=(min(n, 65536), *shape[1:]) if n else None)
+            new = self.f.create_dataset(key, shape=(0, *shape[1:]), maxshape=(None, *shape[1:]), dtype=dtype,
+                                        chunks=(65536, *shape[1:]))
             new.attrs.update(attrs)
         self.pos = 0
 
@@ -261,22 +261,23 @@ class H5adWriter:
         k = len(table)
         if not k:
             return
-        if self.pos + k > self.n:
+        if self.n is not None and self.pos + k > self.n:
             raise ValueError(f"more cells than announced ({self.n})")
         a = to_anndata(table)
         sl = slice(self.pos, self.pos + k)
+        for key in self.keys:
+            self.f[key].resize(self.pos + k, axis=0)
         self.f["X"][sl] = a.X
         self.f["obsm/spatial"][sl] = a.obsm["spatial"]
-        index = self.keys[2]
-        self.f[index][sl] = a.obs_names.to_numpy().astype(object)
+        self.f[self.keys[2]][sl] = a.obs_names.to_numpy().astype(object)
         for key in self.keys[3:]:
             self.f[key][sl] = a.obs[key[4:]].to_numpy()
         self.pos += k
 
     def close(self) -> None:
-        if self.pos != self.n:
-            raise ValueError(f"wrote {self.pos} cells, announced {self.n}")
         self.f.close()
+        if self.n is not None and self.pos != self.n:
+            raise ValueError(f"wrote {self.pos} cells, announced {self.n}")
 
 
 def write_h5ad(table: pd.DataFrame, path, uns: dict | None = None) -> None:
