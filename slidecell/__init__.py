@@ -14,9 +14,10 @@ from .config import Config, load_config  # noqa: E402
 from .engine import RunResult, run  # noqa: E402
 from .errors import SlidecellError  # noqa: E402
 from .io import open_slide  # noqa: E402
+from .io.qupath import read_qupath_geojson  # noqa: E402
 from .tiling import TileStream, detect_tissue, plan_tiles  # noqa: E402
 
 __all__ = [
     "__version__", "Config", "load_config", "RunResult", "run", "SlidecellError", "open_slide",
-    "TileStream", "detect_tissue", "plan_tiles",
+    "TileStream", "detect_tissue", "plan_tiles", "read_qupath_geojson",
 ]

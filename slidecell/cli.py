@@ -43,6 +43,8 @@ def run(
     out: Path = typer.Option(Path("slidecell-out"), "--out", "-o", help="output directory"),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm (required when the slide does not record it)"),
     roi: Optional[str] = typer.Option(None, "--roi", help="region of interest x,y,width,height in level-0 pixels"),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="QuPath GeoJSON: run only inside its annotations"),
+    annotation_class: Optional[list[str]] = typer.Option(None, "--annotation-class", help="only annotations of this class (repeatable)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="parallel tile readers (overrides the config)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
@@ -58,7 +60,8 @@ def run(
     if box is not None:
         overrides["roi"] = box
     cfg = load_config(config, overrides or None)
-    result = run_pipeline(slide, cfg, out, mpp=mpp, overwrite=overwrite, progress=not quiet)
+    result = run_pipeline(slide, cfg, out, mpp=mpp, overwrite=overwrite, annotations=annotations,
+                          annotation_classes=annotation_class or None, progress=not quiet)
     t = result.timings.get("total", 0.0)
     resumed = f", {result.resumed_chunks} chunks resumed" if result.resumed_chunks else ""
     typer.echo(f"{result.n_cells} cells from {result.n_tiles} tiles in {t:.1f} s{resumed}")

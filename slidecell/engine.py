@@ -248,19 +248,28 @@ def run(
     mpp: float | None = None,
     overwrite: bool = False,
     roi=None,
+    annotations: str | Path | None = None,
+    annotation_classes=None,
     progress: bool = True,
 ) -> RunResult:
     """Segment and measure every cell of ``slide`` and write the outputs to ``out``.
 
     ``config`` is a :class:`Config`, a YAML path or a preset name (``None``: defaults). ``mpp``
     supplies/overrides the slide's pixel size. ``roi`` (a shapely geometry in level-0 pixels)
-    restricts the run; ``config.roi`` gives a box. Raises :class:`slidecell.errors.SlidecellError`
-    subclasses for every problem with the inputs."""
+    restricts the run; ``config.roi`` gives a box; ``annotations`` (a QuPath GeoJSON file, in
+    QuPath's coordinates) restricts it to the union of its annotations, or of those of
+    ``annotation_classes``. Raises :class:`slidecell.errors.SlidecellError` subclasses for every
+    problem with the inputs."""
     t_start = time.perf_counter()
     cfg = config if isinstance(config, Config) else load_config(config)
     slide = Path(slide)
     out = Path(out)
     with open_slide(slide, mpp=mpp, reader=cfg.reader.backend) as reader:  # closed on every path
+        if annotations is not None:
+            from .io.qupath import annotation_region
+
+            region = annotation_region(annotations, reader.bounds_offset, annotation_classes)
+            roi = region if roi is None else roi.intersection(region)
         return _run(reader, slide, cfg, out, mpp, overwrite, roi, progress, t_start)
 
 

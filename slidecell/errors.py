@@ -27,3 +27,7 @@ class ConfigError(SlidecellError):
 
 class OutputError(SlidecellError):
     """The output directory cannot be used as asked."""
+
+
+class InputError(SlidecellError):
+    """An input file other than the slide (annotations, tables) is missing or invalid."""

@@ -1,0 +1,144 @@
+"""QuPath GeoJSON: reading QuPath's layouts (and slidecell's own output back), restricting a run
+to an annotation, and coordinates that land on the nuclei of the real slide."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from skimage.draw import polygon as draw_polygon
+
+from conftest import CMU1, NDPI, SHARED, need
+from slidecell import load_config, open_slide, read_qupath_geojson, run
+from slidecell.errors import InputError
+
+REFERENCE = SHARED / "qupath-geojson-reference" / "detection_feature_excerpt.json"
+
+
+def test_reads_qupath_reference_feature():
+    objs = read_qupath_geojson(need(REFERENCE))
+    assert len(objs) == 1
+    o = objs.iloc[0]
+    assert o["id"] == "9fe79dec-ccfd-40ed-ae46-4dfedd7a5c13"
+    assert o["object_type"] == "detection"
+    assert o["measurements"] == {"Feature 1": pytest.approx(3.093561887741089),
+                                 "Feature 2": pytest.approx(3.0025811195373535),
+                                 "Feature 3": pytest.approx(2.813955307006836)}
+
+
+def test_reads_the_variants_qupath_reads(tmp_path):
+    sq = {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]}
+    small = {"type": "Polygon", "coordinates": [[[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]]}
+    feats = [
+        {"type": "Feature", "id": "a", "geometry": sq,  # QuPath ≥ 0.4 cell
+         "nucleusGeometry": small,
+         "properties": {"objectType": "cell", "classification": {"name": "Tumor", "color": [200, 0, 0]},
+                        "measurements": {"Cell: Area µm^2": 100.0}}},
+        {"type": "Feature", "geometry": sq,  # QuPath 0.2: object_type, measurement list, packed colour
+         "properties": {"object_type": "detection", "classification": {"names": ["Immune", "CD8"], "colorRGB": -16711936},
+                        "measurements": [{"name": "Nucleus: Area", "value": 4.0}]}},
+        {"type": "Feature", "objectType": "annotation", "geometry": sq,  # misplaced objectType, class as string
+         "properties": {"classification": "Stroma", "name": "region 1"}},
+        {"type": "Feature", "geometry": sq, "properties": {}},  # plain GeoJSON: an annotation
+    ]
+    path = tmp_path / "objs.geojson.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump(feats, fh)  # a bare list, gzipped
+    objs = read_qupath_geojson(path, offset=(100, 50))
+    assert list(objs["object_type"]) == ["cell", "detection", "annotation", "annotation"]
+    assert list(objs["classification"]) == ["Tumor", "Immune: CD8", "Stroma", None]
+    assert objs["color"][0] == (200, 0, 0) and objs["color"][1] == (0, 255, 0)
+    assert objs["measurements"][1] == {"Nucleus: Area": 4.0}
+    assert objs["geometry"][0].equals(shapely.box(100, 50, 110, 60))  # offset added
+    assert objs["nucleus_geometry"][0].equals(shapely.box(102, 52, 104, 54))
+    assert objs["name"][2] == "region 1"
+
+
+@pytest.mark.parametrize("text,match", [("{", "not readable"), ('{"type": "Point"}', "not GeoJSON features"),
+                                        ('[{"type": "Feature"}]', "feature 0 has no geometry")])
+def test_bad_files_are_clear_errors(tmp_path, text, match):
+    p = tmp_path / "bad.geojson"
+    p.write_text(text)
+    with pytest.raises(InputError, match=match):
+        read_qupath_geojson(p)
+
+
+@pytest.fixture(scope="module")
+def cmu1_cells(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q")
+    run(need(CMU1), load_config("he-brightfield", {"roi": [0, 0, 1400, 1400]}), out, progress=False)
+    return out
+
+
+def test_own_output_round_trips(cmu1_cells):
+    objs = read_qupath_geojson(cmu1_cells / "cells.geojson")
+    cells = gpd.read_parquet(cmu1_cells / "cells.parquet")
+    assert len(objs) == len(cells) > 500
+    assert list(objs["id"]) == list(cells["cell_id"])
+    assert set(objs["object_type"]) == {"detection"}
+    a, b = objs["geometry"].to_numpy(), cells.geometry.to_numpy()
+    iou = shapely.area(shapely.intersection(a, b)) / shapely.area(shapely.union(a, b))
+    assert iou.min() >= 0.999
+    areas = np.array([m["Nucleus: Area µm^2"] for m in objs["measurements"]])
+    assert np.allclose(areas, cells["area_um2"], rtol=1e-6)
+    blue = np.array([m["Nucleus: Blue: Mean"] for m in objs["measurements"]])
+    assert np.allclose(blue, cells["mean:Blue"], rtol=1e-6)
+
+
+def test_annotation_restricts_the_run(tmp_path):
+    need(CMU1)
+    tri = [[300, 300], [1500, 400], [700, 1600], [300, 300]]
+    ann = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "t", "geometry": {"type": "Polygon", "coordinates": [tri]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}},
+        {"type": "Feature", "id": "s", "geometry": {"type": "Polygon", "coordinates": [[[1800, 2200], [2100, 2200],
+                                                                                       [2100, 2600], [1800, 2200]]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}},
+    ]}
+    path = tmp_path / "ann.geojson"
+    path.write_text(json.dumps(ann))
+    r = run(CMU1, load_config("he-brightfield"), tmp_path / "o", annotations=path, annotation_classes=["Tumor"],
+            progress=False)
+    cells = gpd.read_parquet(tmp_path / "o" / "cells.parquet")
+    assert r.n_cells == len(cells) > 100
+    assert shapely.contains_xy(shapely.Polygon(tri), cells["x"], cells["y"]).all()
+    with pytest.raises(InputError, match="no polygon annotation of class Necrosis"):
+        run(CMU1, load_config("he-brightfield"), tmp_path / "o2", annotations=path, annotation_classes=["Necrosis"],
+            progress=False)
+
+
+def _inside_vs_shifted(reader, polys, bright: bool, shift=(9, 9), n=150) -> float:
+    """Mean channel intensity inside each polygon read at level 0, minus the same polygon moved
+    by ``shift``; positive when the polygons sit on their (bright or dark) nuclei."""
+    diffs = []
+    for p in polys[:n]:
+        x0, y0, x1, y1 = (int(v) for v in p.bounds)
+        pad = 12
+        img = reader.read_region(x0 - pad, y0 - pad, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad, 0).astype(float).mean(axis=2)
+        c = np.asarray(p.exterior.coords)
+        rr, cc = draw_polygon(c[:, 1] - y0 + pad, c[:, 0] - x0 + pad, img.shape)
+        inside = img[rr, cc].mean()
+        moved = img[np.clip(rr + shift[1], 0, img.shape[0] - 1), np.clip(cc + shift[0], 0, img.shape[1] - 1)].mean()
+        diffs.append(inside - moved if bright else moved - inside)
+    return float(np.median(diffs))
+
+
+@pytest.mark.parametrize("slide,preset,roi,bright", [
+    (CMU1, "he-brightfield", [600, 900, 900, 900], False),
+    (NDPI, None, [1200, 1800, 1000, 1000], True),
+])
+def test_geojson_coordinates_land_on_the_nuclei(tmp_path, slide, preset, roi, bright):
+    """Outlines from the GeoJSON (QuPath's coordinates, plus the bounds origin) drawn on the
+    slide's own level 0 cover the nuclei: darker (H&E) or brighter (DAPI) than the same outline
+    moved by 9 px."""
+    cfg = load_config(preset, {"roi": roi, "tiling": {"tile_size": 512}})
+    run(need(slide), cfg, tmp_path / "o", progress=False)
+    with open_slide(slide) as reader:
+        objs = read_qupath_geojson(tmp_path / "o" / "cells.geojson", offset=reader.bounds_offset)
+        assert len(objs) > 30
+        # measured: 39 (CMU-1) and 30 (NDPI); outlines 12 px off score -0.1 and 10
+        assert _inside_vs_shifted(reader, objs["geometry"].to_numpy(), bright) > 20
