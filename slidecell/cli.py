@@ -73,6 +73,19 @@ def run(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="output directory of a finished `slidecell run`"),
+    to: str = typer.Option(..., "--to", help="geojson, geojson.gz, parquet, h5ad or csv"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default: in RUN_DIR)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file"),
+):
+    """Write the cells of a finished run in another format (streamed, bounded memory)."""
+    from .export import export as do_export
+
+    typer.echo(str(do_export(run_dir, to, out, overwrite)))
+
+
+@app.command()
 def info(
     slide: Path = typer.Argument(..., help="slide or image file"),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm"),

@@ -105,9 +105,15 @@ class SegmentationConfig(Strict):
 
 
 class OutputConfig(Strict):
+    #: QuPath GeoJSON (cells.geojson, or cells.geojson.gz with ``geojson_gzip``)
     geojson: bool = True
+    geojson_gzip: bool = False
+    #: GeoParquet of every cell with every measurement
     parquet: bool = True
+    #: AnnData
     h5ad: bool = True
+    #: the cell table without outlines, as CSV
+    csv: bool = False
     #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
     geojson_precision: int = Field(3, ge=0, le=6)
 

@@ -10,7 +10,6 @@ and config continues after the last finished chunk.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -31,8 +30,7 @@ from . import __version__
 from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
-from .io.writers import (GeoJSONWriter, GeoParquetWriter, H5adWriter, atomic_path, geojson_features, write_geoparquet,
-                         write_text_atomic)
+from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, write_text_atomic
 from .measure import ellipse_axes, label_stats
 from .polygons import outline_labels
 from .segment import Segmenter, get_segmenter
@@ -43,7 +41,7 @@ WORK_DIR = ".slidecell"
 #: tile windows start on multiples of this (the built-in network pools 4 times: 2**4)
 TILE_ALIGN = 16
 RUN_FILE = "run.json"
-OUTPUT_FILES = {"geojson": "cells.geojson", "parquet": "cells.parquet", "h5ad": "cells.h5ad"}
+OUTPUT_FILES = OUTPUT_NAMES
 
 
 @dataclass(frozen=True)
@@ -197,6 +195,14 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     resumed_chunks: int = 0
     info: dict = field(default_factory=dict)
+
+
+def output_paths(cfg: Config, out: Path) -> dict[str, Path]:
+    """The files a run writes, by format, as the config's ``output`` section asks."""
+    o = cfg.output
+    fmts = [f for f, on in (("geojson.gz" if o.geojson_gzip else "geojson", o.geojson), ("parquet", o.parquet),
+                            ("h5ad", o.h5ad), ("csv", o.csv)) if on]
+    return {f: out / OUTPUT_NAMES[f] for f in fmts}
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -632,7 +638,7 @@ class _OutputStream:
         self.uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
                     "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
                     "reader": info["reader"], "config": cfg.model_dump(mode="json")}
-        self.outputs = {p: out / OUTPUT_FILES[p] for p in OUTPUT_FILES if getattr(cfg.output, p)}
+        self.outputs = output_paths(cfg, out)
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="slidecell-outputs", daemon=True)
         self.error: BaseException | None = None
@@ -667,16 +673,8 @@ class _OutputStream:
     def _write(self):
         import pyarrow.parquet as pq
 
-        outputs, ready, nxt, n, n_touch = self.outputs, set(), 0, 0, 0
-        with contextlib.ExitStack() as stack:
-            gj = pw = hw = None
-            if "geojson" in outputs:
-                tmp = stack.enter_context(atomic_path(outputs["geojson"]))
-                gj = GeoJSONWriter(stack.enter_context(open(tmp, "wb")), self.offset, self.cfg.output.geojson_precision)
-            if "h5ad" in outputs:
-                tmp = stack.enter_context(atomic_path(outputs["h5ad"]))
-                hw = H5adWriter(tmp, self.channels, self.uns)
-                stack.callback(hw.f.close)
+        ready, nxt = set(), 0
+        with CellFiles(self.outputs, self.channels, self.offset, self.cfg.output.geojson_precision, self.uns) as files:
             while True:
                 item = self.queue.get()
                 if item == "abort":
@@ -686,33 +684,12 @@ class _OutputStream:
                 ready.add(item)
                 while nxt in ready:
                     t0 = time.perf_counter()
-                    at = pq.read_table(self.chunks[nxt])
+                    files.write(pq.read_table(self.chunks[nxt]))
                     nxt += 1
-                    if not at.num_rows:
-                        continue
-                    cells = at.drop_columns([c for c in ("feature",) if c in at.column_names])
-                    if "parquet" in outputs and pw is None:
-                        tmp = stack.enter_context(atomic_path(outputs["parquet"]))
-                        pw = GeoParquetWriter(tmp, cells.schema)
-                        stack.callback(pw.close)
-                    if pw is not None:
-                        pw.write(cells)
-                    n += at.num_rows
-                    n_touch += int(pc.sum(at.column("touches_tile_edge")).as_py() or 0)
-                    if gj is not None:  # the features' bytes as they lie in the chunk, no Python strings
-                        feats = at.column("feature").combine_chunks()
-                        offsets = np.frombuffer(feats.buffers()[1], np.int32, len(feats) + 1, feats.offset * 4)
-                        gj.write_joined(memoryview(feats.buffers()[2])[offsets[0]:offsets[-1]], len(feats))
-                    if hw is not None:
-                        hw.write(cells.drop_columns(["geometry"]).to_pandas())
                     self.busy += time.perf_counter() - t0
             if nxt != len(self.chunks):
                 raise OutputError(f"{self.out}: chunk {nxt} missing; outputs not written")
-            if "parquet" in outputs and pw is None:  # no cells at all
-                write_geoparquet(empty_table(self.channels), outputs["parquet"])
-            if gj is not None:
-                gj.close()
-        return outputs, n, n_touch
+        return self.outputs, files.n, files.n_touch
 
 
 __all__ = ["run", "process_tile", "process_tiles", "cells_from_labels", "TileContext", "RunResult", "BASE_COLUMNS"]

@@ -118,3 +118,29 @@ def test_cell_ids_are_uuids(rng):
     assert cell_ids("k", x[:5], y[:5]) == ids[:5]  # deterministic
     assert cell_ids("other", x[:5], y[:5]) != ids[:5]
     assert to_anndata(cell_table(rng, 10)).obs_names.is_unique
+
+
+def test_classes_and_cells_follow_qupath_conventions(rng, tmp_path):
+    """``class`` → ``properties.classification = {name, color}`` with one stable colour per class
+    (QuPath's own for its standard classes); a ``nucleus_geometry`` column makes QuPath cells:
+    ``objectType: cell`` and ``nucleusGeometry`` beside ``geometry`` (not in properties)."""
+    from slidecell.io.qupath import read_qupath_geojson
+    from slidecell.io.writers import class_color
+
+    t = cell_table(rng, 50)
+    t["class"] = np.where(np.arange(50) % 3 == 0, "Tumor", np.where(np.arange(50) % 3 == 1, "CD8 T cell", None))
+    t["nucleus_geometry"] = shapely.buffer(t["geometry"].to_numpy(), -0.5)
+    t["geometry"] = shapely.buffer(t["geometry"].to_numpy(), 3, join_style="mitre")
+    write_qupath_geojson(t, tmp_path / "c.geojson")
+    fc = json.loads((tmp_path / "c.geojson").read_text())
+    f0, f2 = fc["features"][0], fc["features"][2]
+    assert set(f0) == {"type", "id", "geometry", "nucleusGeometry", "properties"}
+    assert f0["properties"]["objectType"] == "cell"
+    assert f0["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
+    assert "classification" not in f2["properties"]  # unclassified
+    colors = {tuple(f["properties"]["classification"]["color"]) for f in fc["features"][1::3]}
+    assert colors == {class_color("CD8 T cell")} and class_color("CD8 T cell") == class_color("CD8 T cell")
+    back = read_qupath_geojson(tmp_path / "c.geojson")
+    assert list(back["classification"][:3]) == ["Tumor", "CD8 T cell", None]
+    assert all(a.equals(b) for a, b in zip(back["nucleus_geometry"], t["nucleus_geometry"]))
+    assert all(a.equals(b) for a, b in zip(back["geometry"], t["geometry"]))

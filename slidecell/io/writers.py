@@ -129,27 +129,74 @@ def _measurements_json(values: np.ndarray, names: list[str]) -> list[str]:
     return [blob[a:b - 1].decode("utf-8") if b > a else "" for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())]
 
 
+#: QuPath's own colours for its standard classes; other classes get a colour hashed from the name
+QUPATH_CLASS_COLORS = {
+    "Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Immune cells": (160, 90, 160), "Necrosis": (50, 50, 50),
+    "Other": (255, 200, 0), "Region*": (0, 0, 180), "Ignore*": (180, 180, 180), "Positive": (200, 50, 50),
+    "Negative": (112, 112, 225),
+}
+
+
+def class_color(name: str) -> tuple[int, int, int]:
+    """A stable colour for a class: QuPath's for its standard classes, otherwise a saturated
+    colour from a hash of the name (the same in every run and every file)."""
+    import colorsys
+    import hashlib
+
+    if name in QUPATH_CLASS_COLORS:
+        return QUPATH_CLASS_COLORS[name]
+    h = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
+    r, g, b = colorsys.hsv_to_rgb((h % 360) / 360, 0.65 + (h >> 9) % 30 / 100, 0.75 + (h >> 17) % 20 / 100)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _classification_json(classes) -> list[str]:
+    cache: dict = {}
+    out = []
+    for c in classes:
+        if c is None or (isinstance(c, float) and np.isnan(c)):
+            out.append("")
+            continue
+        if c not in cache:
+            cache[c] = ',"classification":' + json.dumps({"name": str(c), "color": list(class_color(str(c)))},
+                                                          ensure_ascii=False, separators=(",", ":"))
+        out.append(cache[c])
+    return out
+
+
 def geojson_features(table: pd.DataFrame, offset=(0, 0), precision: int | None = 3,
                      object_type: str = "detection") -> list[str]:
     """One QuPath GeoJSON Feature (a JSON string) per cell: ``id`` (UUID), ``geometry`` in
     full-resolution pixels as QuPath shows the slide (level-0 minus ``offset``, OpenSlide's
     bounds origin), rounded to ``precision`` decimals, ``properties.objectType``,
-    ``properties.measurements`` as a name→number map (non-finite values left out)."""
+    ``properties.classification`` ``{name, color}`` from a ``class`` column, and
+    ``properties.measurements`` as a name→number map (non-finite values left out). With a
+    ``nucleus_geometry`` column (``geometry`` then being the whole cell) the objects are QuPath
+    cells: ``objectType: cell`` and ``nucleusGeometry`` beside ``geometry``."""
     if not len(table):
         return []
     pairs = _measurement_names(table)
     values = table[[c for c, _ in pairs]].to_numpy(np.float64)
     meas = _measurements_json(values, [name for _, name in pairs])
-    geoms = np.asarray(table["geometry"].to_numpy(), dtype=object)
     ox, oy = offset
-    if ox or oy:
-        geoms = shapely.transform(geoms, lambda c: c - (ox, oy))
-    gj = _polygon_json(geoms, 12 if precision is None else precision)
+    dec = 12 if precision is None else precision
+
+    def geometry_text(col):
+        geoms = np.asarray(table[col].to_numpy(), dtype=object)
+        if ox or oy:
+            geoms = shapely.transform(geoms, lambda c: c - (ox, oy))
+        return _polygon_json(geoms, dec)
+
+    gj = geometry_text("geometry")
+    cells = "nucleus_geometry" in table.columns
+    nuc = [',"nucleusGeometry":' + g for g in geometry_text("nucleus_geometry")] if cells else [""] * len(table)
+    cls = _classification_json(table["class"]) if "class" in table.columns else [""] * len(table)
+    otype = "cell" if cells else object_type
     head = '{"type":"Feature","id":"'
     mid = '","geometry":'
-    tail = ',"properties":{"objectType":"' + object_type + '","measurements":{'
-    return [head + i + mid + g + tail + m + "}}}" for i, g, m in
-            zip(table["cell_id"].astype(str).tolist(), gj, meas)]
+    props = ',"properties":{"objectType":"' + otype + '"'
+    return [head + i + mid + g + n + props + c + ',"measurements":{' + m + "}}}" for i, g, n, c, m in
+            zip(table["cell_id"].astype(str).tolist(), gj, nuc, cls, meas)]
 
 
 class GeoJSONWriter:
@@ -284,3 +331,91 @@ def write_h5ad(table: pd.DataFrame, path, uns: dict | None = None) -> None:
     adata = to_anndata(table, uns)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
+
+
+#: output formats and their file names
+OUTPUT_NAMES = {"geojson": "cells.geojson", "geojson.gz": "cells.geojson.gz", "parquet": "cells.parquet",
+                "h5ad": "cells.h5ad", "csv": "cells.csv"}
+
+
+class CellFiles:
+    """The output files of a run, written together part by part from Arrow cell tables (as the
+    engine's chunks hold them: geometry as WKB, optionally a ``feature`` column with each cell's
+    QuPath GeoJSON ready-made, followed by a comma). Each file is written under a temporary name
+    and renamed into place when the ``with`` block ends without error; on error none is."""
+
+    def __init__(self, paths: dict[str, Path], channels, offset=(0, 0), precision: int = 3, uns: dict | None = None):
+        self.paths, self.channels, self.offset, self.precision, self.uns = paths, list(channels), offset, precision, uns
+        self.n = self.n_touch = 0
+
+    def __enter__(self):
+        import gzip
+
+        self.stack = contextlib.ExitStack().__enter__()
+        self.gj = self.pw = self.hw = self.csv = None
+        try:
+            for fmt in ("geojson", "geojson.gz"):
+                if fmt in self.paths:
+                    tmp = self.stack.enter_context(atomic_path(self.paths[fmt]))
+                    fh = self.stack.enter_context(gzip.open(tmp, "wb", compresslevel=1) if fmt.endswith(".gz")
+                                                  else open(tmp, "wb"))
+                    self.gj = GeoJSONWriter(fh, self.offset, self.precision)
+            if "h5ad" in self.paths:
+                self.hw = H5adWriter(self.stack.enter_context(atomic_path(self.paths["h5ad"])), self.channels, self.uns)
+                self.stack.callback(self.hw.f.close)
+        except BaseException:
+            self.stack.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            if "parquet" in self.paths and self.pw is None:  # no cells at all
+                from ..table import empty_table
+
+                write_geoparquet(empty_table(self.channels), self.paths["parquet"])
+            if "csv" in self.paths and self.csv is None:
+                from ..table import empty_table
+
+                with atomic_path(self.paths["csv"]) as tmp:
+                    empty_table(self.channels).drop(columns="geometry").to_csv(tmp, index=False)
+            if self.gj is not None:
+                self.gj.close()
+        return self.stack.__exit__(*exc)
+
+    def write(self, at) -> None:
+        """One part, as an Arrow table."""
+        import pyarrow.compute as pc
+
+        if not at.num_rows:
+            return
+        cells = at.drop_columns([c for c in ("feature",) if c in at.column_names])
+        self.n += at.num_rows
+        self.n_touch += int(pc.sum(at.column("touches_tile_edge")).as_py() or 0)
+        if "parquet" in self.paths:
+            if self.pw is None:
+                self.pw = GeoParquetWriter(self.stack.enter_context(atomic_path(self.paths["parquet"])), cells.schema)
+                self.stack.callback(self.pw.close)
+            self.pw.write(cells)
+        table = None
+        if self.gj is not None:
+            if "feature" in at.column_names:  # the features' bytes as they lie, no Python strings
+                feats = at.column("feature").combine_chunks()
+                offsets = np.frombuffer(feats.buffers()[1], np.int32, len(feats) + 1, feats.offset * 4)
+                self.gj.write_joined(memoryview(feats.buffers()[2])[offsets[0]:offsets[-1]], len(feats))
+            else:
+                from ..table import from_arrow
+
+                table = from_arrow(cells)
+                self.gj.write(table)
+        plain = cells.drop_columns(["geometry"])
+        if self.hw is not None:
+            self.hw.write(plain.to_pandas())
+        if "csv" in self.paths:
+            import pyarrow.csv as pcsv
+
+            if self.csv is None:
+                self.csv_schema = plain.schema
+                self.csv = pcsv.CSVWriter(self.stack.enter_context(atomic_path(self.paths["csv"])), plain.schema)
+                self.stack.callback(self.csv.close)
+            self.csv.write_table(plain.cast(self.csv_schema))

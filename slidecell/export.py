@@ -1,0 +1,59 @@
+"""``slidecell export``: a finished run's cells into another format, streamed (bounded memory).
+
+The source is the run's GeoParquet (``cells.parquet``) or, when the run did not write one, its
+chunk files; the GeoJSON keeps the run's coordinates convention (bounds origin, decimals).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError, OutputError
+from .io.writers import OUTPUT_NAMES, CellFiles
+
+
+def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
+    """Write the cells of the finished run in ``run_dir`` as ``fmt`` (one of
+    :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv) to ``out`` (default: the
+    format's file name in ``run_dir``). Returns the path written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    if fmt not in OUTPUT_NAMES:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(OUTPUT_NAMES)}")
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        raise InputError(f"{run_dir}: not a finished slidecell run (no run.json)")
+    info = json.loads(info_path.read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    precision = (cfg.get("output") or {}).get("geojson_precision", 3)
+    offset = tuple((info.get("reader") or {}).get("bounds_offset") or (0, 0))
+    out = Path(out) if out is not None else run_dir / OUTPUT_NAMES[fmt]
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: exists; pass --overwrite to replace it")
+    source = run_dir / OUTPUT_NAMES["parquet"]
+    if source.exists() and source.resolve() == out.resolve():
+        raise OutputError(f"{out}: is the source of the export")
+    if source.exists():
+        parts = (pa.Table.from_batches([b]) for b in pq.ParquetFile(source).iter_batches(batch_size=65536))
+        schema = pq.read_schema(source)
+    else:
+        chunks = sorted((run_dir / ".slidecell" / "chunks").glob("chunk-*.parquet"))
+        if not chunks:
+            raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
+        parts = (pq.read_table(p) for p in chunks)
+        schema = pq.read_schema(chunks[0])
+    channels = [n[len("mean:"):] for n in schema.names if n.startswith("mean:")]
+    uns = {"version": info.get("slidecell_version"), "slide": info.get("slide"), "mpp": None,
+           "modality": info.get("modality"), "reader": info.get("reader"), "config": cfg}
+    with CellFiles({fmt: out}, channels, offset, precision, uns) as files:
+        for part in parts:
+            files.write(part)
+    return out
+
+
+__all__ = ["export"]

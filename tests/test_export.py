@@ -1,0 +1,65 @@
+"""Exports: the run config choosing what to write (GeoJSON gzipped, CSV), and `slidecell export`
+converting a finished run's cells into each format, identical to what the run writes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import anndata as ad
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import CMU1, need
+from slidecell import load_config, run
+from slidecell.errors import InputError, OutputError
+from slidecell.export import export
+
+
+@pytest.fixture(scope="module")
+def cmu1_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("x") / "run"
+    cfg = load_config("he-brightfield", {"roi": [0, 0, 1400, 1400],
+                                         "output": {"geojson_gzip": True, "csv": True}})
+    run(need(CMU1), cfg, out, progress=False)
+    return out
+
+
+def test_run_writes_gzipped_geojson_and_csv(cmu1_out):
+    cells = gpd.read_parquet(cmu1_out / "cells.parquet")
+    assert not (cmu1_out / "cells.geojson").exists()
+    with gzip.open(cmu1_out / "cells.geojson.gz", "rt") as fh:
+        fc = json.load(fh)
+    assert [f["id"] for f in fc["features"]] == list(cells["cell_id"])
+    csv = pd.read_csv(cmu1_out / "cells.csv")
+    assert list(csv.columns) == [c for c in cells.columns if c != "geometry"]
+    assert list(csv["cell_id"]) == list(cells["cell_id"])
+    assert np.allclose(csv["area_um2"], cells["area_um2"]) and np.allclose(csv["mean:Red"], cells["mean:Red"])
+
+
+def test_export_equals_what_the_run_writes(cmu1_out, tmp_path):
+    gj = export(cmu1_out, "geojson", tmp_path / "c.geojson")
+    with gzip.open(cmu1_out / "cells.geojson.gz", "rb") as fh:
+        assert gj.read_bytes() == fh.read()  # byte for byte: one feature writer for both
+    h = export(cmu1_out, "h5ad", tmp_path / "c.h5ad")
+    a, b = ad.read_h5ad(cmu1_out / "cells.h5ad"), ad.read_h5ad(h)
+    assert np.array_equal(a.X, b.X)
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    c = export(cmu1_out, "csv", tmp_path / "c.csv")
+    assert c.read_bytes() == (cmu1_out / "cells.csv").read_bytes()
+
+
+def test_export_errors(cmu1_out, tmp_path):
+    with pytest.raises(InputError, match="not a finished slidecell run"):
+        export(tmp_path, "geojson")
+    with pytest.raises(InputError, match="unknown export format 'shp'"):
+        export(cmu1_out, "shp")
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+        export(cmu1_out, "csv")
+    res = subprocess.run([sys.executable, "-m", "slidecell.cli", "export", str(tmp_path), "--to", "csv"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "not a finished slidecell run" in res.stderr and "Traceback" not in res.stderr
