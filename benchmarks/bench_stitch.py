@@ -136,6 +136,10 @@ def main() -> None:
         outputs, n_cells, n_touch = writer.finish()
     t_out = time.perf_counter() - t0 - t_pipe
     total = time.perf_counter() - t0
+    # what `slidecell export` needs to treat the folder as a finished run (bench_export.py)
+    (out / "run.json").write_text(json.dumps({"status": "complete", "n_cells": n_cells, "reader": {"bounds_offset": [0, 0]},
+                                              "modality": "brightfield", "slide": "virtual"}))
+    (out / "config.yaml").write_text(cfg.to_yaml())
     sizes = {k: f"{v.stat().st_size / 1e6:.0f} MB" for k, v in outputs.items()}
     print(f"cells {n_cells}  (cut at the canvas joins: {n_touch})  total {total:.1f} s  = {n_cells / total:,.0f} cells/s")
     print(f"  tiles → chunk files {t_pipe:.1f} s (label copies {timings['model']:.1f} s, post busy {timings['post']:.1f} s over {args.post_workers} "
