@@ -25,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", nargs="?", default=str(HERE / ".cache" / "stitch-out"))
     ap.add_argument("--to", default="geojson,geojson.gz,csv")
+    ap.add_argument("--geopandas-rows", type=int, default=0,
+                    help="also time geopandas' GeoDataFrame.to_file(driver='GeoJSON') on this many cells")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {os.cpu_count()} CPU cores; source {args.run_dir}")
@@ -40,6 +42,22 @@ def main() -> None:
         print(f"{fmt:11s} {wall:6.1f} s  {out.stat().st_size / 1e6:6.0f} MB  peak RSS (largest child so far) {peak:.2f} GiB",
               flush=True)
         out.unlink()
+    if args.geopandas_rows:
+        import geopandas as gpd
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(Path(args.run_dir) / "cells.parquet")
+        rows = next(pf.iter_batches(batch_size=args.geopandas_rows))
+        import pyarrow as pa
+
+        from slidecell.table import from_arrow, to_geodataframe
+
+        gdf = to_geodataframe(from_arrow(pa.Table.from_batches([rows])))
+        t0 = time.perf_counter()
+        gdf.to_file(tmp / "gpd.geojson", driver="GeoJSON")
+        wall = time.perf_counter() - t0
+        print(f"geopandas to_file(GeoJSON) on {len(gdf)} cells: {wall:.1f} s "
+              f"(= {wall / len(gdf) * 1e6:.0f} µs/cell; slidecell: see the geojson line)")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def run(
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="output directory of a finished `slidecell run`"),
-    to: str = typer.Option(..., "--to", help="geojson, geojson.gz, parquet, h5ad or csv"),
+    to: str = typer.Option(..., "--to", help="geojson, geojson.gz, parquet, h5ad, csv or labels (OME-TIFF label pyramid)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default: in RUN_DIR)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file"),
 ):

@@ -114,6 +114,9 @@ class OutputConfig(Strict):
     h5ad: bool = True
     #: the cell table without outlines, as CSV
     csv: bool = False
+    #: instance label image (cells_labels.ome.tif: tiled pyramidal OME-TIFF at the working
+    #: resolution; label k = row k - 1 of the tables)
+    label_image: bool = False
     #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
     geojson_precision: int = Field(3, ge=0, le=6)
 

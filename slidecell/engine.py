@@ -216,7 +216,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                 "or choose another --out"
             )
     if overwrite:
-        for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values()]:
+        for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values(), "cells_labels.ome.tif"]:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
@@ -380,6 +380,18 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
             t0 = time.perf_counter()
             outputs, n_cells, n_touch = writer.finish()
             timings["outputs_after_last_tile"] = time.perf_counter() - t0
+    if cfg.output.label_image:
+        import pyarrow.parquet as pq
+
+        from .io.label_image import LABELS_NAME, write_label_pyramid
+
+        t0 = time.perf_counter()
+        chunk_files = [chunk_path(k) for k in range(n_chunks)]
+        reach = max(plan.overlap, int(math.ceil(cfg.tiling.max_overlap_um / plan.mpp))) + 16
+        outputs["labels"] = write_label_pyramid(
+            out / LABELS_NAME, lambda: (pq.read_table(c) for c in chunk_files), plan.width, plan.height, plan.scale,
+            plan.mpp, plan.tile_size, int(cfg.tiling.grid_offset[1]), reach)
+        timings["label_image"] = time.perf_counter() - t0
     timings["write_outputs"] = writer.busy
     timings["total"] = time.perf_counter() - t_start
     summary = {

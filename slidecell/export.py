@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError, OutputError
+from .io.label_image import LABELS_NAME, write_label_pyramid
 from .io.writers import OUTPUT_NAMES, CellFiles
 
 
@@ -23,8 +24,8 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    if fmt not in OUTPUT_NAMES:
-        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(OUTPUT_NAMES)}")
+    if fmt not in OUTPUT_NAMES and fmt != "labels":
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join([*OUTPUT_NAMES, 'labels'])}")
     info_path = run_dir / "run.json"
     if not info_path.exists():
         raise InputError(f"{run_dir}: not a finished slidecell run (no run.json)")
@@ -32,21 +33,30 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     precision = (cfg.get("output") or {}).get("geojson_precision", 3)
     offset = tuple((info.get("reader") or {}).get("bounds_offset") or (0, 0))
-    out = Path(out) if out is not None else run_dir / OUTPUT_NAMES[fmt]
+    out = Path(out) if out is not None else run_dir / (LABELS_NAME if fmt == "labels" else OUTPUT_NAMES[fmt])
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
     source = run_dir / OUTPUT_NAMES["parquet"]
     if source.exists() and source.resolve() == out.resolve():
         raise OutputError(f"{out}: is the source of the export")
+    chunks = sorted((run_dir / ".slidecell" / "chunks").glob("chunk-*.parquet"))
     if source.exists():
-        parts = (pa.Table.from_batches([b]) for b in pq.ParquetFile(source).iter_batches(batch_size=65536))
+        def parts_factory():
+            return (pa.Table.from_batches([b]) for b in pq.ParquetFile(source).iter_batches(batch_size=65536))
         schema = pq.read_schema(source)
-    else:
-        chunks = sorted((run_dir / ".slidecell" / "chunks").glob("chunk-*.parquet"))
-        if not chunks:
-            raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
-        parts = (pq.read_table(p) for p in chunks)
+    elif chunks:
+        def parts_factory():
+            return (pq.read_table(p) for p in chunks)
         schema = pq.read_schema(chunks[0])
+    else:
+        raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
+    if fmt == "labels":
+        plan, tiling = info["plan"], cfg.get("tiling") or {}
+        reach = int(-(-float(tiling.get("max_overlap_um", 160.0)) // plan["mpp"])) + 16
+        return write_label_pyramid(out, parts_factory, plan["width"], plan["height"], plan["scale"], plan["mpp"],
+                                   plan["tile_size"], int((tiling.get("grid_offset") or [0, 0])[1]),
+                                   max(reach, plan.get("overlap_px", 0)))
+    parts = parts_factory()
     channels = [n[len("mean:"):] for n in schema.names if n.startswith("mean:")]
     uns = {"version": info.get("slidecell_version"), "slide": info.get("slide"), "mpp": None,
            "modality": info.get("modality"), "reader": info.get("reader"), "config": cfg}

@@ -63,3 +63,32 @@ def test_export_errors(cmu1_out, tmp_path):
     res = subprocess.run([sys.executable, "-m", "slidecell.cli", "export", str(tmp_path), "--to", "csv"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "not a finished slidecell run" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_label_image_pyramid(cmu1_out, tmp_path):
+    """The label OME-TIFF: label k is row k - 1 of the tables, each cell's pixels exactly those
+    inside its outline, a pyramid down to < 1024 px, µm/px in the OME metadata; the run writes
+    the same image when its config asks."""
+    import tifffile
+
+    p = export(cmu1_out, "labels", tmp_path / "l.ome.tif")
+    cells = gpd.read_parquet(cmu1_out / "cells.parquet")
+    info = json.loads((cmu1_out / "run.json").read_text())
+    with tifffile.TiffFile(p) as tif:
+        assert tif.is_ome
+        levels = tif.series[0].levels
+        lab = levels[0].asarray()
+        assert 'PhysicalSizeX="0.499' in tif.ome_metadata
+        assert levels[-1].shape[0] < 1024 and levels[1].shape == (-(-lab.shape[0] // 2), -(-lab.shape[1] // 2))
+    assert lab.shape == (info["plan"]["height"], info["plan"]["width"])
+    counts = np.bincount(lab.ravel(), minlength=len(cells) + 1)[1:]
+    poly_px = cells.geometry.area.to_numpy() / info["plan"]["scale"] ** 2
+    assert np.mean(counts == poly_px) > 0.99  # the rest: pinched outlines drawn over by a neighbour
+    # a cell's label sits at its centroid
+    k = np.arange(0, len(cells), 37)
+    ys, xs = (cells["y"].to_numpy()[k] / info["plan"]["scale"]).astype(int), (cells["x"].to_numpy()[k] / info["plan"]["scale"]).astype(int)
+    assert np.mean(lab[ys, xs] == k + 1) > 0.95
+    cfg = load_config("he-brightfield", {"roi": [0, 0, 1400, 1400], "output": {"label_image": True, "geojson": False,
+                                                                              "h5ad": False}})
+    r = run(CMU1, cfg, tmp_path / "run", progress=False)
+    assert np.array_equal(tifffile.imread(r.outputs["labels"]), lab)

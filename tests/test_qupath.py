@@ -44,13 +44,14 @@ def test_reads_the_variants_qupath_reads(tmp_path):
         {"type": "Feature", "objectType": "annotation", "geometry": sq,  # misplaced objectType, class as string
          "properties": {"classification": "Stroma", "name": "region 1"}},
         {"type": "Feature", "geometry": sq, "properties": {}},  # plain GeoJSON: an annotation
+        {"type": "Feature", "geometry": sq, "properties": {"type": "Detection"}},  # a "type" property
     ]
     path = tmp_path / "objs.geojson.gz"
     with gzip.open(path, "wt") as fh:
         json.dump(feats, fh)  # a bare list, gzipped
     objs = read_qupath_geojson(path, offset=(100, 50))
-    assert list(objs["object_type"]) == ["cell", "detection", "annotation", "annotation"]
-    assert list(objs["classification"]) == ["Tumor", "Immune: CD8", "Stroma", None]
+    assert list(objs["object_type"]) == ["cell", "detection", "annotation", "annotation", "detection"]
+    assert list(objs["classification"]) == ["Tumor", "Immune: CD8", "Stroma", None, None]
     assert objs["color"][0] == (200, 0, 0) and objs["color"][1] == (0, 255, 0)
     assert objs["measurements"][1] == {"Nucleus: Area": 4.0}
     assert objs["geometry"][0].equals(shapely.box(100, 50, 110, 60))  # offset added
@@ -87,6 +88,12 @@ def test_own_output_round_trips(cmu1_cells):
     assert np.allclose(areas, cells["area_um2"], rtol=1e-6)
     blue = np.array([m["Nucleus: Blue: Mean"] for m in objs["measurements"]])
     assert np.allclose(blue, cells["mean:Blue"], rtol=1e-6)
+    # geopandas (pyogrio/GDAL) reads the same file: ids, outlines, measurements
+    g = gpd.read_file(cmu1_cells / "cells.geojson")
+    assert list(g["id"]) == list(cells["cell_id"]) and set(g["objectType"]) == {"detection"}
+    gi = shapely.area(shapely.intersection(g.geometry.to_numpy(), b)) / shapely.area(shapely.union(g.geometry.to_numpy(), b))
+    assert gi.min() >= 0.999
+    assert np.allclose([m["Nucleus: Area µm^2"] for m in g["measurements"]], cells["area_um2"], rtol=1e-6)
 
 
 def test_annotation_restricts_the_run(tmp_path):

@@ -144,3 +144,6 @@ def test_classes_and_cells_follow_qupath_conventions(rng, tmp_path):
     assert list(back["classification"][:3]) == ["Tumor", "CD8 T cell", None]
     assert all(a.equals(b) for a, b in zip(back["nucleus_geometry"], t["nucleus_geometry"]))
     assert all(a.equals(b) for a, b in zip(back["geometry"], t["geometry"]))
+    # geopandas (GDAL's GeoJSON driver) reads the classes and colours too
+    g = gpd.read_file(tmp_path / "c.geojson")
+    assert g["classification"][0] == {"name": "Tumor", "color": [200, 0, 0]} and g["objectType"][0] == "cell"

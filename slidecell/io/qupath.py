@@ -3,7 +3,7 @@ their classifications and measurements.
 
 Accepts the layouts QuPath itself reads: a ``FeatureCollection``, a bare list of features or a
 single feature; ``objectType`` inside ``properties`` (QuPath ≥ 0.4), the legacy
-``object_type`` (0.2/0.3) or a misplaced top-level ``objectType``; ``measurements`` as a
+``object_type`` (0.2/0.3), a ``type`` property or a misplaced top-level ``objectType``; ``measurements`` as a
 name→value map or a list of ``{name, value}``; ``classification`` as ``{name, color}``,
 ``{names: [...], color}`` (derived classes, joined with ": " as QuPath shows them) or a bare
 string; colours as ``[r, g, b]`` or a packed integer; cells' ``nucleusGeometry``; ``.gz`` files.
@@ -23,6 +23,7 @@ import shapely
 
 from ..errors import InputError
 
+_TYPES = {"annotation", "detection", "cell", "tile", "tma_core", "tmacore"}
 COLUMNS = ["id", "object_type", "name", "classification", "color", "geometry", "nucleus_geometry", "measurements"]
 
 
@@ -101,7 +102,10 @@ def read_qupath_geojson(path, offset=(0, 0)) -> pd.DataFrame:
             nuc = move(shapely.geometry.shape(nuc)) if nuc else None
         except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.GEOSException) as err:
             raise InputError(f"{path}: feature {k}: invalid geometry ({err})") from None
-        otype = props.get("objectType") or props.get("object_type") or feat.get("objectType") or "annotation"
+        otype = props.get("objectType") or props.get("object_type") or feat.get("objectType")
+        if otype is None and str(props.get("type", "")).lower() in _TYPES:  # some exporters' "type"
+            otype = props["type"]
+        otype = otype or "annotation"
         cls, color = _classification(props.get("classification"))
         rows.append({
             "id": str(feat.get("id") or props.get("id") or ""),
