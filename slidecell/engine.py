@@ -30,6 +30,7 @@ from . import __version__
 from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
+from .io.label_image import LABELS_NAME
 from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, write_text_atomic
 from .measure import ellipse_axes, label_stats
 from .polygons import outline_labels
@@ -216,7 +217,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                 "or choose another --out"
             )
     if overwrite:
-        for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values(), "cells_labels.ome.tif"]:
+        for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values(), LABELS_NAME]:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
@@ -383,7 +384,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     if cfg.output.label_image:
         import pyarrow.parquet as pq
 
-        from .io.label_image import LABELS_NAME, write_label_pyramid
+        from .io.label_image import write_label_pyramid
 
         t0 = time.perf_counter()
         chunk_files = [chunk_path(k) for k in range(n_chunks)]
@@ -452,7 +453,6 @@ class _Pipeline:
 
             return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"), initializer=_init_post,
                                        initargs=(self.segmenter.finisher(), self.ctx))
-        _init_post(self.segmenter.finisher(), self.ctx)
         return ThreadPoolExecutor(self.workers, thread_name_prefix="slidecell-post")
 
     def run(self, stream, tiles, progress, done) -> None:
@@ -464,8 +464,7 @@ class _Pipeline:
             k = t.index // self.chunk_size
             self.remaining[k] = self.remaining.get(k, 0) + 1
         pool = self._pool()
-        if pool is None:
-            _init_post(self.segmenter.finisher(), self.ctx)
+        finisher = self.segmenter.finisher()
         inflight: deque = deque()
         with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
                       TimeRemainingColumn(), disable=not progress, transient=False) as bar:
@@ -492,13 +491,13 @@ class _Pipeline:
                         shm = None
                         if pool is None:
                             fut = Future()
-                            fut.set_result(_post_tile(tile, image, raw))
+                            fut.set_result(_post_tile(tile, image, raw, finisher, self.ctx))
                         elif self.parallel == "processes":
                             # pixels travel through shared memory, not pickles down a pipe
                             shm, specs = _to_shared([image, raw])
                             fut = pool.submit(_post_tile_shared, tile, shm.name, specs)
                         else:
-                            fut = pool.submit(_post_tile, tile, image, raw)
+                            fut = pool.submit(_post_tile, tile, image, raw, finisher, self.ctx)
                         inflight.append((tile, fut, shm))
                     del batch, raws
                     while len(inflight) > self.queue:
@@ -563,19 +562,21 @@ class _Pipeline:
 
 
 # -- post-processing workers (threads or processes) -----------------------------------------------
-_POST: dict = {}
+_POST: dict = {}  # in a post-processing process: the run's finisher and context, sent once
 
 
 def _init_post(finisher, ctx: TileContext) -> None:
     _POST["finisher"], _POST["ctx"] = finisher, ctx
 
 
-def _post_tile(tile: Tile, image: np.ndarray, raw):
+def _post_tile(tile: Tile, image: np.ndarray, raw, finisher=None, ctx: TileContext | None = None):
     """Model output of one tile → its cells as an Arrow chunk part (geometry as WKB, GeoJSON
-    features ready-made); returns (part, seconds)."""
+    features ready-made); returns (part, seconds). ``finisher``/``ctx`` default to the ones
+    this process was started with."""
     t0 = time.perf_counter()
-    ctx = _POST["ctx"]
-    table = cells_from_labels(tile, image, _POST["finisher"](raw, image), ctx)
+    finisher = finisher or _POST["finisher"]
+    ctx = ctx or _POST["ctx"]
+    table = cells_from_labels(tile, image, finisher(raw, image), ctx)
     return _chunk_part(table, ctx), time.perf_counter() - t0
 
 
