@@ -1,13 +1,12 @@
 """Per-cell measurements from a label image and its tile: vectorized, no Python loop per cell.
 
-Moments, areas and channel intensities come from ``np.bincount`` over the label image;
-perimeter and solidity from the outline polygons (shapely, vectorized).
+Moments, areas and channel intensities come from one ``np.bincount`` pass over the label
+image's foreground; perimeter and solidity come with the outlines (slidecell.polygons).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import shapely
 
 
 def label_moments(labels: np.ndarray):
@@ -58,26 +57,3 @@ def ellipse_axes(mu20, mu02, mu11):
     major, minor = 4 * np.sqrt(l1), 4 * np.sqrt(l2)
     ecc = np.sqrt(np.clip(1 - l2 / np.maximum(l1, 1e-12), 0, 1))
     return major, minor, ecc
-
-
-def channel_means(labels: np.ndarray, image: np.ndarray, ids: np.ndarray, area: np.ndarray) -> np.ndarray:
-    """Mean intensity of each channel over each label: ``(len(ids), channels)`` float32."""
-    flat = labels.ravel()
-    n = int(flat.max()) + 1
-    out = np.empty((len(ids), image.shape[2]), np.float32)
-    mask = flat > 0
-    fl = flat[mask]
-    pix = image.reshape(-1, image.shape[2])[mask]  # foreground pixels only
-    for c in range(image.shape[2]):
-        sums = np.bincount(fl, pix[:, c].astype(np.float64), n)
-        out[:, c] = sums[ids] / area
-    return out
-
-
-def polygon_shape(polys: np.ndarray):
-    """Perimeter and solidity (area / convex hull area) of outline polygons, in their units."""
-    perim = shapely.length(polys)
-    area = shapely.area(polys)
-    hull = shapely.area(shapely.convex_hull(polys))
-    solidity = np.where(hull > 0, area / np.maximum(hull, 1e-12), 1.0)
-    return perim, np.clip(solidity, 0, 1)
