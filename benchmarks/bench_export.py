@@ -43,14 +43,13 @@ def main() -> None:
               flush=True)
         out.unlink()
     if args.geopandas_rows:
-        import geopandas as gpd
+        import pyarrow as pa
         import pyarrow.parquet as pq
+
+        from slidecell.table import from_arrow, to_geodataframe
 
         pf = pq.ParquetFile(Path(args.run_dir) / "cells.parquet")
         rows = next(pf.iter_batches(batch_size=args.geopandas_rows))
-        import pyarrow as pa
-
-        from slidecell.table import from_arrow, to_geodataframe
 
         gdf = to_geodataframe(from_arrow(pa.Table.from_batches([rows])))
         t0 = time.perf_counter()
