@@ -31,7 +31,7 @@ from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
-from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, write_text_atomic
+from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, run_uns, write_text_atomic
 from .measure import ellipse_axes, label_stats
 from .polygons import outline_labels
 from .segment import Segmenter, get_segmenter
@@ -384,14 +384,12 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     if cfg.output.label_image:
         import pyarrow.parquet as pq
 
-        from .io.label_image import write_label_pyramid
+        from .io.label_image import write_run_labels
 
         t0 = time.perf_counter()
         chunk_files = [chunk_path(k) for k in range(n_chunks)]
-        reach = max(plan.overlap, int(math.ceil(cfg.tiling.max_overlap_um / plan.mpp))) + 16
-        outputs["labels"] = write_label_pyramid(
-            out / LABELS_NAME, lambda: (pq.read_table(c) for c in chunk_files), plan.width, plan.height, plan.scale,
-            plan.mpp, plan.tile_size, int(cfg.tiling.grid_offset[1]), reach)
+        outputs["labels"] = write_run_labels(out / LABELS_NAME, lambda: (pq.read_table(c) for c in chunk_files),
+                                             plan.summary(), cfg.tiling.model_dump(mode="json"))
         timings["label_image"] = time.perf_counter() - t0
     timings["write_outputs"] = writer.busy
     timings["total"] = time.perf_counter() - t_start
@@ -648,9 +646,7 @@ class _OutputStream:
 
         self.chunks, self.out, self.cfg = chunks, out, cfg
         self.offset, self.channels = reader.bounds_offset, list(reader.channel_names)
-        self.uns = {"version": __version__, "slide": info["slide"], "mpp": reader.mpp,
-                    "working_mpp": info["plan"]["mpp"], "modality": info["modality"],
-                    "reader": info["reader"], "config": cfg.model_dump(mode="json")}
+        self.uns = run_uns(info, cfg.model_dump(mode="json"), __version__)
         self.outputs = output_paths(cfg, out)
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="slidecell-outputs", daemon=True)

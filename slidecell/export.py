@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError, OutputError
-from .io.label_image import LABELS_NAME, write_label_pyramid
-from .io.writers import OUTPUT_NAMES, CellFiles
+from .io.label_image import LABELS_NAME, write_run_labels
+from .io.writers import OUTPUT_NAMES, CellFiles, run_uns
 
 
 def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
@@ -51,17 +51,11 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
     else:
         raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
     if fmt == "labels":
-        plan, tiling = info["plan"], cfg.get("tiling") or {}
-        reach = int(-(-float(tiling.get("max_overlap_um", 160.0)) // plan["mpp"])) + 16
-        return write_label_pyramid(out, parts_factory, plan["width"], plan["height"], plan["scale"], plan["mpp"],
-                                   plan["tile_size"], int((tiling.get("grid_offset") or [0, 0])[1]),
-                                   max(reach, plan.get("overlap_px", 0)))
-    parts = parts_factory()
+        return write_run_labels(out, parts_factory, info["plan"], cfg.get("tiling") or {})
     channels = [n[len("mean:"):] for n in schema.names if n.startswith("mean:")]
-    uns = {"version": info.get("slidecell_version"), "slide": info.get("slide"), "mpp": None,
-           "modality": info.get("modality"), "reader": info.get("reader"), "config": cfg}
+    uns = run_uns(info, cfg, info.get("slidecell_version"))
     with CellFiles({fmt: out}, channels, offset, precision, uns) as files:
-        for part in parts:
+        for part in parts_factory():
             files.write(part)
     return out
 

@@ -49,6 +49,8 @@ def test_export_equals_what_the_run_writes(cmu1_out, tmp_path):
     a, b = ad.read_h5ad(cmu1_out / "cells.h5ad"), ad.read_h5ad(h)
     assert np.array_equal(a.X, b.X)
     pd.testing.assert_frame_equal(a.obs, b.obs)
+    for key in ("mpp", "working_mpp", "modality", "slide"):  # the same run metadata
+        assert a.uns["slidecell"][key] == b.uns["slidecell"][key]
     c = export(cmu1_out, "csv", tmp_path / "c.csv")
     assert c.read_bytes() == (cmu1_out / "cells.csv").read_bytes()
 

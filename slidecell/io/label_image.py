@@ -124,4 +124,13 @@ def write_label_pyramid(path, parts_factory, width: int, height: int, scale: flo
     return path
 
 
-__all__ = ["write_label_pyramid", "LABELS_NAME"]
+def write_run_labels(path, parts_factory, plan: dict, tiling: dict) -> Path:
+    """:func:`write_label_pyramid` for a run, from its plan summary (run.json's ``plan``) and
+    its ``tiling`` config: a cell reaches at most the largest overlap a tile was read with."""
+    reach = max(int(plan["overlap_px"]), int(np.ceil(float(tiling.get("max_overlap_um", 160.0)) / plan["mpp"]))) + 16
+    offset_y = int((tiling.get("grid_offset") or (0, 0))[1])
+    return write_label_pyramid(path, parts_factory, plan["width"], plan["height"], plan["scale"], plan["mpp"],
+                               plan["tile_size"], offset_y, reach)
+
+
+__all__ = ["write_label_pyramid", "write_run_labels", "LABELS_NAME"]

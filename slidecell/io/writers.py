@@ -333,6 +333,13 @@ def write_h5ad(table: pd.DataFrame, path, uns: dict | None = None) -> None:
         adata.write_h5ad(tmp)
 
 
+def run_uns(info: dict, config: dict, version) -> dict:
+    """What a run's AnnData keeps in ``uns['slidecell']``, from its run.json-style ``info``."""
+    return {"version": version, "slide": info.get("slide"), "mpp": (info.get("reader") or {}).get("mpp"),
+            "working_mpp": (info.get("plan") or {}).get("mpp"), "modality": info.get("modality"),
+            "reader": info.get("reader"), "config": config}
+
+
 #: output formats and their file names
 OUTPUT_NAMES = {"geojson": "cells.geojson", "geojson.gz": "cells.geojson.gz", "parquet": "cells.parquet",
                 "h5ad": "cells.h5ad", "csv": "cells.csv"}
