@@ -25,13 +25,17 @@ class Strict(BaseModel):
 
 class ReaderConfig(Strict):
     #: force a reader; "auto" picks by format (see slidecell.io.open_slide)
-    backend: Literal["auto", "openslide", "tiffslide", "tifffile", "image"] = "auto"
+    backend: Literal["auto", "openslide", "tiffslide", "tifffile", "image", "imc-txt", "channel-folder"] = "auto"
     #: parallel tile readers
     workers: int = Field(2, ge=1, le=64)
     #: tiles read ahead of the consumer (bounds memory: prefetch × tile bytes)
     prefetch: int = Field(4, ge=1, le=256)
     #: "auto" uses the reader's preference (threads, measured fastest on every reader here)
     parallel: Literal["auto", "threads", "processes"] = "auto"
+    #: a markers.csv (MCMICRO: ``marker_name`` column, one row per channel) or panel.csv
+    #: (steinbock: ``channel`` metal → ``name``) renaming the channels; null: a markers.csv beside
+    #: the image if there is one; false: never
+    markers: str | Literal[False] | None = None
 
 
 class TilingConfig(Strict):
@@ -93,6 +97,12 @@ class SegmentationConfig(Strict):
     nuclear_channels: list[str] = Field(default_factory=list)
     #: backend parameters, validated by the backend
     params: dict[str, Any] = Field(default_factory=dict)
+    #: whole cells: grow each nucleus by this many µm, each pixel going to its nearest nucleus
+    #: without overlaps (QuPath's cell expansion); 0: the objects are the nuclei
+    cell_expansion_um: float = Field(0.0, ge=0, le=100)
+    #: what the backend's objects are: nuclei (the built-in model, a nuclear mask) or cells (a
+    #: whole-cell mask or model); names the compartment of ``X`` (Cell/Nucleus)
+    objects: Literal["nuclei", "cells"] = "nuclei"
 
     @field_validator("backend")
     @classmethod
@@ -104,6 +114,31 @@ class SegmentationConfig(Strict):
         return v
 
 
+class MeasureConfig(Strict):
+    """Per-cell intensities: which markers, compartments and statistics. The mean over the
+    cell (the nucleus when there are no whole cells) is always measured: it is AnnData's ``X``;
+    every other compartment × statistic is a layer."""
+
+    #: markers to measure, by name; empty: every channel
+    channels: list[str] = Field(default_factory=list)
+    #: compartments measured: cell, nucleus, cytoplasm (cell minus nucleus), membrane (the
+    #: cell's inner ring of ``membrane_um``); cytoplasm and a separate nucleus need whole cells
+    compartments: list[Literal["cell", "nucleus", "cytoplasm", "membrane"]] = Field(default_factory=lambda: ["cell"])
+    #: statistics per compartment and marker (mean is fast; median/min/max sort the pixels)
+    statistics: list[Literal["mean", "median", "sum", "std", "min", "max"]] = Field(default_factory=lambda: ["mean"])
+    #: percentiles per compartment and marker (numpy's linear interpolation), e.g. [90, 99]
+    percentiles: list[float] = Field(default_factory=list)
+    #: width of the membrane ring
+    membrane_um: float = Field(1.0, gt=0, le=20)
+
+    @field_validator("percentiles")
+    @classmethod
+    def _pcts(cls, v):
+        if any(not 0 <= q <= 100 for q in v):
+            raise ValueError("percentiles must be between 0 and 100")
+        return sorted(set(float(q) for q in v))
+
+
 class OutputConfig(Strict):
     #: QuPath GeoJSON (cells.geojson, or cells.geojson.gz with ``geojson_gzip``)
     geojson: bool = True
@@ -112,6 +147,8 @@ class OutputConfig(Strict):
     parquet: bool = True
     #: AnnData
     h5ad: bool = True
+    #: AnnData as zarr (cells.zarr), converted from the h5ad at the end of the run
+    zarr: bool = False
     #: the cell table without outlines, as CSV
     csv: bool = False
     #: instance label image (cells_labels.ome.tif: tiled pyramidal OME-TIFF at the working
@@ -127,6 +164,7 @@ class Config(Strict):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     tissue: TissueConfig = Field(default_factory=TissueConfig)
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     #: region of interest [x, y, width, height] in level-0 pixels

@@ -31,11 +31,11 @@ from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
-from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, run_uns, write_text_atomic
-from .measure import ellipse_axes, label_stats
+from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic
+from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
 from .segment import Segmenter, get_segmenter
-from .table import BASE_COLUMNS, MEAN_PREFIX, empty_table, from_arrow, to_arrow
+from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
 
 WORK_DIR = ".slidecell"
@@ -59,17 +59,24 @@ class TileContext:
     #: (x offset, y offset, decimals) of the GeoJSON output: each chunk carries the cells'
     #: QuPath features ready-made, so the final file is a concatenation; None: no GeoJSON
     geojson: tuple[float, float, int] | None = None
+    #: what is measured (whole cells, compartments, statistics); None: every channel's mean
+    #: over each object
+    measure: MeasureSpec | None = None
 
     @property
     def mpp(self) -> float:
         return self.mpp0 * self.scale
+
+    @property
+    def spec(self) -> MeasureSpec:
+        return self.measure if self.measure is not None else MeasureSpec.means(self.channel_names)
 
 
 def process_tiles(tiles: list[Tile], images: list[np.ndarray], segmenter: Segmenter,
                   ctx: TileContext) -> list[pd.DataFrame]:
     """The unit of work: a batch of tiles in (segmented together, so a model sees a batch), one
     cell table per tile out."""
-    raws = segmenter.predict(images)
+    raws = segmenter.predict_tiles(tiles, images)
     return [finish_tile(t, im, r, segmenter, ctx) for t, im, r in zip(tiles, images, raws)]
 
 
@@ -87,21 +94,25 @@ def process_tile(tile: Tile, image: np.ndarray, segmenter: Segmenter, ctx: TileC
 
 
 def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: TileContext) -> pd.DataFrame:
-    """The cells a tile owns, from its label image: ownership, outlines and measurements."""
-    ids, area, cx, cy, mu20, mu02, mu11, means = label_stats(labels, image)
+    """The cells a tile owns, from its label image of nuclei (grown into whole cells when the
+    measure spec says so): ownership, outlines and measurements."""
+    spec = ctx.spec
+    nuclei = labels
+    cells = expand_nuclei(nuclei, spec.expand_px) if spec.with_nuclei else nuclei
+    ids, area, cx, cy, mu20, mu02, mu11 = label_moments(cells)
     gx, gy = cx + tile.x, cy + tile.y
     keep = tile.owns(gx, gy)
     if ctx.roi_wkb is not None and keep.any():
         roi = shapely.from_wkb(ctx.roi_wkb)
         keep &= shapely.contains_xy(roi, gx * ctx.scale, gy * ctx.scale)
     if not keep.any():
-        return empty_table(ctx.channel_names)
+        return empty_table(spec.schema())
     ids, area, cx, cy, gx, gy = ids[keep], area[keep], cx[keep], cy[keep], gx[keep], gy[keep]
-    mu20, mu02, mu11, means = mu20[keep], mu02[keep], mu11[keep], means[keep]
+    mu20, mu02, mu11 = mu20[keep], mu02[keep], mu11[keep]
 
     # outlines straight in level-0 pixels, with their bounds in the window: which cells reach
     # the window's edge (inside the slide)
-    polys0, perim_px, hull, (minx, miny, maxx, maxy) = _outline(labels, ids, tile, ctx)
+    polys0, perim_px, hull, (minx, miny, maxx, maxy) = _outline(cells, ids, tile, ctx)
     touches = (
         ((minx <= 0) & (tile.x > 0)) | ((miny <= 0) & (tile.y > 0))
         | ((maxx >= tile.w) & (tile.x + tile.w < ctx.width))
@@ -111,7 +122,7 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     major, minor, ecc = ellipse_axes(mu20, mu02, mu11)
     mpp = ctx.mpp
     x0, y0 = gx * ctx.scale, gy * ctx.scale
-    table = pd.DataFrame({
+    columns = {
         "cell_id": cell_ids(ctx.slide_key, x0, y0),
         "tile": np.full(len(ids), tile.index, np.int64),
         "x": x0, "y": y0, "x_um": x0 * ctx.mpp0, "y_um": y0 * ctx.mpp0,
@@ -122,11 +133,16 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         "major_axis_um": major * mpp,
         "minor_axis_um": minor * mpp,
         "touches_tile_edge": touches,
-    })
-    for c, name in enumerate(ctx.channel_names):
-        table[MEAN_PREFIX + name] = means[:, c]
-    table["geometry"] = polys0
-    return table
+    }
+    if spec.source_labels:
+        columns["mask_label"] = ids.astype(np.int64)
+    if spec.with_nuclei:
+        columns["nucleus_area_um2"] = np.bincount(nuclei.ravel(), minlength=int(ids.max()) + 1)[ids] * mpp**2
+    columns.update(spec.measure(nuclei, cells, image, ids))
+    columns["geometry"] = polys0
+    if spec.with_nuclei:
+        columns["nucleus_geometry"] = _outline(nuclei, ids, tile, ctx)[0]
+    return pd.DataFrame(columns)
 
 
 def _outline(labels, ids, tile: Tile, ctx: TileContext):
@@ -271,7 +287,7 @@ def run(
     cfg = config if isinstance(config, Config) else load_config(config)
     slide = Path(slide)
     out = Path(out)
-    with open_slide(slide, mpp=mpp, reader=cfg.reader.backend) as reader:  # closed on every path
+    with open_slide(slide, mpp=mpp, reader=cfg.reader.backend, markers=cfg.reader.markers) as reader:
         if annotations is not None:
             from .io.qupath import annotation_region
 
@@ -307,8 +323,12 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
                       offset=tuple(cfg.tiling.grid_offset))
     timings["plan"] = time.perf_counter() - t0
 
+    measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um, plan.mpp,
+                                      source_labels=cfg.segmentation.backend == "mask",
+                                      objects=cfg.segmentation.objects)
     segmenter = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, reader.channel_names,
                               modality, plan.mpp, cfg.segmentation.nuclear_channels)
+    segmenter.locate(plan, reader.dimensions)
     fingerprint = slide_fingerprint(slide)
     manifest = {
         "slidecell_version": __version__,
@@ -347,6 +367,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         ctx = TileContext(
             slide_key=fingerprint["sha256_head_tail"][:16], scale=plan.scale, mpp0=mpp0,
             width=plan.width, height=plan.height, channel_names=tuple(reader.channel_names),
+            measure=measure,
             roi_wkb=shapely.to_wkb(roi) if roi is not None else None,
             geojson=(*reader.bounds_offset, cfg.output.geojson_precision) if cfg.output.geojson else None,
         )
@@ -372,7 +393,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
             "segmenter_state": segmenter.state,
         }
         # the outputs are written from the chunks, in order, while the run goes on
-        writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info)
+        writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info, measure.schema())
         pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
         with writer:
             for k in done:
@@ -483,7 +504,7 @@ class _Pipeline:
             try:
                 for batch in self._batches(stream(tiles)):
                     t0 = time.perf_counter()
-                    raws = self.segmenter.predict([im for _, im in batch])
+                    raws = self.segmenter.predict_tiles([t for t, _ in batch], [im for _, im in batch])
                     self.timings["model"] += time.perf_counter() - t0
                     for (tile, image), raw in zip(batch, raws):
                         shm = None
@@ -618,7 +639,7 @@ def _chunk_part(table: pd.DataFrame, ctx: TileContext):
     at = to_arrow(table)
     if ctx.geojson is not None:
         ox, oy, prec = ctx.geojson
-        feats = [f + "," for f in geojson_features(table, (ox, oy), prec)]
+        feats = [f + "," for f in geojson_features(table, (ox, oy), prec, cells=ctx.spec.whole_cells)]
         at = at.append_column("feature", pa.array(feats, type=pa.string()))
     return at
 
@@ -640,12 +661,13 @@ class _OutputStream:
     under a temporary name and renamed into place only by :meth:`finish` once all chunks are in;
     if the run fails (or is killed) the partial files are removed (or swept at the next start)."""
 
-    def __init__(self, chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict):
+    def __init__(self, chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict, schema):
         import queue
         import threading
 
-        self.chunks, self.out, self.cfg = chunks, out, cfg
-        self.offset, self.channels = reader.bounds_offset, list(reader.channel_names)
+        self.chunks, self.out, self.cfg, self.schema = chunks, out, cfg, schema
+        self.offset = reader.bounds_offset
+        self.var, self.slide_id = reader.channel_table(), slide_id(info)
         self.uns = run_uns(info, cfg.model_dump(mode="json"), __version__)
         self.outputs = output_paths(cfg, out)
         self.queue: queue.Queue = queue.Queue()
@@ -683,7 +705,8 @@ class _OutputStream:
         import pyarrow.parquet as pq
 
         ready, nxt = set(), 0
-        with CellFiles(self.outputs, self.channels, self.offset, self.cfg.output.geojson_precision, self.uns) as files:
+        with CellFiles(self.outputs, self.schema, self.offset, self.cfg.output.geojson_precision, self.uns, self.var,
+                       self.slide_id) as files:
             while True:
                 item = self.queue.get()
                 if item == "abort":

@@ -13,7 +13,8 @@ import yaml
 
 from .errors import InputError, OutputError
 from .io.label_image import LABELS_NAME, write_run_labels
-from .io.writers import OUTPUT_NAMES, CellFiles, run_uns
+from .io.writers import OUTPUT_NAMES, CellFiles, run_uns, run_var, slide_id
+from .table import schema_from_columns
 
 
 def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
@@ -52,9 +53,9 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
         raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
     if fmt == "labels":
         return write_run_labels(out, parts_factory, info["plan"], cfg.get("tiling") or {})
-    channels = [n[len("mean:"):] for n in schema.names if n.startswith("mean:")]
     uns = run_uns(info, cfg, info.get("slidecell_version"))
-    with CellFiles({fmt: out}, channels, offset, precision, uns) as files:
+    with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(info),
+                   slide_id(info)) as files:
         for part in parts_factory():
             files.write(part)
     return out

@@ -15,14 +15,22 @@ A :class:`pandas.DataFrame`, one row per cell, with these columns:
 ``minor_axis_um``
 ``touches_tile_edge``     the cell reached the edge of its tile's read window: it is larger than
                           the overlap and may be cut (increase ``tiling.overlap_um``)
-``mean:<channel>``        mean intensity of each channel over the cell
-``geometry``              shapely Polygon in level-0 pixels
+``mean:<channel>``        mean intensity of each channel over the cell (the AnnData ``X``)
+``<layer>:<channel>``     other statistics and compartments, ``<compartment>_<statistic>``,
+                          e.g. ``nucleus_mean:CD3``, ``cytoplasm_median:CD3``, ``cell_p90:CD3``
+                          (AnnData ``layers``)
+``nucleus_area_um2``      with whole cells (nuclei expanded): the nucleus' area
+``geometry``              shapely Polygon in level-0 pixels (the cell; the nucleus when cells
+                          are the nuclei)
+``nucleus_geometry``      with whole cells: the nucleus outline
 ========================  =====================================================================
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,6 +51,68 @@ QUPATH_NAMES = {
 }
 
 
+#: a layer column: ``<compartment>_<statistic>:<channel>``
+LAYER_COLUMN = re.compile(r"^(?P<layer>(?:cell|nucleus|cytoplasm|membrane)_(?:mean|median|sum|std|min|max|p[0-9.]+)):")
+COMPARTMENT_LABEL = {"cell": "Cell", "nucleus": "Nucleus", "cytoplasm": "Cytoplasm", "membrane": "Membrane"}
+STAT_LABEL = {"mean": "Mean", "median": "Median", "sum": "Sum", "std": "Std.Dev.", "min": "Min", "max": "Max"}
+
+
+@dataclass(frozen=True)
+class CellSchema:
+    """Which columns a run's cell table has beyond :data:`BASE_COLUMNS`: the channels measured
+    (``mean:<channel>``), the layers (``<compartment>_<statistic>``, one column per channel
+    each) and whether objects are whole cells (``nucleus_area_um2``, ``nucleus_geometry``)."""
+
+    channels: tuple[str, ...]
+    layers: tuple[str, ...] = ()
+    whole_cells: bool = False
+    #: ``mask_label``: the object's id in a given label image (backend ``mask``)
+    source_labels: bool = False
+
+    def intensity_columns(self) -> list[str]:
+        return [MEAN_PREFIX + c for c in self.channels] + [f"{lay}:{c}" for lay in self.layers for c in self.channels]
+
+
+def schema_from_columns(names) -> CellSchema:
+    """The :class:`CellSchema` of a table (or Arrow schema) with these column names."""
+    names = list(names)
+    channels = tuple(n[len(MEAN_PREFIX):] for n in names if n.startswith(MEAN_PREFIX))
+    layers = tuple(dict.fromkeys(m.group("layer") for m in map(LAYER_COLUMN.match, names) if m))
+    return CellSchema(channels, layers, "nucleus_geometry" in names, "mask_label" in names)
+
+
+def as_schema(schema) -> CellSchema:
+    """A :class:`CellSchema`, or a list of channel names (means only, objects = nuclei)."""
+    return schema if isinstance(schema, CellSchema) else CellSchema(tuple(schema))
+
+
+def layer_columns(table: pd.DataFrame) -> dict[str, list[str]]:
+    """``{layer: [its columns in channel order]}``."""
+    out: dict[str, list[str]] = {}
+    for c in table.columns:
+        m = LAYER_COLUMN.match(c)
+        if m:
+            out.setdefault(m.group("layer"), []).append(c)
+    return out
+
+
+def qupath_measurement_name(column: str, whole_cells: bool) -> str | None:
+    """QuPath's name for a cell-table column: ``Cell: CD3: Mean``, ``Nucleus: Area µm^2``..."""
+    primary = "Cell" if whole_cells else "Nucleus"
+    if column in QUPATH_NAMES:
+        return QUPATH_NAMES[column].replace("Nucleus:", primary + ":", 1)
+    if column == "nucleus_area_um2":
+        return "Nucleus: Area µm^2"
+    if column.startswith(MEAN_PREFIX):
+        return f"{primary}: {column[len(MEAN_PREFIX):]}: Mean"
+    m = LAYER_COLUMN.match(column)
+    if m:
+        comp, stat = m.group("layer").split("_", 1)
+        label = STAT_LABEL.get(stat) or f"Percentile {stat[1:]}"
+        return f"{COMPARTMENT_LABEL[comp]}: {column[m.end():]}: {label}"
+    return None
+
+
 def mean_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith(MEAN_PREFIX)]
 
@@ -51,54 +121,94 @@ def channel_names(table: pd.DataFrame) -> list[str]:
     return [c[len(MEAN_PREFIX):] for c in mean_columns(table)]
 
 
-def empty_table(channels) -> pd.DataFrame:
+def empty_table(schema) -> pd.DataFrame:
+    """A table with no cells and every column of ``schema`` (a :class:`CellSchema` or channel
+    names)."""
+    schema = as_schema(schema)
     cols = {c: pd.Series(dtype="float64") for c in BASE_COLUMNS}
     cols["cell_id"] = pd.Series(dtype="object")
     cols["tile"] = pd.Series(dtype="int64")
     cols["touches_tile_edge"] = pd.Series(dtype="bool")
-    for ch in channels:
-        cols[MEAN_PREFIX + ch] = pd.Series(dtype="float32")
+    if schema.source_labels:
+        cols["mask_label"] = pd.Series(dtype="int64")
+    if schema.whole_cells:
+        cols["nucleus_area_um2"] = pd.Series(dtype="float64")
+    for c in schema.intensity_columns():
+        cols[c] = pd.Series(dtype="float32")
     cols["geometry"] = pd.Series(dtype="object")
+    if schema.whole_cells:
+        cols["nucleus_geometry"] = pd.Series(dtype="object")
     return pd.DataFrame(cols)
 
 
+GEOMETRY_COLUMNS = ("geometry", "nucleus_geometry")
+
+
 def to_arrow(table: pd.DataFrame):
-    """Arrow table with geometry as WKB (for chunk files)."""
+    """Arrow table with the geometries as WKB (for chunk files)."""
     import pyarrow as pa
 
-    df = table.drop(columns=["geometry"])
+    geoms = [c for c in GEOMETRY_COLUMNS if c in table.columns]
+    df = table.drop(columns=geoms)
     at = pa.Table.from_pandas(df, preserve_index=False)
     if at.schema.field("cell_id").type == pa.null():  # an empty table: keep the column's type
         at = at.set_column(at.schema.get_field_index("cell_id"), "cell_id", pa.array([], pa.string()))
-    wkb = shapely.to_wkb(np.asarray(table["geometry"].to_numpy(), dtype=object))
-    return at.append_column("geometry", pa.array(list(wkb), type=pa.binary()))
+    for g in geoms:
+        wkb = shapely.to_wkb(np.asarray(table[g].to_numpy(), dtype=object))
+        at = at.append_column(g, pa.array(list(wkb), type=pa.binary()))
+    return at
 
 
 def from_arrow(at) -> pd.DataFrame:
-    df = at.drop(["geometry"]).to_pandas()
-    df["geometry"] = shapely.from_wkb(at.column("geometry").to_numpy(zero_copy_only=False))
+    geoms = [c for c in GEOMETRY_COLUMNS if c in at.column_names]
+    df = at.drop(geoms).to_pandas()
+    for g in geoms:
+        df[g] = shapely.from_wkb(at.column(g).to_numpy(zero_copy_only=False))
     return df
 
 
 def to_geodataframe(table: pd.DataFrame):
     import geopandas as gpd
 
-    return gpd.GeoDataFrame(table.drop(columns=["geometry"]), geometry=list(table["geometry"]), crs=None)
+    gdf = gpd.GeoDataFrame(table.drop(columns=["geometry"]), geometry=list(table["geometry"]), crs=None)
+    if "nucleus_geometry" in gdf.columns:
+        gdf["nucleus_geometry"] = gpd.GeoSeries(list(table["nucleus_geometry"]), index=gdf.index)
+    return gdf
 
 
-def to_anndata(table: pd.DataFrame, uns: dict | None = None):
-    """AnnData: ``X`` = mean intensity per channel, ``obs`` = morphology and pixel centroids,
-    ``obsm['spatial']`` = centroids in µm, ``var`` indexed by channel name."""
+#: ``obs['region']`` of every cell and the SpatialData element the table annotates
+REGION = "cells"
+
+
+def to_anndata(table: pd.DataFrame, uns: dict | None = None, var: pd.DataFrame | None = None,
+               slide_id: str | None = None):
+    """AnnData (scverse conventions): ``X`` = mean intensity per channel over the cell;
+    ``layers`` = the other statistics/compartments (``nucleus_mean``, ``cell_median``...);
+    ``obs`` = cell id (index), ``slide_id``, ``region``, morphology, centroids in level-0
+    pixels; ``obsm['spatial']`` = centroids in µm; ``var`` indexed by marker name with the
+    channel index and what the image says of it (``var`` rows from the reader's
+    :meth:`~slidecell.io.SlideReader.channel_table`); ``uns['slidecell']`` = ``uns``."""
     import anndata as ad
 
     channels = channel_names(table)
-    X = table[mean_columns(table)].to_numpy(np.float32) if len(table) else np.zeros((0, len(channels)), np.float32)
-    obs = table[BASE_COLUMNS].copy()
+    n = len(table)
+    X = table[mean_columns(table)].to_numpy(np.float32) if n else np.zeros((0, len(channels)), np.float32)
+    cols = BASE_COLUMNS + [c for c in ("mask_label", "nucleus_area_um2") if c in table.columns]
+    obs = table[cols].copy()
     obs.index = obs.pop("cell_id").astype(str).to_numpy()
     obs.index.name = "cell_id"
     obs["touches_tile_edge"] = obs["touches_tile_edge"].astype(bool)
-    var = pd.DataFrame({"channel_index": np.arange(len(channels))}, index=pd.Index(channels, name="channel"))
-    adata = ad.AnnData(X=X, obs=obs, var=var)
+    obs.insert(0, "slide_id", pd.Categorical([slide_id or ""] * n, categories=[slide_id or ""]))
+    obs.insert(1, "region", pd.Categorical([REGION] * n, categories=[REGION]))
+    v = pd.DataFrame({"channel_index": np.arange(len(channels))}, index=pd.Index(channels, name="channel"))
+    if var is not None and len(var):
+        extra = var.set_index("channel").drop(columns=["channel_index"], errors="ignore")
+        extra = extra.reindex(channels)
+        for col in extra.columns:
+            v[col] = extra[col].fillna("").astype(str).to_numpy()
+    layers = {name: table[c].to_numpy(np.float32) if n else np.zeros((0, len(channels)), np.float32)
+              for name, c in layer_columns(table).items()}
+    adata = ad.AnnData(X=X, obs=obs, var=v, layers=layers)
     adata.obsm["spatial"] = table[["x_um", "y_um"]].to_numpy(np.float64)
     adata.uns["slidecell"] = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in (uns or {}).items() if v is not None}
     return adata

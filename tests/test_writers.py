@@ -95,7 +95,7 @@ def test_h5ad_streamed_equals_anndata(rng, tmp_path):
     pd.testing.assert_frame_equal(a.var, b.var)
     assert np.array_equal(a.obsm["spatial"], b.obsm["spatial"])
     assert a.uns["slidecell"] == b.uns["slidecell"]
-    assert list(b.obs.columns) == BASE_COLUMNS[1:]
+    assert list(b.obs.columns) == ["slide_id", "region", *BASE_COLUMNS[1:]]
 
 
 def test_h5ad_writer_refuses_a_wrong_count(rng, tmp_path):

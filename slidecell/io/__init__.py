@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import SlideOpenError
 from .base import ReaderSpec, SlideReader, resize
+from .multiplex import ChannelFolderReader, IMCTextReader, apply_markers
 from .readers import ImageReader, OpenSlideReader, TiffFileReader, TiffSlideReader, tiff_problems
 
 READERS: dict[str, type[SlideReader]] = {
@@ -13,6 +14,8 @@ READERS: dict[str, type[SlideReader]] = {
     "tiffslide": TiffSlideReader,
     "tifffile": TiffFileReader,
     "image": ImageReader,
+    "imc-txt": IMCTextReader,
+    "channel-folder": ChannelFolderReader,
 }
 
 #: formats only OpenSlide reads
@@ -22,8 +25,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 SUPPORTED = (
     "Aperio SVS, Hamamatsu NDPI, MIRAX MRXS, Leica SCN, Ventana BIF, generic tiled TIFF, "
-    "OME-TIFF, Vectra QPTIFF, plain TIFF, PNG, JPEG"
+    "OME-TIFF, Vectra QPTIFF, MIBI multipage TIFF, IMC .txt, plain TIFF, PNG, JPEG, "
+    "a folder of single-channel images"
 )
+#: a markers file beside the image renames its channels (MCMICRO convention)
+MARKERS_NAME = "markers.csv"
 
 
 def _suffix(path: Path) -> str:
@@ -38,19 +44,40 @@ def _magic(path: Path) -> bytes:
         return fh.read(8)
 
 
-def open_slide(path, mpp: float | None = None, reader: str = "auto", **options) -> SlideReader:
+def open_slide(path, mpp: float | None = None, reader: str = "auto", markers=None, **options) -> SlideReader:
     """Open a slide or image and return a :class:`SlideReader`.
 
     ``mpp`` overrides (or supplies) the level-0 pixel size in µm. ``reader`` forces one of
     :data:`READERS`; ``"auto"`` chooses by format: tiffslide for SVS and generic pyramidal TIFF
     (faster decoding), OpenSlide for the vendor formats only it reads, tifffile for OME-TIFF,
-    QPTIFF and plain TIFF, Pillow for PNG/JPEG."""
+    QPTIFF, MIBI and plain TIFF, readimc for IMC ``.txt``, Pillow for PNG/JPEG; a folder is read
+    as one single-channel image per marker.
+
+    ``markers``: a ``markers.csv`` (MCMICRO) or ``panel.csv`` (steinbock) that renames the
+    channels; ``None`` uses a ``markers.csv`` beside a multi-channel image (or inside a channel
+    folder) if there is one; ``False`` never renames."""
+    r = _open(Path(path), mpp, reader, **options)
+    try:
+        if markers is None and r.n_channels > 1 and r.modality == "fluorescence":
+            beside = (r.path if r.path.is_dir() else r.path.parent) / MARKERS_NAME
+            markers = beside if beside.is_file() else None
+        if markers:
+            apply_markers(r, markers)
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def _open(path: Path, mpp, reader: str, **options) -> SlideReader:
     path = Path(path)
     if mpp is not None and not (mpp > 0):
         raise SlideOpenError(f"{path}: --mpp must be a positive number of µm per pixel, got {mpp}")
     if not path.exists():
         raise SlideOpenError(f"{path}: file not found")
     if path.is_dir():
+        if reader in ("auto", "channel-folder"):
+            return ChannelFolderReader(path, mpp=mpp, **options)
         raise SlideOpenError(f"{path}: is a directory, not a slide file (supported: {SUPPORTED})")
     if path.stat().st_size == 0:
         raise SlideOpenError(f"{path}: the file is empty")
@@ -60,6 +87,8 @@ def open_slide(path, mpp: float | None = None, reader: str = "auto", **options) 
         return READERS[reader](path, mpp=mpp, **options)
 
     suffix = _suffix(path)
+    if suffix == ".txt":
+        return IMCTextReader(path, mpp=mpp, **options)
     if suffix in OPENSLIDE_SUFFIXES:
         return OpenSlideReader(path, mpp=mpp, **options)
     if suffix in IMAGE_SUFFIXES:
@@ -101,4 +130,4 @@ def open_spec(spec: ReaderSpec) -> SlideReader:
     return READERS[spec.reader](spec.path, mpp=spec.mpp, **spec.options)
 
 
-__all__ = ["open_slide", "open_spec", "SlideReader", "ReaderSpec", "READERS", "SUPPORTED", "resize"]
+__all__ = ["open_slide", "open_spec", "apply_markers", "SlideReader", "ReaderSpec", "READERS", "SUPPORTED", "resize"]

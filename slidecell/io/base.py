@@ -48,6 +48,11 @@ class SlideReader:
     modality: str
     #: (x, y) offset of the region QuPath shows as its origin, in level-0 pixels
     bounds_offset: tuple[int, int] = (0, 0)
+    #: per channel, what the file says besides the name: ``metal`` (IMC/MIBI mass tag),
+    #: ``fluorophore``, ``label`` (the raw label the name was taken from); empty dicts if nothing
+    channel_meta: tuple[dict, ...] = ()
+    #: where the channel names were overridden from (a markers.csv / panel.csv), if anywhere
+    markers_file: str | None = None
     _mpp: float | None = None
     _mpp_override: float | None = None
     _options: dict
@@ -86,6 +91,15 @@ class SlideReader:
             )
         return float(value)
 
+    def channel_table(self):
+        """One row per channel: ``channel`` (name), ``channel_index`` and whatever
+        :attr:`channel_meta` holds (metal, fluorophore, label), for AnnData's ``var``."""
+        import pandas as pd
+
+        meta = list(self.channel_meta) or [{} for _ in self.channel_names]
+        rows = [{"channel": n, "channel_index": i, **m} for i, (n, m) in enumerate(zip(self.channel_names, meta))]
+        return pd.DataFrame(rows)
+
     def level_mpp(self, level: int) -> float:
         return self.mpp * self.level_downsamples[level]
 
@@ -101,6 +115,8 @@ class SlideReader:
             "downsamples": [float(d) for d in self.level_downsamples],
             "mpp": self._mpp_override or self._mpp,
             "channels": list(self.channel_names),
+            "channel_meta": [dict(m) for m in self.channel_meta] or None,
+            "markers_file": self.markers_file,
             "dtype": str(np.dtype(self.dtype)),
             "modality": self.modality,
             "bounds_offset": list(self.bounds_offset),

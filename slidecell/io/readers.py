@@ -274,16 +274,21 @@ class TiffFileReader(SlideReader):
         self.modality = "brightfield" if rgb and self.dtype == np.uint8 else "fluorescence"
         self.format = "ome" if self._tif.is_ome else "qptiff" if self._tif.is_qpi else "tiff"
         names: list[str] | None = None
+        meta: list[dict] | None = None
         self._mpp = None
         if self._tif.is_ome:
-            names, self._mpp = self._ome_metadata(series)
+            names, meta, self._mpp = self._ome_metadata(series)
         elif self._tif.is_qpi:
-            names = self._qpi_names(s)
+            names, meta = self._qpi_names(s)
+        elif not rgb and n_channels > 1 and len(s.pages) == n_channels:
+            names, meta = self._page_names(s)  # MIBI (JSON per page), imctools / ImageJ PageName
         if self._mpp is None:
             self._mpp = self._resolution_mpp(s.pages[0])
         if names is None or len(names) != n_channels:
             names = list(RGB_NAMES) if rgb and n_channels == 3 else [f"Channel {i}" for i in range(n_channels)]
+            meta = None
         self.channel_names = tuple(self._dedupe(names))
+        self.channel_meta = tuple(meta) if meta and len(meta) == n_channels else tuple({} for _ in names)
         self._zarr: dict[int, object] = {}
         # one tiled page per channel (or one interleaved RGB page) per level: decode tiles directly
         pages = tiled_pages(s.levels)
@@ -321,33 +326,71 @@ class TiffFileReader(SlideReader):
         try:
             root = ET.fromstring(self._tif.ome_metadata)
         except ET.ParseError:
-            return None, None
+            return None, None, None
         ns = {"ome": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
         prefix = "ome:" if ns else ""
         images = root.findall(f"{prefix}Image", ns)
         if not images:
-            return None, None
+            return None, None, None
         image = images[min(series, len(images) - 1)]
         pixels = image.find(f"{prefix}Pixels", ns)
         if pixels is None:
-            return None, None
-        names = [c.get("Name") or c.get("ID") or f"Channel {i}"
-                 for i, c in enumerate(pixels.findall(f"{prefix}Channel", ns))]
+            return None, None, None
+        channels = pixels.findall(f"{prefix}Channel", ns)
+        names = [c.get("Name") or c.get("ID") or f"Channel {i}" for i, c in enumerate(channels)]
+        meta = [{k: v for k, v in (("fluorophore", c.get("Fluor")),
+                                   ("emission_nm", c.get("EmissionWavelength"))) if v} for c in channels]
         mpp = _float_or_none(pixels.get("PhysicalSizeX"))
         if mpp is not None:
             factor = _UNIT_TO_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
             mpp = mpp * factor if factor is not None else None
-        return names or None, mpp
+        return names or None, meta, mpp
 
-    def _qpi_names(self, s) -> list[str] | None:
-        names = []
+    def _qpi_names(self, s):
+        """Vectra/PhenoImager: each page's XML has the filter or Opal dye in ``<Name>`` and, in
+        unmixed images, the marker in ``<Biomarker>`` (preferred as the channel name)."""
+        names, meta = [], []
         for page in s.pages:
             desc = getattr(page, "description", "") or ""
             m = re.search(r"<Name>([^<]*)</Name>", desc)
             if m is None:
-                return None
-            names.append(m.group(1).strip())
-        return names
+                return None, None
+            b = re.search(r"<Biomarker>([^<]*)</Biomarker>", desc)
+            biomarker = b.group(1).strip() if b else ""
+            names.append(biomarker or m.group(1).strip())
+            meta.append({"fluorophore": m.group(1).strip()})
+        return names, meta
+
+    @staticmethod
+    def _page_names(s):
+        """One grayscale page per channel (MIBI multipage TIFF, imctools / ImageJ stacks): the
+        name from each page's JSON description (MIBI: ``channel.target``, mass in
+        ``channel.mass``), else its PageName tag."""
+        import json
+
+        names, meta = [], []
+        for page in s.pages:
+            desc = (getattr(page, "description", "") or "").strip()
+            info = {}
+            if desc.startswith("{"):
+                try:
+                    info = json.loads(desc)
+                except ValueError:
+                    info = {}
+            tag = page.tags.get("PageName")
+            page_name = str(tag.value).strip() if tag is not None else ""
+            target = str(info.get("channel.target") or "").strip() if isinstance(info, dict) else ""
+            if not (target or page_name):
+                return None, None
+            m = {}
+            mass = info.get("channel.mass") if isinstance(info, dict) else None
+            if mass not in (None, ""):
+                m["metal"] = str(mass)
+            if page_name and target and page_name != target:
+                m["label"] = page_name
+            names.append(target or page_name)
+            meta.append(m)
+        return names, meta
 
     @staticmethod
     def _resolution_mpp(page) -> float | None:

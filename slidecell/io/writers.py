@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ..table import MEAN_PREFIX, QUPATH_NAMES, mean_columns, to_anndata
+from ..table import QUPATH_NAMES, layer_columns, mean_columns, qupath_measurement_name, to_anndata
 
 
 @contextlib.contextmanager
@@ -41,10 +41,12 @@ def write_text_atomic(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _measurement_names(table: pd.DataFrame) -> list[tuple[str, str]]:
-    pairs = [(col, name) for col, name in QUPATH_NAMES.items() if col in table.columns]
-    pairs += [(c, f"Nucleus: {c[len(MEAN_PREFIX):]}: Mean") for c in mean_columns(table)]
-    return pairs
+def _measurement_names(table: pd.DataFrame, cells: bool | None = None) -> list[tuple[str, str]]:
+    if cells is None:  # whole cells when nuclei are outlined too, or when cell layers exist
+        cells = "nucleus_geometry" in table.columns or any(c.startswith("cell_") for c in table.columns)
+    cols = [c for c in QUPATH_NAMES if c in table.columns] + [c for c in ("nucleus_area_um2",) if c in table.columns]
+    cols += mean_columns(table) + [c for cs in layer_columns(table).values() for c in cs]
+    return [(c, qupath_measurement_name(c, cells)) for c in cols]
 
 
 def _decimal_text(v: np.ndarray, decimals) -> np.ndarray:
@@ -165,7 +167,7 @@ def _classification_json(classes) -> list[str]:
 
 
 def geojson_features(table: pd.DataFrame, offset=(0, 0), precision: int | None = 3,
-                     object_type: str = "detection") -> list[str]:
+                     object_type: str = "detection", cells: bool | None = None) -> list[str]:
     """One QuPath GeoJSON Feature (a JSON string) per cell: ``id`` (UUID), ``geometry`` in
     full-resolution pixels as QuPath shows the slide (level-0 minus ``offset``, OpenSlide's
     bounds origin), rounded to ``precision`` decimals, ``properties.objectType``,
@@ -175,7 +177,7 @@ def geojson_features(table: pd.DataFrame, offset=(0, 0), precision: int | None =
     cells: ``objectType: cell`` and ``nucleusGeometry`` beside ``geometry``."""
     if not len(table):
         return []
-    pairs = _measurement_names(table)
+    pairs = _measurement_names(table, cells)
     values = table[[c for c, _ in pairs]].to_numpy(np.float64)
     meas = _measurements_json(values, [name for _, name in pairs])
     ox, oy = offset
@@ -188,10 +190,10 @@ def geojson_features(table: pd.DataFrame, offset=(0, 0), precision: int | None =
         return _polygon_json(geoms, dec)
 
     gj = geometry_text("geometry")
-    cells = "nucleus_geometry" in table.columns
-    nuc = [',"nucleusGeometry":' + g for g in geometry_text("nucleus_geometry")] if cells else [""] * len(table)
+    with_nuc = "nucleus_geometry" in table.columns
+    nuc = [',"nucleusGeometry":' + g for g in geometry_text("nucleus_geometry")] if with_nuc else [""] * len(table)
     cls = _classification_json(table["class"]) if "class" in table.columns else [""] * len(table)
-    otype = "cell" if cells else object_type
+    otype = "cell" if with_nuc or cells else object_type
     head = '{"type":"Feature","id":"'
     mid = '","geometry":'
     props = ',"properties":{"objectType":"' + otype + '"'
@@ -239,11 +241,12 @@ def write_qupath_geojson(table: pd.DataFrame, path, offset=(0, 0), precision: in
     return w.n
 
 
-def geoparquet_metadata() -> bytes:
-    """GeoParquet 1.1 file metadata for the WKB ``geometry`` column (level-0 pixels, no CRS)."""
+def geoparquet_metadata(columns=("geometry",)) -> bytes:
+    """GeoParquet 1.1 file metadata for the WKB geometry columns (level-0 pixels, no CRS);
+    ``geometry`` is the primary one."""
     return json.dumps({
         "version": "1.1.0", "primary_column": "geometry",
-        "columns": {"geometry": {"encoding": "WKB", "crs": None, "geometry_types": ["Polygon"]}},
+        "columns": {c: {"encoding": "WKB", "crs": None, "geometry_types": ["Polygon"]} for c in columns},
         "creator": {"library": "slidecell"},
     }).encode()
 
@@ -256,7 +259,7 @@ class GeoParquetWriter:
         import pyarrow.parquet as pq
 
         meta = dict(schema.metadata or {})
-        meta[b"geo"] = geoparquet_metadata()
+        meta[b"geo"] = geoparquet_metadata([c for c in ("geometry", "nucleus_geometry") if c in schema.names])
         self.schema = schema.with_metadata(meta)
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", use_dictionary=["tile"])
 
@@ -281,28 +284,45 @@ def write_geoparquet(table: pd.DataFrame, path) -> None:
 class H5adWriter:
     """Streams cell tables into an AnnData ``.h5ad`` without holding them in memory. anndata
     writes the file's layout (var, uns, encodings) from an empty AnnData; the per-cell arrays
-    (``X``, the ``obs`` columns and index, ``obsm['spatial']``) are then made resizable and
-    filled part by part. With ``n``, :meth:`close` checks that exactly ``n`` cells came."""
+    (``X``, ``layers``, the ``obs`` columns and index, ``obsm['spatial']``) are then made
+    resizable and filled part by part. With ``n``, :meth:`close` checks that exactly ``n``
+    cells came."""
 
-    def __init__(self, path, channels, uns: dict | None = None, n: int | None = None):
+    def __init__(self, path, schema, uns: dict | None = None, n: int | None = None, var=None,
+                 slide_id: str | None = None):
         import h5py
 
         from ..table import empty_table
 
-        self.n = n
-        to_anndata(empty_table(channels), uns).write_h5ad(path)
+        self.n, self.var, self.slide_id = n, var, slide_id
+        to_anndata(empty_table(schema), uns, var, slide_id).write_h5ad(path)
         self.f = h5py.File(path, "r+")
         obs = self.f["obs"]
         self.keys = ["X", "obsm/spatial", "obs/" + obs.attrs["_index"]]
-        self.keys += ["obs/" + c for c in obs.attrs["column-order"]]
+        self.keys += ["layers/" + k for k in self.f.get("layers", {}).keys()]
+        for c in obs.attrs["column-order"]:
+            self.keys.append(f"obs/{c}/codes" if isinstance(obs[c], h5py.Group) else f"obs/{c}")
         for key in self.keys:
             old = self.f[key]
             attrs, dtype, shape = dict(old.attrs), old.dtype, old.shape
             del self.f[key]
             new = self.f.create_dataset(key, shape=(0, *shape[1:]), maxshape=(None, *shape[1:]), dtype=dtype,
-                                        chunks=(65536, *shape[1:]))
+                                        chunks=(max(1024, 65536 // max(1, int(np.prod(shape[1:])))), *shape[1:]))
             new.attrs.update(attrs)
         self.pos = 0
+
+    def _values(self, a, key: str):
+        if key == "X":
+            return a.X
+        if key == "obsm/spatial":
+            return a.obsm["spatial"]
+        if key == self.keys[2]:
+            return a.obs_names.to_numpy().astype(object)
+        if key.startswith("layers/"):
+            return a.layers[key[7:]]
+        if key.endswith("/codes"):
+            return a.obs[key[4:-6]].cat.codes.to_numpy()
+        return a.obs[key[4:]].to_numpy()
 
     def write(self, table: pd.DataFrame) -> None:
         k = len(table)
@@ -310,15 +330,11 @@ class H5adWriter:
             return
         if self.n is not None and self.pos + k > self.n:
             raise ValueError(f"more cells than announced ({self.n})")
-        a = to_anndata(table)
+        a = to_anndata(table, None, self.var, self.slide_id)
         sl = slice(self.pos, self.pos + k)
         for key in self.keys:
             self.f[key].resize(self.pos + k, axis=0)
-        self.f["X"][sl] = a.X
-        self.f["obsm/spatial"][sl] = a.obsm["spatial"]
-        self.f[self.keys[2]][sl] = a.obs_names.to_numpy().astype(object)
-        for key in self.keys[3:]:
-            self.f[key][sl] = a.obs[key[4:]].to_numpy()
+            self.f[key][sl] = self._values(a, key)
         self.pos += k
 
     def close(self) -> None:
@@ -327,8 +343,8 @@ class H5adWriter:
             raise ValueError(f"wrote {self.pos} cells, announced {self.n}")
 
 
-def write_h5ad(table: pd.DataFrame, path, uns: dict | None = None) -> None:
-    adata = to_anndata(table, uns)
+def write_h5ad(table: pd.DataFrame, path, uns: dict | None = None, var=None, slide_id: str | None = None) -> None:
+    adata = to_anndata(table, uns, var, slide_id)
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
 
@@ -338,6 +354,23 @@ def run_uns(info: dict, config: dict, version) -> dict:
     return {"version": version, "slide": info.get("slide"), "mpp": (info.get("reader") or {}).get("mpp"),
             "working_mpp": (info.get("plan") or {}).get("mpp"), "modality": info.get("modality"),
             "reader": info.get("reader"), "config": config}
+
+
+def run_var(info: dict):
+    """AnnData ``var`` rows (channel, index, metal/fluorophore...) from a run.json-style ``info``."""
+    reader = info.get("reader") or {}
+    names = reader.get("channels") or []
+    meta = reader.get("channel_meta") or [{} for _ in names]
+    return pd.DataFrame([{"channel": n, "channel_index": i, **m} for i, (n, m) in enumerate(zip(names, meta))])
+
+
+def slide_id(info: dict) -> str:
+    """The slide's name without its extension(s): ``obs['slide_id']``."""
+    name = Path(str(info.get("slide") or "")).name
+    for suf in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
 
 
 #: output formats and their file names
@@ -351,8 +384,12 @@ class CellFiles:
     QuPath GeoJSON ready-made, followed by a comma). Each file is written under a temporary name
     and renamed into place when the ``with`` block ends without error; on error none is."""
 
-    def __init__(self, paths: dict[str, Path], channels, offset=(0, 0), precision: int = 3, uns: dict | None = None):
-        self.paths, self.channels, self.offset, self.precision, self.uns = paths, list(channels), offset, precision, uns
+    def __init__(self, paths: dict[str, Path], schema, offset=(0, 0), precision: int = 3, uns: dict | None = None,
+                 var=None, slide_id: str | None = None):
+        from ..table import as_schema
+
+        self.paths, self.schema, self.offset, self.precision, self.uns = paths, as_schema(schema), offset, precision, uns
+        self.var, self.slide_id = var, slide_id
         self.n = self.n_touch = 0
 
     def __enter__(self):
@@ -368,7 +405,8 @@ class CellFiles:
                                                   else open(tmp, "wb"))
                     self.gj = GeoJSONWriter(fh, self.offset, self.precision)
             if "h5ad" in self.paths:
-                self.hw = H5adWriter(self.stack.enter_context(atomic_path(self.paths["h5ad"])), self.channels, self.uns)
+                self.hw = H5adWriter(self.stack.enter_context(atomic_path(self.paths["h5ad"])), self.schema, self.uns,
+                                     var=self.var, slide_id=self.slide_id)
                 self.stack.callback(self.hw.f.close)
         except BaseException:
             self.stack.__exit__(None, None, None)
@@ -380,12 +418,13 @@ class CellFiles:
             if "parquet" in self.paths and self.pw is None:  # no cells at all
                 from ..table import empty_table
 
-                write_geoparquet(empty_table(self.channels), self.paths["parquet"])
+                write_geoparquet(empty_table(self.schema), self.paths["parquet"])
             if "csv" in self.paths and self.csv is None:
                 from ..table import empty_table
 
                 with atomic_path(self.paths["csv"]) as tmp:
-                    empty_table(self.channels).drop(columns="geometry").to_csv(tmp, index=False)
+                    empty_table(self.schema).drop(columns=["geometry", "nucleus_geometry"], errors="ignore").to_csv(
+                        tmp, index=False)
             if self.gj is not None:
                 self.gj.close()
         return self.stack.__exit__(*exc)
@@ -415,7 +454,7 @@ class CellFiles:
 
                 table = from_arrow(cells)
                 self.gj.write(table)
-        plain = cells.drop_columns(["geometry"])
+        plain = cells.drop_columns([c for c in ("geometry", "nucleus_geometry") if c in cells.column_names])
         if self.hw is not None:
             self.hw.write(plain.to_pandas())
         if "csv" in self.paths:

@@ -74,6 +74,14 @@ class Segmenter:
         post-processing overlaps the next batch. Default: the labels themselves."""
         return self.segment_batch(images)
 
+    def locate(self, plan, slide_dimensions) -> None:
+        """Told by the engine where its tiles lie (the :class:`~slidecell.tiling.TilePlan`) and
+        the slide's level-0 size, before any tile; for backends that read by position (mask)."""
+
+    def predict_tiles(self, tiles, images: list[np.ndarray]) -> list[Any]:
+        """:meth:`predict` for tiles of the plan given to :meth:`locate`; what the engine calls."""
+        return self.predict(images)
+
     def finish(self, raw: Any, image: np.ndarray) -> np.ndarray:
         """One tile's :meth:`predict` output → its label image. Must be thread-safe."""
         return raw
@@ -97,5 +105,6 @@ def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_chann
 from . import watershed  # noqa: E402,F401  (registers the classical backend)
 from . import builtin  # noqa: E402,F401  (registers the built-in model)
 from . import cellpose  # noqa: E402,F401  (registers Cellpose when installed)
+from . import mask  # noqa: E402,F401  (registers the label-image backend)
 
 __all__ = ["BACKENDS", "Segmenter", "BackendParams", "get_segmenter", "register"]

@@ -1,0 +1,161 @@
+"""Multiplexed images end to end: channel-aware readers, bring-your-own masks, per-cell
+quantification checked against steinbock's recorded numbers, AnnData layout."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+import slidecell
+from slidecell.errors import ConfigError, SlideOpenError
+from slidecell.io import open_slide
+
+from conftest import REPO, SHARED, need
+
+CYTOMAPPER = SHARED / "multiplex" / "imc-cytomapper"
+MOCK = SHARED / "multiplex" / "imc-mockdata"
+STEINBOCK = REPO / "benchmarks" / "peers" / "steinbock"
+IMC_CHANNELS = ["H3", "CD99", "PIN", "CD8a", "CDH"]
+
+
+def _mask_config(mask, **measure):
+    return {
+        "tiling": {"mpp": 1.0, "tile_size": 64, "overlap_um": 24},
+        "tissue": {"enabled": False, "modality": "fluorescence"},
+        "segmentation": {"backend": "mask", "objects": "cells", "params": {"path": str(mask)}},
+        "measure": {"statistics": ["mean", "median"], **measure},
+        "output": {"geojson": True, "parquet": True, "h5ad": True},
+    }
+
+
+@pytest.mark.parametrize("name", ["E34", "G01", "J02"])
+def test_quantification_equals_steinbock(name, tmp_path):
+    """The study's masks measured by slidecell (tile by tile, 64-px tiles so cells cross seams)
+    give steinbock's per-cell means, medians, areas and centroids (steinbock 0.16.5's recorded
+    table, benchmarks/peers/steinbock/)."""
+    image = need(CYTOMAPPER / f"{name}_imc.tiff")
+    peer = pd.read_csv(STEINBOCK / f"{name}.csv", index_col="Object")
+    (tmp_path / "markers.csv").write_text("marker_name\n" + "\n".join(IMC_CHANNELS) + "\n")
+    cfg = slidecell.config_from_dict({**_mask_config(CYTOMAPPER / f"{name}_mask.tiff"),
+                                      "reader": {"markers": str(tmp_path / "markers.csv")}})
+    res = slidecell.run(image, cfg, tmp_path / "out", mpp=1.0, progress=False)
+    mask = tifffile.imread(CYTOMAPPER / f"{name}_mask.tiff")
+    assert res.n_cells == len(peer) == len(np.unique(mask)) - 1
+    a = ad.read_h5ad(tmp_path / "out" / "cells.h5ad")
+    assert list(a.var_names) == IMC_CHANNELS
+    obs = a.obs.set_index("mask_label")
+    assert obs.index.is_unique and set(obs.index) == set(peer.index)
+    order = [obs.index.get_loc(k) for k in peer.index]
+    ours = pd.DataFrame(a.X[order], columns=a.var_names, index=peer.index)
+    med = pd.DataFrame(a.layers["cell_median"][order], columns=a.var_names, index=peer.index)
+    for ch in IMC_CHANNELS:
+        np.testing.assert_allclose(ours[ch], peer[f"mean:{ch}"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(med[ch], peer[f"median:{ch}"], rtol=1e-4, atol=1e-6)
+    o = obs.loc[peer.index]
+    np.testing.assert_array_equal(o["area_um2"].to_numpy(), peer["area"].to_numpy())
+    # slidecell's centroids put pixel centres at i + 0.5, skimage's at i
+    np.testing.assert_allclose(o["x"] - 0.5, peer["centroid-1"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(o["y"] - 0.5, peer["centroid-0"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.obsm["spatial"][order], o[["x_um", "y_um"]].to_numpy())
+    np.testing.assert_allclose(o["eccentricity"], peer["eccentricity"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(o["major_axis_um"], peer["major_axis_length"], rtol=1e-4)
+    np.testing.assert_allclose(o["minor_axis_um"], peer["minor_axis_length"], rtol=1e-4, atol=1e-6)
+    # the QuPath export names the compartment: these objects are whole cells
+    feats = json.loads((tmp_path / "out" / "cells.geojson").read_text())["features"]
+    assert feats[0]["properties"]["objectType"] == "cell"
+    assert "Cell: CD8a: Mean" in feats[0]["properties"]["measurements"]
+    assert "Cell: CD8a: Median" in feats[0]["properties"]["measurements"]
+
+
+def test_mask_must_match_the_slide(tmp_path):
+    image = need(CYTOMAPPER / "E34_imc.tiff")
+    small = tmp_path / "small_mask.tiff"
+    tifffile.imwrite(small, np.ones((50, 50), np.uint16))
+    with pytest.raises(ConfigError, match="label image is 50x50 but the slide is 100x100"):
+        slidecell.run(image, slidecell.config_from_dict(_mask_config(small)), tmp_path / "o", mpp=1.0, progress=False)
+    with pytest.raises(ConfigError, match="needs nuclei"):
+        slidecell.run(image, slidecell.config_from_dict(_mask_config(CYTOMAPPER / "E34_mask.tiff",
+                                                                     compartments=["cytoplasm"])),
+                      tmp_path / "o2", mpp=1.0, progress=False)
+
+
+# -- readers ----------------------------------------------------------------------------------
+def test_imc_txt_channels_from_labels():
+    path = need(MOCK / "raw" / "20210305_NE_mockData2_ROI_001_1.txt")
+    with open_slide(path) as r:
+        assert r.name == "imc-txt" and r.dimensions == (103, 87) and r.mpp == 1.0
+        assert r.channel_names == ("Ag107", "Cytoker_651", "Laminin_681", "YBX1_2987", "H3K27Ac_1977")
+        assert [m["metal"] for m in r.channel_meta] == ["Ag107", "Pr141", "Sm147", "Eu153", "Yb172"]
+        assert r.channel_meta[1]["label"] == "Cytoker_651((3356))Pr141"
+        from readimc import TXTFile
+
+        with TXTFile(path) as f:
+            raw = f.read_acquisition()
+        np.testing.assert_array_equal(r.read_region(10, 20, 30, 40), np.moveaxis(raw, 0, -1)[20:60, 10:40])
+    # a steinbock panel renames by metal
+    with open_slide(path, markers=MOCK / "steinbock" / "panel.csv") as r:
+        assert r.channel_names == ("Ag107", "Cytokeratin 5", "Laminin", "YBX1", "H3K27Ac")
+        assert r.channel_table()["metal"].tolist() == ["Ag107", "Pr141", "Sm147", "Eu153", "Yb172"]
+
+
+def test_markers_csv_overrides_ome_names(tmp_path):
+    from conftest import write_ome_pyramid
+
+    data = np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64)
+    write_ome_pyramid(tmp_path / "img.ome.tif", data, ["c0", "c1", "c2"], 0.5, levels=1, tile=32)
+    with open_slide(tmp_path / "img.ome.tif") as r:
+        assert r.channel_names == ("c0", "c1", "c2") and r.markers_file is None
+    (tmp_path / "markers.csv").write_text("cycle,marker_name\n1,DNA_1\n1,CD3\n1,CD20\n")
+    with open_slide(tmp_path / "img.ome.tif") as r:  # found beside the image
+        assert r.channel_names == ("DNA_1", "CD3", "CD20")
+        assert r.markers_file.endswith("markers.csv") and r.channel_meta[0]["label"] == "c0"
+    with open_slide(tmp_path / "img.ome.tif", markers=False) as r:
+        assert r.channel_names == ("c0", "c1", "c2")
+    (tmp_path / "markers.csv").write_text("marker_name\nDNA_1\nCD3\n")
+    with pytest.raises(SlideOpenError, match="lists 2 markers but .* has 3 channels"):
+        open_slide(tmp_path / "img.ome.tif")
+    (tmp_path / "markers.csv").write_text("name_of_marker\nDNA_1\n")
+    with pytest.raises(SlideOpenError, match="needs a 'marker_name' column"):
+        open_slide(tmp_path / "img.ome.tif")
+
+
+def test_mibi_pages_named_from_their_json(tmp_path):
+    """MIBI multipage TIFF: one page per channel, the target and mass in each page's JSON."""
+    targets = [("dsDNA", 89), ("CD45", 154), ("Pan-Keratin", 148)]
+    data = np.random.default_rng(0).integers(0, 50, (3, 40, 60)).astype(np.float32)
+    with tifffile.TiffWriter(tmp_path / "mibi.tiff") as tif:
+        for (target, mass), page in zip(targets, data):
+            desc = json.dumps({"image.type": "SIMS", "channel.mass": mass, "channel.target": target})
+            tif.write(page, description=desc, metadata=None, extratags=[(285, "s", 0, f"{target} ({mass})", False)])
+    with open_slide(tmp_path / "mibi.tiff", mpp=0.39) as r:
+        assert r.channel_names == ("dsDNA", "CD45", "Pan-Keratin")
+        assert [m["metal"] for m in r.channel_meta] == ["89", "154", "148"]
+        np.testing.assert_array_equal(r.read_region(0, 0, 60, 40), np.moveaxis(data, 0, -1))
+
+
+def test_channel_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    chans = {"DAPI": rng.integers(0, 999, (70, 90), dtype=np.uint16), "CD3": rng.integers(0, 999, (70, 90), dtype=np.uint16)}
+    folder = tmp_path / "codex"
+    folder.mkdir()
+    for name, arr in chans.items():
+        tifffile.imwrite(folder / f"{name}.tif", arr, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    with open_slide(folder) as r:
+        assert r.channel_names == ("CD3", "DAPI") and r.mpp == pytest.approx(0.5)
+        np.testing.assert_array_equal(r.read_region(5, 6, 20, 10)[:, :, 1], chans["DAPI"][6:16, 5:25])
+    tifffile.imwrite(folder / "bad.tif", np.zeros((10, 10), np.uint16))
+    with pytest.raises(SlideOpenError, match="bad.tif: size/levels"):
+        open_slide(folder)
+
+
+def test_qptiff_channel_meta():
+    from conftest import QPTIFF
+
+    with open_slide(need(QPTIFF)) as r:
+        assert r.channel_names == ("DAPI", "FITC", "Cy3")
+        assert [m["fluorophore"] for m in r.channel_meta] == ["DAPI", "FITC", "Cy3"]
