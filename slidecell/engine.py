@@ -31,7 +31,8 @@ from .config import Config, load_config
 from .errors import OutputError
 from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
-from .io.writers import OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic
+from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic,
+                         write_zarr_from_h5ad)
 from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
 from .segment import Segmenter, get_segmenter
@@ -219,7 +220,10 @@ def output_paths(cfg: Config, out: Path) -> dict[str, Path]:
     o = cfg.output
     fmts = [f for f, on in (("geojson.gz" if o.geojson_gzip else "geojson", o.geojson), ("parquet", o.parquet),
                             ("h5ad", o.h5ad), ("csv", o.csv)) if on]
-    return {f: out / OUTPUT_NAMES[f] for f in fmts}
+    paths = {f: out / OUTPUT_NAMES[f] for f in fmts}
+    if o.zarr and not o.h5ad:  # the zarr store is converted from an h5ad kept in the work folder
+        paths["h5ad"] = out / WORK_DIR / OUTPUT_NAMES["h5ad"]
+    return paths
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -234,12 +238,17 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             )
     if overwrite:
         for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values(), LABELS_NAME]:
-            (out / name).unlink(missing_ok=True)
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
     (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob(".tmp-*"), *(out / WORK_DIR / "chunks").glob(".tmp-*")]:  # left by a killed run
         if stale.is_file():
             stale.unlink()
+        elif stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def calibration_windows(plan: TilePlan, tissue, roi=None, n: int = 8, size: int = 512,
@@ -401,6 +410,10 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
             pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
             t0 = time.perf_counter()
             outputs, n_cells, n_touch = writer.finish()
+            if cfg.output.zarr:
+                outputs["zarr"] = write_zarr_from_h5ad(outputs["h5ad"], out / OUTPUT_NAMES["zarr"])
+                if not cfg.output.h5ad:
+                    outputs.pop("h5ad").unlink()
             timings["outputs_after_last_tile"] = time.perf_counter() - t0
     if cfg.output.label_image:
         import pyarrow.parquet as pq

@@ -13,13 +13,13 @@ import yaml
 
 from .errors import InputError, OutputError
 from .io.label_image import LABELS_NAME, write_run_labels
-from .io.writers import OUTPUT_NAMES, CellFiles, run_uns, run_var, slide_id
+from .io.writers import OUTPUT_NAMES, CellFiles, atomic_path, run_uns, run_var, slide_id, write_zarr_from_h5ad
 from .table import schema_from_columns
 
 
 def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
     """Write the cells of the finished run in ``run_dir`` as ``fmt`` (one of
-    :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv) to ``out`` (default: the
+    :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv, zarr; or labels) to ``out`` (default: the
     format's file name in ``run_dir``). Returns the path written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -53,6 +53,13 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
         raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
     if fmt == "labels":
         return write_run_labels(out, parts_factory, info["plan"], cfg.get("tiling") or {})
+    if fmt == "zarr":
+        h5ad = run_dir / OUTPUT_NAMES["h5ad"]
+        if h5ad.exists():
+            return write_zarr_from_h5ad(h5ad, out)
+        with atomic_path(out.with_name(out.name + ".h5ad")) as tmp:  # removed when done
+            export(run_dir, "h5ad", tmp, overwrite=True)
+            return write_zarr_from_h5ad(tmp, out)
     uns = run_uns(info, cfg, info.get("slidecell_version"))
     with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(info),
                    slide_id(info)) as files:

@@ -159,3 +159,134 @@ def test_qptiff_channel_meta():
     with open_slide(need(QPTIFF)) as r:
         assert r.channel_names == ("DAPI", "FITC", "Cy3")
         assert [m["fluorophore"] for m in r.channel_meta] == ["DAPI", "FITC", "Cy3"]
+
+
+# -- whole cells ------------------------------------------------------------------------------
+def test_cell_expansion_geometry():
+    """Nuclei of known geometry grown by d: cells never overlap, each holds its nucleus whole,
+    an isolated cell is exactly the pixels within d of its nucleus, and between two close
+    nuclei every pixel goes to the nearer one."""
+    from scipy import ndimage as ndi
+
+    from slidecell.measure import expand_nuclei
+
+    yy, xx = np.mgrid[0:120, 0:200]
+    nuclei = np.zeros((120, 200), np.int32)
+    centres = {1: (60, 40, 8), 2: (60, 120, 6), 3: (60, 140, 6)}  # 2 and 3: 20 px apart
+    for k, (cy, cx, r) in centres.items():
+        nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    d = 10
+    cells = expand_nuclei(nuclei, d)
+    for k in centres:
+        assert np.all(cells[nuclei == k] == k)  # the nucleus is inside its cell, unchanged
+    dist1 = ndi.distance_transform_edt(nuclei != 1)
+    assert np.array_equal(cells == 1, dist1 <= d)  # isolated: exactly the pixels within d
+    d2 = ndi.distance_transform_edt(nuclei != 2)
+    d3 = ndi.distance_transform_edt(nuclei != 3)
+    grown = (cells > 0) & (nuclei == 0) & (np.minimum(d2, d3) <= d)
+    clear = grown & (np.abs(d2 - d3) > 1)  # ties may go either way
+    assert np.all(cells[clear & (d2 < d3)] == 2) and np.all(cells[clear & (d3 < d2)] == 3)
+    assert not np.any(cells[np.minimum(np.minimum(dist1, d2), d3) > d])  # nothing beyond d
+
+
+def _synthetic_multiplex(tmp_path, n_markers=23, size=640, mpp=0.5, seed=3):
+    """A pyramidal OME-TIFF with DAPI nuclei and ``n_markers`` named markers, each expressed in
+    the cytoplasm of a known random half of the cells. Returns (path, centres, truth)."""
+    from conftest import write_ome_pyramid
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    step = 28
+    centres = [(y + rng.integers(-3, 4), x + rng.integers(-3, 4))
+               for y in range(24, size - 20, step) for x in range(24, size - 20, step)]
+    nuc = np.zeros((size, size), np.int32)
+    ring = np.zeros((size, size), np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        nuc[d2 <= 7 ** 2] = k
+        ring[(d2 > 8 ** 2) & (d2 <= 11 ** 2)] = k
+    truth = rng.random((len(centres), n_markers)) < 0.5
+    data = np.zeros((1 + n_markers, size, size), np.uint16)
+    data[0] = np.where(nuc > 0, 3000, 100)
+    for m in range(n_markers):
+        on = np.concatenate([[False], truth[:, m]])
+        data[1 + m] = np.where(on[ring], 2000, 50)
+    data = (data + rng.integers(0, 30, data.shape)).astype(np.uint16)
+    names = ["DAPI"] + [f"Marker{m:02d}" for m in range(n_markers)]
+    path = tmp_path / "synthetic.ome.tif"
+    write_ome_pyramid(path, data, names, mpp, levels=3, tile=128)
+    return path, np.array(centres), truth, names
+
+
+def test_multiplex_preset_on_a_synthetic_ome_tiff(tmp_path):
+    """≥ 20 named channels, pyramidal: nuclei found on DAPI, cells grown, every marker measured
+    per compartment; positives and negatives separate in the cytoplasm; squidpy runs on it."""
+    import squidpy as sq
+
+    path, centres, truth, names = _synthetic_multiplex(tmp_path)
+    res = slidecell.run(path, "multiplex-fluorescence", tmp_path / "out", progress=False)
+    a = ad.read_h5ad(res.outputs["h5ad"])
+    assert list(a.var_names) == names and a.var["channel_index"].tolist() == list(range(len(names)))
+    assert set(a.layers) == {"nucleus_mean", "cytoplasm_mean"}
+    assert a.obs["slide_id"].unique().tolist() == ["synthetic"] and a.obs["region"].unique().tolist() == ["cells"]
+    # every synthetic cell found once: match by centroid
+    xy = a.obs[["x", "y"]].to_numpy()
+    dist = np.hypot(xy[:, None, 0] - (centres[None, :, 1] + 0.5), xy[:, None, 1] - (centres[None, :, 0] + 0.5))
+    nearest = dist.argmin(axis=1)
+    assert len(a) == len(centres) and len(set(nearest)) == len(centres) and dist.min(axis=1).max() < 1.5
+    cyto = a.layers["cytoplasm_mean"][:, 1:]
+    t = truth[nearest]
+    assert cyto[t].min() > 5 * cyto[~t].max()  # expressed vs not, in every marker
+    assert a.layers["nucleus_mean"][:, 1:].max() < 100  # markers are not in the nuclei
+    assert (a.X[:, 0] > a.layers["cytoplasm_mean"][:, 0]).all()  # DAPI is
+    # a disc of radius 7 px is 149 px = 37.25 µm² at 0.5 µm/px
+    np.testing.assert_allclose(a.obs["nucleus_area_um2"], 37.25, rtol=0.1)
+    assert (a.obs["area_um2"] > 2 * a.obs["nucleus_area_um2"]).all()
+    sq.gr.spatial_neighbors(a, coord_type="generic", delaunay=True)
+    assert a.obsp["spatial_connectivities"].shape == (len(a), len(a))
+    assert a.obsp["spatial_connectivities"].sum(axis=1).min() >= 2
+    z = ad.read_zarr(res.outputs["zarr"])
+    assert np.array_equal(z.X, a.X) and set(z.layers) == set(a.layers)
+
+
+def test_multiplex_preset_on_qptiff_matches_the_label_image(tmp_path):
+    """The real Vectra QPTIFF: every cell's per-compartment means equal the means recomputed
+    from the run's own label image and nucleus outlines (exact intensities)."""
+    import squidpy as sq
+
+    from conftest import QPTIFF
+
+    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"label_image": True, "zarr": False},
+                                                           "roi": [0, 0, 700, 600]})
+    res = slidecell.run(need(QPTIFF), cfg, tmp_path / "out", progress=False)
+    a = ad.read_h5ad(res.outputs["h5ad"])
+    assert list(a.var_names) == ["DAPI", "FITC", "Cy3"] and a.var["fluorophore"].tolist() == ["DAPI", "FITC", "Cy3"]
+    assert len(a) > 100
+    labels = tifffile.imread(res.outputs["labels"])
+    with open_slide(QPTIFF) as r:
+        img = r.read_region(0, 0, labels.shape[1], labels.shape[0]).astype(np.float64)
+    import geopandas as gpd
+
+    from slidecell.io.label_image import _rasterize
+
+    g = gpd.read_parquet(tmp_path / "out" / "cells.parquet")
+    nuc = np.zeros_like(labels)
+    _rasterize(nuc, np.arange(1, len(g) + 1), g["nucleus_geometry"].to_numpy(), 0, 0, 1)
+    for k in range(0, len(a), max(1, len(a) // 40)):
+        cell = labels == k + 1
+        np.testing.assert_allclose(a.X[k], img[cell].mean(axis=0), rtol=1e-5)
+        cyto = cell & (nuc != k + 1)
+        np.testing.assert_allclose(a.layers["cytoplasm_mean"][k], img[cyto].mean(axis=0), rtol=1e-5)
+    assert (a.obs["area_um2"] > a.obs["nucleus_area_um2"]).mean() > 0.9
+    sq.gr.spatial_neighbors(a, coord_type="generic", delaunay=True)
+
+
+def test_multiplex_preset_on_imc_txt(tmp_path):
+    path = need(MOCK / "raw" / "20210305_NE_mockData2_ROI_001_1.txt")
+    res = slidecell.run(path, "multiplex-fluorescence", tmp_path / "out", progress=False)
+    a = ad.read_zarr(res.outputs["zarr"])
+    assert list(a.var_names) == ["Ag107", "Cytoker_651", "Laminin_681", "YBX1_2987", "H3K27Ac_1977"]
+    assert a.var["metal"].tolist() == ["Ag107", "Pr141", "Sm147", "Eu153", "Yb172"]
+    assert res.info["segmentation"]["backend"] == "builtin"
+    assert 20 < len(a) < 80  # steinbock's Mesmer masks hold 55 cells for this acquisition
+    assert (a.obsm["spatial"] >= 0).all() and (a.obsm["spatial"][:, 0] <= 103).all()

@@ -375,7 +375,34 @@ def slide_id(info: dict) -> str:
 
 #: output formats and their file names
 OUTPUT_NAMES = {"geojson": "cells.geojson", "geojson.gz": "cells.geojson.gz", "parquet": "cells.parquet",
-                "h5ad": "cells.h5ad", "csv": "cells.csv"}
+                "h5ad": "cells.h5ad", "csv": "cells.csv", "zarr": "cells.zarr"}
+
+
+def write_zarr_from_h5ad(h5ad, path) -> Path:
+    """The AnnData of ``h5ad`` as a zarr store at ``path`` (replaced atomically). Holds the
+    table in memory while converting (about cells × markers × (1 + layers) × 4 bytes)."""
+    import shutil
+
+    import anndata as ad
+
+    path = Path(path)
+    adata = ad.read_h5ad(h5ad)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        import warnings
+
+        with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+            # zarr's notices about its future defaults (sharding, consolidated metadata)
+            warnings.simplefilter("ignore", UserWarning)
+            adata.write_zarr(tmp)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 class CellFiles:
