@@ -75,14 +75,17 @@ def run(
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="output directory of a finished `slidecell run`"),
-    to: str = typer.Option(..., "--to", help="geojson, geojson.gz, parquet, h5ad, csv or labels (OME-TIFF label pyramid)"),
+    to: str = typer.Option(..., "--to", help="geojson, geojson.gz, parquet, h5ad, csv, zarr (AnnData), labels "
+                                             "(OME-TIFF label pyramid) or spatialdata (image + shapes + table)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default: in RUN_DIR)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file"),
+    image: bool = typer.Option(True, "--image/--no-image", help="spatialdata: include the image (multiscale)"),
 ):
-    """Write the cells of a finished run in another format (streamed, bounded memory)."""
+    """Write the cells of a finished run in another format (streamed, bounded memory; zarr and
+    spatialdata hold the cell table in memory)."""
     from .export import export as do_export
 
-    typer.echo(str(do_export(run_dir, to, out, overwrite)))
+    typer.echo(str(do_export(run_dir, to, out, overwrite, image=image)))
 
 
 @app.command()

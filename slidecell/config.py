@@ -100,9 +100,10 @@ class SegmentationConfig(Strict):
     #: whole cells: grow each nucleus by this many µm, each pixel going to its nearest nucleus
     #: without overlaps (QuPath's cell expansion); 0: the objects are the nuclei
     cell_expansion_um: float = Field(0.0, ge=0, le=100)
-    #: what the backend's objects are: nuclei (the built-in model, a nuclear mask) or cells (a
-    #: whole-cell mask or model); names the compartment of ``X`` (Cell/Nucleus)
-    objects: Literal["nuclei", "cells"] = "nuclei"
+    #: what the backend's objects are: "auto" (as the backend says: nuclei for the built-in
+    #: model, cells for Cellpose with ``params.cell_channels``), nuclei, or cells (e.g. a
+    #: whole-cell mask); names the compartment of ``X`` (Cell/Nucleus)
+    objects: Literal["auto", "nuclei", "cells"] = "auto"
 
     @field_validator("backend")
     @classmethod

@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from . import __version__
 from .config import Config, load_config
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
 from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic,
@@ -98,8 +98,12 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     """The cells a tile owns, from its label image of nuclei (grown into whole cells when the
     measure spec says so): ownership, outlines and measurements."""
     spec = ctx.spec
-    nuclei = labels
-    cells = expand_nuclei(nuclei, spec.expand_px) if spec.with_nuclei else nuclei
+    if isinstance(labels, tuple):  # (nuclei, cells): a cell's nucleus = the nuclear pixels inside it
+        nuclear, cells = labels
+        nuclei = np.where(nuclear > 0, cells, 0).astype(cells.dtype)
+    else:
+        nuclei = labels
+        cells = expand_nuclei(nuclei, spec.expand_px) if spec.expand_px > 0 else nuclei
     ids, area, cx, cy, mu20, mu02, mu11 = label_moments(cells)
     gx, gy = cx + tile.x, cy + tile.y
     keep = tile.owns(gx, gy)
@@ -141,8 +145,12 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         columns["nucleus_area_um2"] = np.bincount(nuclei.ravel(), minlength=int(ids.max()) + 1)[ids] * mpp**2
     columns.update(spec.measure(nuclei, cells, image, ids))
     columns["geometry"] = polys0
-    if spec.with_nuclei:
-        columns["nucleus_geometry"] = _outline(nuclei, ids, tile, ctx)[0]
+    if spec.with_nuclei:  # (a segmented cell may hold no nucleus: an empty outline)
+        has = columns["nucleus_area_um2"] > 0
+        nuc = np.array([shapely.Polygon()] * len(ids), dtype=object)
+        if has.any():
+            nuc[has] = _outline(nuclei, ids[has], tile, ctx)[0]
+        columns["nucleus_geometry"] = nuc
     return pd.DataFrame(columns)
 
 
@@ -332,11 +340,16 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
                       offset=tuple(cfg.tiling.grid_offset))
     timings["plan"] = time.perf_counter() - t0
 
-    measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um, plan.mpp,
-                                      source_labels=cfg.segmentation.backend == "mask",
-                                      objects=cfg.segmentation.objects)
     segmenter = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, reader.channel_names,
                               modality, plan.mpp, cfg.segmentation.nuclear_channels)
+    objects = segmenter.objects
+    if cfg.segmentation.objects != "auto":
+        if objects == "cells+nuclei":
+            raise ConfigError(f"segmentation.objects: {cfg.segmentation.backend} returns cells and nuclei; "
+                              "leave it at auto")
+        objects = cfg.segmentation.objects
+    measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um, plan.mpp,
+                                      source_labels=cfg.segmentation.backend == "mask", objects=objects)
     segmenter.locate(plan, reader.dimensions)
     fingerprint = slide_fingerprint(slide)
     manifest = {

@@ -13,20 +13,26 @@ import yaml
 
 from .errors import InputError, OutputError
 from .io.label_image import LABELS_NAME, write_run_labels
+from .io.spatialdata import SPATIALDATA_NAME
 from .io.writers import OUTPUT_NAMES, CellFiles, atomic_path, run_uns, run_var, slide_id, write_zarr_from_h5ad
 from .table import schema_from_columns
 
 
-def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
+#: formats beyond the cell-table files: the label image and a SpatialData store
+EXTRA_FORMATS = {"labels": LABELS_NAME, "spatialdata": SPATIALDATA_NAME}
+
+
+def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = True) -> Path:
     """Write the cells of the finished run in ``run_dir`` as ``fmt`` (one of
-    :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv, zarr; or labels) to ``out`` (default: the
+    :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv, zarr; labels (OME-TIFF label
+    pyramid) or spatialdata (image + shapes + table; ``image=False`` leaves the image out)) to ``out`` (default: the
     format's file name in ``run_dir``). Returns the path written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    if fmt not in OUTPUT_NAMES and fmt != "labels":
-        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join([*OUTPUT_NAMES, 'labels'])}")
+    if fmt not in OUTPUT_NAMES and fmt not in EXTRA_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join([*OUTPUT_NAMES, *EXTRA_FORMATS])}")
     info_path = run_dir / "run.json"
     if not info_path.exists():
         raise InputError(f"{run_dir}: not a finished slidecell run (no run.json)")
@@ -34,7 +40,7 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     precision = (cfg.get("output") or {}).get("geojson_precision", 3)
     offset = tuple((info.get("reader") or {}).get("bounds_offset") or (0, 0))
-    out = Path(out) if out is not None else run_dir / (LABELS_NAME if fmt == "labels" else OUTPUT_NAMES[fmt])
+    out = Path(out) if out is not None else run_dir / (EXTRA_FORMATS.get(fmt) or OUTPUT_NAMES[fmt])
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
     source = run_dir / OUTPUT_NAMES["parquet"]
@@ -53,6 +59,8 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
         raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
     if fmt == "labels":
         return write_run_labels(out, parts_factory, info["plan"], cfg.get("tiling") or {})
+    if fmt == "spatialdata":
+        return _spatialdata(run_dir, out, image)
     if fmt == "zarr":
         h5ad = run_dir / OUTPUT_NAMES["h5ad"]
         if h5ad.exists():
@@ -68,4 +76,25 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False) -> Path:
     return out
 
 
-__all__ = ["export"]
+def _spatialdata(run_dir: Path, out: Path, image: bool) -> Path:
+    """The run's h5ad and GeoParquet (exported to temporary files when the run did not write
+    them) into a SpatialData store."""
+    from .io.spatialdata import write_spatialdata
+
+    made = []
+    try:
+        sources = []
+        for fmt in ("h5ad", "parquet"):
+            path = run_dir / OUTPUT_NAMES[fmt]
+            if not path.exists():
+                path = out.with_name(f".tmp-{out.name}.{fmt}")
+                made.append(path)
+                export(run_dir, fmt, path, overwrite=True)
+            sources.append(path)
+        return write_spatialdata(run_dir, out, *sources, image=image)
+    finally:
+        for p in made:
+            p.unlink(missing_ok=True)
+
+
+__all__ = ["export", "EXTRA_FORMATS"]

@@ -290,3 +290,79 @@ def test_multiplex_preset_on_imc_txt(tmp_path):
     assert res.info["segmentation"]["backend"] == "builtin"
     assert 20 < len(a) < 80  # steinbock's Mesmer masks hold 55 cells for this acquisition
     assert (a.obsm["spatial"] >= 0).all() and (a.obsm["spatial"][:, 0] <= 103).all()
+
+
+def test_spatialdata_and_zarr_export(tmp_path):
+    """`slidecell export --to spatialdata`: image (named channels, multiscale), cell and
+    nucleus shapes, and the table annotating the cells, readable by spatialdata."""
+    import spatialdata as sd
+    from typer.testing import CliRunner
+
+    from slidecell.cli import app
+
+    path, centres, _, names = _synthetic_multiplex(tmp_path, n_markers=4, size=320)
+    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "h5ad": False, "geojson": False}})
+    res = slidecell.run(path, cfg, tmp_path / "out", progress=False)
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(tmp_path / "out"), "--to", "spatialdata"])
+    assert r.exit_code == 0, r.output
+    s = sd.read_zarr(tmp_path / "out" / "cells.spatialdata.zarr")
+    assert set(s.shapes) == {"cells", "nuclei"} and len(s.shapes["cells"]) == res.n_cells == len(centres)
+    table = s.tables["table"]
+    assert table.uns["spatialdata_attrs"] == {"region": "cells", "region_key": "region", "instance_key": "instance_id"}
+    assert list(table.var_names) == names
+    img = s.images["image"]
+    level0 = img["scale0"]["image"] if hasattr(img, "children") else img
+    assert level0.shape == (len(names), 320, 320) and list(level0.coords["c"].values) == names
+    # the shapes are the run's outlines; the table rows are in the same order
+    import geopandas as gpd
+
+    g = gpd.read_parquet(tmp_path / "out" / "cells.parquet")
+    assert s.shapes["cells"].geometry.reset_index(drop=True).geom_equals(g.geometry).all()
+    assert list(table.obs_names) == list(g["cell_id"])
+    # the AnnData as zarr, from a run that wrote no h5ad
+    r = runner.invoke(app, ["export", str(tmp_path / "out"), "--to", "zarr"])
+    assert r.exit_code == 0, r.output
+    z = ad.read_zarr(tmp_path / "out" / "cells.zarr")
+    assert np.array_equal(z.X, table.X) and set(z.layers) == {"nucleus_mean", "cytoplasm_mean"}
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+
+@pytest.mark.cellpose
+def test_cellpose_two_channel_whole_cells(tmp_path):
+    """Cellpose's two-channel mode (membrane + nuclear marker) gives whole cells, and its
+    nuclear segmentation their nuclei: compartments as with grown nuclei."""
+    pytest.importorskip("cellpose")
+    from conftest import write_ome_pyramid
+
+    model = need(SHARED.parent / "models" / "cellpose-scellseg" / "scellseg_cellpose_cellpose3.pth")
+    size = 256
+    yy, xx = np.mgrid[0:size, 0:size]
+    centres = [(y, x) for y in range(30, size - 20, 40) for x in range(30, size - 20, 40)]
+    dapi = np.full((size, size), 50.0)
+    memb = np.full((size, size), 50.0)
+    for cy, cx in centres:
+        d = np.hypot(yy - cy, xx - cx)
+        dapi[d <= 7] = 3000
+        memb[(d > 14) & (d <= 16.5)] = 2500
+    data = np.stack([dapi, memb]).astype(np.uint16)
+    write_ome_pyramid(tmp_path / "cells.ome.tif", data, ["DAPI", "Membrane"], 0.5, levels=1, tile=64)
+    cfg = slidecell.config_from_dict({
+        "tissue": {"enabled": False, "modality": "fluorescence"},
+        "segmentation": {"backend": "cellpose", "nuclear_channels": ["DAPI"],
+                         "params": {"model": str(model), "diameter_um": 16, "cell_channels": ["Membrane"]}},
+        "measure": {"compartments": ["cell", "nucleus", "cytoplasm"]},
+        "output": {"geojson": True, "h5ad": True, "parquet": False},
+    })
+    res = slidecell.run(tmp_path / "cells.ome.tif", cfg, tmp_path / "out", progress=False)
+    a = ad.read_h5ad(res.outputs["h5ad"])
+    assert abs(len(a) - len(centres)) <= 2
+    with_nucleus = a.obs["nucleus_area_um2"] > 0
+    assert with_nucleus.mean() > 0.9
+    ok = a[with_nucleus.to_numpy()]
+    assert (ok.obs["area_um2"] > 2 * ok.obs["nucleus_area_um2"]).mean() > 0.9
+    m = list(a.var_names).index("Membrane")
+    assert (ok.layers["cytoplasm_mean"][:, m] > ok.layers["nucleus_mean"][:, m]).all()
+    feats = json.loads((tmp_path / "out" / "cells.geojson").read_text())["features"]
+    assert all(f["properties"]["objectType"] == "cell" for f in feats)
+    assert sum("nucleusGeometry" in f for f in feats) == int(with_nucleus.sum())

@@ -183,15 +183,19 @@ def geojson_features(table: pd.DataFrame, offset=(0, 0), precision: int | None =
     ox, oy = offset
     dec = 12 if precision is None else precision
 
-    def geometry_text(col):
-        geoms = np.asarray(table[col].to_numpy(), dtype=object)
+    def geometry_text(geoms):
         if ox or oy:
             geoms = shapely.transform(geoms, lambda c: c - (ox, oy))
         return _polygon_json(geoms, dec)
 
-    gj = geometry_text("geometry")
+    gj = geometry_text(np.asarray(table["geometry"].to_numpy(), dtype=object))
     with_nuc = "nucleus_geometry" in table.columns
-    nuc = [',"nucleusGeometry":' + g for g in geometry_text("nucleus_geometry")] if with_nuc else [""] * len(table)
+    nuc = [""] * len(table)
+    if with_nuc:  # a cell without a nucleus has an empty nucleus outline: no nucleusGeometry
+        ng = np.asarray(table["nucleus_geometry"].to_numpy(), dtype=object)
+        has = np.flatnonzero(~(shapely.is_missing(ng) | shapely.is_empty(ng)))
+        for i, g in zip(has.tolist(), geometry_text(ng[has]) if len(has) else []):
+            nuc[i] = ',"nucleusGeometry":' + g
     cls = _classification_json(table["class"]) if "class" in table.columns else [""] * len(table)
     otype = "cell" if with_nuc or cells else object_type
     head = '{"type":"Feature","id":"'

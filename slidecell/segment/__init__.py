@@ -56,6 +56,12 @@ class Segmenter:
         raise NotImplementedError
 
     @property
+    def objects(self) -> str:
+        """What :meth:`finish` returns: ``"nuclei"`` or ``"cells"`` (a label image), or
+        ``"cells+nuclei"`` (a ``(nuclei, cells)`` pair of label images)."""
+        return "nuclei"
+
+    @property
     def batch_size(self) -> int:
         """Tiles the engine hands to :meth:`predict` at once."""
         return int(getattr(self.params, "batch_size", None) or 1)

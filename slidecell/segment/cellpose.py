@@ -35,6 +35,13 @@ class CellposeParams(BackendParams):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1)
     min_area_um2: float = Field(2.0, ge=0)
+    #: whole cells: the membrane / cytoplasm marker(s) by name (averaged), segmented together
+    #: with the nuclear channel(s) as Cellpose's two-channel input; empty: nuclei only
+    cell_channels: list[str] = Field(default_factory=list)
+    #: with ``cell_channels``: also segment the nuclei (nuclear channel alone, same model), so
+    #: cells get nucleus and cytoplasm compartments (each cell's nucleus = the nuclear objects'
+    #: pixels inside it)
+    nuclei: bool = True
 
 
 def cellpose_major() -> int | None:
@@ -71,9 +78,24 @@ class CellposeSegmenter(Segmenter):
         if self.major is None:
             raise ConfigError('segmentation backend "cellpose" needs the cellpose package: '
                               'pip install "cellpose>=3.1" "torch==2.13.0"')
-        mode, self.channels = model_input_channels(channel_names, modality, nuclear_channels, "cellpose")
-        self.brightfield = mode == "brightfield"
         p = self.params
+        if p.cell_channels:
+            names = list(channel_names)
+            missing = [c for c in p.cell_channels if c not in names]
+            if missing:
+                raise ConfigError(f"segmentation.params.cell_channels: {missing} not among the image's channels {names}")
+            self.cell_idx = [names.index(c) for c in p.cell_channels]
+            from .channels import nuclear_channel_indices
+
+            self.channels = nuclear_channel_indices(names, nuclear_channels)
+            if not self.channels:
+                raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {names}; name the "
+                                  "nuclear channel(s) for Cellpose's two-channel whole-cell mode")
+            self.brightfield = False
+        else:
+            self.cell_idx = []
+            mode, self.channels = model_input_channels(channel_names, modality, nuclear_channels, "cellpose")
+            self.brightfield = mode == "brightfield"
         import torch
         from cellpose import models
 
@@ -82,24 +104,40 @@ class CellposeSegmenter(Segmenter):
         self.model = models.CellposeModel(gpu=gpu, pretrained_model=path)
         self.min_px = max(1, int(round(p.min_area_um2 / self.mpp**2)))
 
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
-        # grey (brightfield: cellpose inverts it, dark nuclei → bright) or the nuclear signal
-        return np.nan_to_num(image[:, :, self.channels].astype(np.float32)).mean(axis=2)
+    @property
+    def objects(self) -> str:
+        if not self.cell_idx:
+            return "nuclei"
+        return "cells+nuclei" if self.params.nuclei else "cells"
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
+    def _prepare(self, image: np.ndarray, channels=None) -> np.ndarray:
+        # grey (brightfield: cellpose inverts it, dark nuclei → bright) or the nuclear signal
+        return np.nan_to_num(image[:, :, channels or self.channels].astype(np.float32)).mean(axis=2)
+
+    def _eval(self, img: np.ndarray, two_channel: bool) -> np.ndarray:
         from .builtin.postprocess import relabel
 
         p = self.params
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            return np.zeros(image.shape[:2], np.int32)
-        img = self._prepare(image)
-        if np.ptp(img) == 0:
-            return np.zeros(img.shape, np.int32)
         diameter = p.diameter_um / self.mpp if p.diameter_um else None
-        invert = self.brightfield if p.invert is None else p.invert
+        invert = False if two_channel else (self.brightfield if p.invert is None else p.invert)
         kwargs = dict(diameter=diameter, flow_threshold=p.flow_threshold,
                       cellprob_threshold=p.cellprob_threshold, batch_size=p.batch_size, invert=invert)
-        if self.major < 4:
-            kwargs["channels"] = [0, 0]
+        if self.major < 4:  # cellpose 3: [cytoplasm channel, nuclear channel], 1-based; 0 = grey
+            kwargs["channels"] = [1, 2] if two_channel else [0, 0]
         masks = self.model.eval(img, **kwargs)[0]
         return relabel(np.asarray(masks, np.int32), self.min_px)
+
+    def segment(self, image: np.ndarray):
+        """Nuclei; with ``cell_channels``, cells (or ``(nuclei, cells)`` with ``nuclei``)."""
+        empty = np.zeros(image.shape[:2], np.int32)
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            return (empty, empty) if self.objects == "cells+nuclei" else empty
+        nuc = self._prepare(image)
+        if not self.cell_idx:
+            return empty if np.ptp(nuc) == 0 else self._eval(nuc, False)
+        cyto = self._prepare(image, self.cell_idx)
+        two = np.stack([cyto, nuc], axis=-1)
+        cells = empty if np.ptp(two) == 0 else self._eval(two, True)
+        if not self.params.nuclei:
+            return cells
+        return (empty if np.ptp(nuc) == 0 else self._eval(nuc, False)), cells
