@@ -413,6 +413,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
             "segmentation_backend": cfg.segmentation.backend,
             "segmentation": segmenter.describe(),
             "segmenter_state": segmenter.state,
+            # what the objects are (names the QuPath measurements Cell: / Nucleus:)
+            "objects": measure.objects, "whole_cells": measure.whole_cells,
         }
         # the outputs are written from the chunks, in order, while the run goes on
         writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info, measure.schema())

@@ -70,7 +70,7 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
             return write_zarr_from_h5ad(tmp, out)
     uns = run_uns(info, cfg, info.get("slidecell_version"))
     with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(info),
-                   slide_id(info)) as files:
+                   slide_id(info), info.get("whole_cells")) as files:
         for part in parts_factory():
             files.write(part)
     return out

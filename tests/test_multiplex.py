@@ -84,6 +84,21 @@ def test_mask_must_match_the_slide(tmp_path):
                       tmp_path / "o2", mpp=1.0, progress=False)
 
 
+def test_cell_mask_export_keeps_the_cell_naming(tmp_path):
+    """A whole-cell mask measured with means only (no layer says "cell"): the run's GeoJSON and
+    one exported later from its GeoParquet are the same bytes, both naming ``Cell:``."""
+    from slidecell.export import export
+
+    image = need(CYTOMAPPER / "G01_imc.tiff")
+    cfg = slidecell.config_from_dict({**_mask_config(CYTOMAPPER / "G01_mask.tiff", statistics=["mean"])})
+    slidecell.run(image, cfg, tmp_path / "out", mpp=1.0, progress=False)
+    again = export(tmp_path / "out", "geojson", tmp_path / "again.geojson")
+    assert again.read_bytes() == (tmp_path / "out" / "cells.geojson").read_bytes()
+    feats = json.loads(again.read_text())["features"]
+    assert "Cell: Channel 3: Mean" in feats[0]["properties"]["measurements"]
+    assert feats[0]["properties"]["objectType"] == "cell"
+
+
 # -- readers ----------------------------------------------------------------------------------
 def test_imc_txt_channels_from_labels():
     path = need(MOCK / "raw" / "20210305_NE_mockData2_ROI_001_1.txt")

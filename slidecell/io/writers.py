@@ -43,7 +43,7 @@ def write_text_atomic(path, text: str) -> None:
 
 def _measurement_names(table: pd.DataFrame, cells: bool | None = None) -> list[tuple[str, str]]:
     if cells is None:  # whole cells when nuclei are outlined too, or when cell layers exist
-        cells = "nucleus_geometry" in table.columns or any(c.startswith("cell_") for c in table.columns)
+        cells = "nucleus_geometry" in table.columns or any(lay.startswith("cell_") for lay in layer_columns(table))
     cols = [c for c in QUPATH_NAMES if c in table.columns] + [c for c in ("nucleus_area_um2",) if c in table.columns]
     cols += mean_columns(table) + [c for cs in layer_columns(table).values() for c in cs]
     return [(c, qupath_measurement_name(c, cells)) for c in cols]
@@ -210,8 +210,10 @@ class GeoJSONWriter:
     binary file (see :func:`geojson_features`). :meth:`write_joined` takes features already made
     and joined, each followed by a comma (as the engine's chunk files hold them)."""
 
-    def __init__(self, fh, offset=(0, 0), precision: int | None = 3, object_type: str = "detection"):
+    def __init__(self, fh, offset=(0, 0), precision: int | None = 3, object_type: str = "detection",
+                 cells: bool | None = None):
         self.fh = fh
+        self.cells = cells
         self.offset = offset
         self.precision = precision
         self.object_type = object_type
@@ -219,7 +221,7 @@ class GeoJSONWriter:
         fh.write(b'{"type":"FeatureCollection","features":[')
 
     def write(self, table: pd.DataFrame) -> None:
-        feats = geojson_features(table, self.offset, self.precision, self.object_type)
+        feats = geojson_features(table, self.offset, self.precision, self.object_type, self.cells)
         if feats:
             self.write_joined(("," .join(feats) + ",").encode("utf-8"), len(feats))
 
@@ -416,11 +418,11 @@ class CellFiles:
     and renamed into place when the ``with`` block ends without error; on error none is."""
 
     def __init__(self, paths: dict[str, Path], schema, offset=(0, 0), precision: int = 3, uns: dict | None = None,
-                 var=None, slide_id: str | None = None):
+                 var=None, slide_id: str | None = None, whole_cells: bool | None = None):
         from ..table import as_schema
 
         self.paths, self.schema, self.offset, self.precision, self.uns = paths, as_schema(schema), offset, precision, uns
-        self.var, self.slide_id = var, slide_id
+        self.var, self.slide_id, self.whole_cells = var, slide_id, whole_cells
         self.n = self.n_touch = 0
 
     def __enter__(self):
@@ -434,7 +436,7 @@ class CellFiles:
                     tmp = self.stack.enter_context(atomic_path(self.paths[fmt]))
                     fh = self.stack.enter_context(gzip.open(tmp, "wb", compresslevel=1) if fmt.endswith(".gz")
                                                   else open(tmp, "wb"))
-                    self.gj = GeoJSONWriter(fh, self.offset, self.precision)
+                    self.gj = GeoJSONWriter(fh, self.offset, self.precision, cells=self.whole_cells)
             if "h5ad" in self.paths:
                 self.hw = H5adWriter(self.stack.enter_context(atomic_path(self.paths["h5ad"])), self.schema, self.uns,
                                      var=self.var, slide_id=self.slide_id)
