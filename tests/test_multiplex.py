@@ -163,6 +163,11 @@ def test_channel_folder(tmp_path):
     with open_slide(folder) as r:
         assert r.channel_names == ("CD3", "DAPI") and r.mpp == pytest.approx(0.5)
         np.testing.assert_array_equal(r.read_region(5, 6, 20, 10)[:, :, 1], chans["DAPI"][6:16, 5:25])
+    (folder / "markers.csv").write_text("marker_name\nDAPI\nCD3\n")  # names the files: their order
+    with open_slide(folder) as r:
+        assert r.channel_names == ("DAPI", "CD3")
+        np.testing.assert_array_equal(r.read_region(5, 6, 20, 10)[:, :, 0], chans["DAPI"][6:16, 5:25])
+    (folder / "markers.csv").unlink()
     tifffile.imwrite(folder / "bad.tif", np.zeros((10, 10), np.uint16))
     with pytest.raises(SlideOpenError, match="bad.tif: size/levels"):
         open_slide(folder)

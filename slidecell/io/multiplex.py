@@ -109,6 +109,13 @@ class ChannelFolderReader(SlideReader):
         if not files:
             raise SlideOpenError(f"{self.path}: the folder holds no channel images ({', '.join(CHANNEL_FILE_SUFFIXES)})")
         stems = [_stem(p) for p in files]
+        markers = self.path / "markers.csv"
+        if markers.is_file():  # its marker names, when they are the file names, give the order
+            kind, rows = read_markers(markers)
+            order = [r["marker_name" if kind == "mcmicro" else "name"] for r in rows]
+            if sorted(order) == sorted(stems):
+                files = [files[stems.index(m)] for m in order]
+                stems = order
         self._readers = []
         try:
             for f in files:
