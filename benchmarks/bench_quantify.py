@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -129,8 +127,10 @@ def build(size: int, channels: int) -> tuple[Path, Path]:
     return img_path, mask_path
 
 
-def run_child(img: Path, mask: Path, out: Path, post_workers: int) -> dict:
+def run_quantify(img: Path, mask: Path, out: Path, post_workers: int) -> dict:
     import yaml
+
+    from bench_scale import run_child
 
     cfg = {
         "name": "bench-quantify",
@@ -144,24 +144,7 @@ def run_child(img: Path, mask: Path, out: Path, post_workers: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out.parent / "bench-quantify.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "slidecell.cli", "run", str(img), "--config", str(cfg_path), "--out", str(out),
-           "--overwrite", "-q"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    ps = psutil.Process(proc.pid)
-    peak_tree = 0
-    while proc.poll() is None:
-        try:
-            peak_tree = max(peak_tree, ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True)))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"slidecell run failed (exit {proc.returncode})")
-    return {"wall": wall, "peak_tree": peak_tree,
-            "child_peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-            "info": json.loads((out / "run.json").read_text())}
+    return run_child(img, out, str(cfg_path), [])
 
 
 def check(out: Path, size: int, channels: int, sample: int = 2000) -> tuple[int, float]:
@@ -189,7 +172,7 @@ def main():
     args = ap.parse_args()
     img, mask = build(args.size, args.channels)
     out = CACHE / f"quantify-out-{args.size}"
-    r = run_child(img, mask, out, args.post_workers)
+    r = run_quantify(img, mask, out, args.post_workers)
     info, wall = r["info"], r["wall"]
     n = info["n_cells"]
     mp = args.size * args.size / 1e6
@@ -207,4 +190,5 @@ def main():
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE))
     main()

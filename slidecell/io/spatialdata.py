@@ -10,13 +10,12 @@ frame); the image carries a scale to it. ``obsm['spatial']`` stays in µm as in 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .writers import atomic_dir
 
 SPATIALDATA_NAME = "cells.spatialdata.zarr"
 #: instance key of the table: the row number, which is also the shapes' index (and label - 1)
@@ -87,17 +86,8 @@ def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = Tru
                                                  chunks=(1, 1024, 1024),
                                                  transformations={"global": Scale([scale, scale], axes=("y", "x"))})
         sdata = SpatialData(images=images, shapes=shapes, tables={"table": table})
-        tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with atomic_dir(out) as tmp:
             sdata.write(tmp)
-            if out.is_dir():
-                shutil.rmtree(out)
-            elif out.exists():
-                out.unlink()
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     finally:
         if reader is not None:
             reader.close()

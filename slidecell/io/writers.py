@@ -36,6 +36,26 @@ def atomic_path(path: str | Path):
                 tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary path beside the directory store ``path`` (zarr); if the block
+    succeeds, replace ``path`` (a directory or file) with it; else remove it."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -387,27 +407,15 @@ OUTPUT_NAMES = {"geojson": "cells.geojson", "geojson.gz": "cells.geojson.gz", "p
 def write_zarr_from_h5ad(h5ad, path) -> Path:
     """The AnnData of ``h5ad`` as a zarr store at ``path`` (replaced atomically). Holds the
     table in memory while converting (about cells × markers × (1 + layers) × 4 bytes)."""
-    import shutil
-
     import anndata as ad
 
-    path = Path(path)
-    adata = ad.read_h5ad(h5ad)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        import warnings
+    import warnings
 
-        with ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
-            # zarr's notices about its future defaults (sharding, consolidated metadata)
-            warnings.simplefilter("ignore", UserWarning)
-            adata.write_zarr(tmp)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    adata = ad.read_h5ad(h5ad)
+    with atomic_dir(path) as tmp, ad.settings.override(zarr_write_format=3), warnings.catch_warnings():
+        # zarr's notices about its future defaults (sharding, consolidated metadata)
+        warnings.simplefilter("ignore", UserWarning)
+        adata.write_zarr(tmp)
     return path
 
 
