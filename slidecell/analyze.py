@@ -1,0 +1,237 @@
+"""``slidecell analyze``: phenotypes, spatial statistics and tumour–immune metrics for any
+AnnData with µm coordinates (``obsm['spatial']``), a run's ``cells.h5ad`` or another tool's.
+
+Writes into its output folder: ``cells_analyzed.h5ad`` (the input plus every result in
+``obs``/``obsm``/``uns``), tidy CSV tables and ``analysis.json`` (what was done, with which
+settings, what was subsampled). Written atomically; the input is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, InputError, OutputError
+from .phenotype import GatingConfig, cluster, gate, read_phenotype_sheet
+from .spatial import (GraphConfig, StatsConfig, TumorConfig, cellular_neighbourhoods, compartment_densities,
+                      enrichment_table, graph_statistics, mixing_score, nearest_tumor_distance, spatial_graph,
+                      tumor_compartments)
+
+ANALYZED_NAME = "cells_analyzed.h5ad"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClusterConfig(_Strict):
+    markers: list[str] = Field(default_factory=list)
+    resolution: float = Field(1.0, gt=0)
+    n_neighbors: int = Field(15, ge=2)
+
+
+class PhenotypeConfig(_Strict):
+    #: how cells get phenotypes: gating (marker hierarchy), leiden (clusters), a column already
+    #: in ``obs`` (``key``), or a classifier model trained with ``slidecell classify train``
+    method: Literal["gating", "leiden", "existing", "classifier"] = "gating"
+    #: the obs column holding the phenotype
+    key: str = "phenotype"
+    gating: GatingConfig | None = None
+    #: a scimap phenotype sheet (CSV) instead of ``gating.phenotypes``
+    sheet: str | None = None
+    leiden: ClusterConfig = Field(default_factory=ClusterConfig)
+    #: a classifier model file (joblib) for ``method: classifier``
+    model: str | None = None
+
+
+class AnalysisConfig(_Strict):
+    phenotype: PhenotypeConfig = Field(default_factory=PhenotypeConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    tumor: TumorConfig = Field(default_factory=TumorConfig)
+    #: tumour regions from these QuPath annotations (GeoJSON, classification = one of
+    #: ``tumor_annotation_classes``) instead of tumour-cell density
+    tumor_annotations: str | None = None
+    tumor_annotation_classes: list[str] = Field(default_factory=lambda: ["Tumor"])
+
+
+def load_analysis_config(path=None, overrides: dict | None = None) -> AnalysisConfig:
+    """An analysis config: a YAML file (its ``analysis:`` section, or the whole file) or None."""
+    from .config import _deep_merge, _format_errors
+
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"analysis config {p}: file not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"analysis config {p}: not valid YAML: {' '.join(str(exc).split())}") from None
+        data = data.get("analysis", data) if isinstance(data, dict) else data
+        source = str(p)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return AnalysisConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def _phenotype(adata, cfg: PhenotypeConfig, summary: dict) -> str:
+    key = cfg.key
+    if cfg.method == "existing":
+        if key not in adata.obs:
+            raise ConfigError(f"phenotype.method existing: obs has no column {key!r} ({list(adata.obs.columns)})")
+    elif cfg.method == "gating":
+        g = cfg.gating or GatingConfig()
+        if cfg.sheet:
+            g = g.model_copy(update={"phenotypes": read_phenotype_sheet(cfg.sheet)})
+        summary["gates"] = gate(adata, g, key).to_dict(orient="records")
+    elif cfg.method == "leiden":
+        means = cluster(adata, cfg.leiden.markers or None, cfg.leiden.resolution, key + "_cluster",
+                        n_neighbors=cfg.leiden.n_neighbors)
+        adata.obs[key] = adata.obs[key + "_cluster_annotation"]
+        summary["clusters"] = int(len(means))
+    elif cfg.method == "classifier":
+        from .classify import apply_classifier
+
+        if not cfg.model:
+            raise ConfigError("phenotype.method classifier needs phenotype.model (from slidecell classify train)")
+        apply_classifier(adata, cfg.model, key)
+    adata.obs[key] = adata.obs[key].astype(str).astype("category")
+    summary["phenotype_counts"] = {str(k): int(v) for k, v in adata.obs[key].value_counts().items()}
+    return key
+
+
+def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Run every analysis on ``adata`` in place. Returns (summary, tidy tables)."""
+    cfg = cfg or AnalysisConfig()
+    if "spatial" not in adata.obsm:
+        raise InputError("the AnnData has no obsm['spatial'] (cell centroids in µm)")
+    timings: dict[str, float] = {}
+    summary: dict = {"cells": int(adata.n_obs)}
+    t0 = time.perf_counter()
+    key = _phenotype(adata, cfg.phenotype, summary)
+    timings["phenotype"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    spatial_graph(adata, cfg.graph)
+    timings["graph"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary["graph_statistics"] = graph_statistics(adata, key, cfg.stats, cfg.graph)
+    timings["graph_statistics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    regions = None
+    if cfg.tumor_annotations:
+        from .io.qupath import annotation_region
+
+        regions = annotation_region(cfg.tumor_annotations, (0, 0), cfg.tumor_annotation_classes)
+        mpp = _mpp(adata)
+        import shapely
+
+        regions = shapely.transform(regions, lambda c: c * mpp)  # level-0 pixels → µm
+    areas = tumor_compartments(adata, key, cfg.tumor, regions)
+    nearest_tumor_distance(adata, key, cfg.tumor)
+    dens = compartment_densities(adata, key, areas, cfg.tumor)
+    summary["areas_mm2"] = areas
+    summary["mixing"] = mixing_score(adata, key, cfg.tumor, areas["tissue"])
+    cn = cellular_neighbourhoods(adata, key, cfg.tumor, cfg.stats.seed)
+    timings["tumor_immune"] = time.perf_counter() - t0
+    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    adata.uns["slidecell_analysis"] = json.dumps(summary, default=str)
+    tables = {
+        "nhood_enrichment": enrichment_table(adata, key),
+        "interaction_matrix": _matrix_table(adata, key, f"{key}_interactions"),
+        "compartment_densities": dens,
+        "neighbourhoods": cn.reset_index(),
+        "immune_distances": _distance_table(adata, key, cfg.tumor),
+    }
+    if "gates" in summary:
+        tables["gates"] = pd.DataFrame(summary["gates"])
+    return summary, tables
+
+
+def _mpp(adata) -> float:
+    meta = adata.uns.get("slidecell", {})
+    mpp = meta.get("mpp") if isinstance(meta, dict) else None
+    if not mpp:
+        raise InputError("tumour annotations are in pixels but the AnnData does not record µm/px (uns['slidecell']['mpp'])")
+    return float(mpp)
+
+
+def _matrix_table(adata, key: str, uns_key: str) -> pd.DataFrame:
+    cats = list(adata.obs[key].cat.categories)
+    m = np.asarray(adata.uns[uns_key])
+    return pd.DataFrame([{"a": a, "b": b, "value": float(m[i, j])} for i, a in enumerate(cats) for j, b in enumerate(cats)])
+
+
+def _distance_table(adata, key: str, cfg: TumorConfig) -> pd.DataFrame:
+    from .spatial import immune_phenotypes
+
+    labels = adata.obs[key].astype(str)
+    rows = []
+    for ph in immune_phenotypes(labels, cfg):
+        d = adata.obs.loc[(labels == ph).to_numpy(), "nearest_tumor_um"].dropna()
+        if len(d):
+            rows.append({"phenotype": ph, "cells": len(d), "median_um": float(d.median()), "mean_um": float(d.mean()),
+                         "within_20um": float((d <= 20).mean()), "within_100um": float((d <= 100).mean())})
+    return pd.DataFrame(rows)
+
+
+def analyze(source, out, config: AnalysisConfig | str | Path | None = None, overwrite: bool = False) -> Path:
+    """Analyze ``source`` (an .h5ad/.zarr AnnData, or a run folder holding cells.h5ad) into the
+    folder ``out``. Returns ``out``."""
+    import anndata as ad
+
+    from .io.writers import atomic_path, write_text_atomic
+
+    src = Path(source)
+    if src.is_dir() and (src / "cells.h5ad").exists():
+        src = src / "cells.h5ad"
+    if not src.exists():
+        raise InputError(f"{src}: not found (an .h5ad, a .zarr AnnData, or a slidecell run folder)")
+    cfg = config if isinstance(config, AnalysisConfig) else load_analysis_config(config)
+    out = Path(out)
+    if (out / "analysis.json").exists() and not overwrite:
+        raise OutputError(f"{out}: already holds an analysis; pass --overwrite or choose another --out")
+    try:
+        adata = ad.read_zarr(src) if src.suffix == ".zarr" or src.is_dir() else ad.read_h5ad(src)
+    except Exception as exc:
+        raise InputError(f"{src}: not a readable AnnData: {exc}") from exc
+    t0 = time.perf_counter()
+    summary, tables = analyze_adata(adata, cfg)
+    summary["source"] = str(src.resolve())
+    summary["config"] = cfg.model_dump(mode="json")
+    summary["total_s"] = round(time.perf_counter() - t0, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        with atomic_path(out / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+    with atomic_path(out / ANALYZED_NAME) as tmp:
+        _h5ad_safe(adata).write_h5ad(tmp)
+    write_text_atomic(out / "analysis.json", json.dumps(summary, indent=1, default=str))  # last: complete
+    return out
+
+
+def _h5ad_safe(adata):
+    """Make uns entries h5ad can store (squidpy leaves a few tuples and None in them)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items() if x is not None}
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    adata.uns = clean(dict(adata.uns))
+    return adata
+
+
+__all__ = ["AnalysisConfig", "PhenotypeConfig", "load_analysis_config", "analyze_adata", "analyze", "ANALYZED_NAME"]

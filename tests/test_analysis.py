@@ -1,0 +1,166 @@
+"""Phenotyping, spatial statistics and tumour–immune metrics on synthetic tissues with planted
+ground truth, and against squidpy/scimap on the real MCMICRO exemplar-001 table."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, SHARED, need
+from slidecell.analyze import AnalysisConfig, analyze, analyze_adata
+from slidecell.errors import ConfigError
+from slidecell.phenotype import find_gate, gate, read_phenotype_sheet
+from slidecell.spatial import (TumorConfig, compartment_densities, mixing_score, tumor_compartments)
+from slidecell.testing import MARKERS, RULES, margin_tissue, tissue
+
+EXEMPLAR = SHARED / "cells" / "cycif-exemplar001"
+SCIMAP = REPO / "benchmarks" / "peers" / "scimap"
+
+
+# -- gating ---------------------------------------------------------------------------------------
+def test_gating_recovers_planted_phenotypes():
+    """A marker hierarchy with gates found by a Gaussian mixture on arcsinh intensities
+    recovers the planted types of noisy cells (≥ 95%), and Otsu does too."""
+    a, _ = tissue("mixed", size_um=2500, seed=4)
+    rng = np.random.default_rng(0)
+    a.X = a.X * np.exp(rng.normal(0, 0.5, a.X.shape)).astype(np.float32)  # broader, overlapping
+    for method in ("gmm", "otsu"):
+        table = gate(a, {"phenotypes": RULES, "method": method})
+        truth = a.obs["true_type"].astype(str).to_numpy()
+        got = a.obs["phenotype"].astype(str).to_numpy()
+        acc = (truth == got).mean()
+        assert acc >= 0.95, (method, acc, pd.crosstab(truth, got))
+        assert set(table["marker"]) == {"PanCK", "CD45", "CD3", "CD8", "CD4", "CD20", "CD68", "SMA"}
+    assert a.obsm["phenotype_positive"].shape == (a.n_obs, 8)
+
+
+def test_gate_of_a_bimodal_marker():
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.normal(1.0, 0.3, 8000), rng.normal(4.0, 0.5, 2000)])
+    assert 1.8 < find_gate(v) < 2.9
+    assert 1.5 < find_gate(v, "otsu") < 3.0
+
+
+def test_gating_errors_name_the_problem():
+    a, _ = tissue("cold", size_um=500, seed=0)
+    with pytest.raises(ConfigError, match=r"markers \['CD99'\] not in"):
+        gate(a, {"phenotypes": [{"name": "X", "pos": ["CD99"]}]})
+    with pytest.raises(ConfigError, match="parent that is not a phenotype"):
+        gate(a, {"phenotypes": [{"name": "X", "parent": "Nope", "pos": ["CD3"]}]})
+
+
+def test_scimap_phenotype_sheet():
+    rules = read_phenotype_sheet(need(EXEMPLAR / "phenotype_workflow_exemplar001.csv"))
+    by = {r.name: r for r in rules}
+    assert by["Immune"].pos == ["CD45"] and by["NK cells"].parent == "Immune"
+    assert by["NK cells"].pos == ["CD57", "CD16"] and by["Dendritic cells"].neg == ["CD57", "CD16"]
+
+
+# -- tumour–immune metrics ----------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["mixed", "compartmentalized", "cold"])
+def test_mixing_score_classes(kind):
+    a, _ = tissue(kind, seed=3)
+    a.obs["ph"] = a.obs["true_type"]
+    cfg = TumorConfig()
+    areas = tumor_compartments(a, "ph", cfg)
+    m = mixing_score(a, "ph", cfg, areas["tissue"])
+    assert m["class"] == kind, m
+
+
+def test_invasive_margin_densities_match_the_planted_ones():
+    planted = {"core": {"CD8 T": 300.0}, "margin": {"CD8 T": 2000.0, "Macrophage": 1200.0},
+               "stroma": {"CD8 T": 400.0}}
+    a, _ = margin_tissue(seed=0, planted=planted)
+    a.obs["ph"] = a.obs["true_type"]
+    cfg = TumorConfig(margin_um=100)
+    areas = tumor_compartments(a, "ph", cfg)
+    assert areas["tumor"] == pytest.approx(np.pi * 0.9 ** 2, rel=0.03)  # the nest: r = 900 µm
+    d = compartment_densities(a, "ph", areas, cfg).set_index(["compartment", "phenotype"])
+    for ph, dens in planted["margin"].items():
+        got = d.loc[("invasive_margin", ph), "density_per_mm2"]
+        assert got == pytest.approx(dens, rel=0.10), (ph, got)
+    assert d.loc[("tumor_core", "CD8 T"), "density_per_mm2"] == pytest.approx(300, rel=0.15)
+
+
+def test_tumor_regions_from_annotations():
+    import shapely
+
+    a, _ = margin_tissue(seed=1)
+    a.obs["ph"] = a.obs["true_type"]
+    circle = shapely.Point(1500, 1500).buffer(900, quad_segs=64)
+    areas = tumor_compartments(a, "ph", TumorConfig(), regions=circle)
+    assert areas["tumor"] == pytest.approx(circle.area / 1e6, rel=0.01)
+    inside = a.obs["tumor_distance_um"].to_numpy() < 0
+    r = np.hypot(*(a.obsm["spatial"] - 1500).T)
+    assert ((r < 890) == inside)[np.abs(r - 900) > 10].all()
+
+
+# -- the whole analysis -------------------------------------------------------------------------
+def test_analyze_writes_tables_and_anndata(tmp_path):
+    a, _ = tissue("compartmentalized", size_um=2000, seed=5)
+    a.write_h5ad(tmp_path / "in.h5ad")
+    cfg = AnalysisConfig.model_validate({"phenotype": {"gating": {"phenotypes": RULES}},
+                                         "stats": {"n_perms": 50, "max_cells_quadratic": 3000}})
+    out = analyze(tmp_path / "in.h5ad", tmp_path / "an", cfg)
+    s = json.loads((out / "analysis.json").read_text())
+    assert s["mixing"]["class"] == "compartmentalized"
+    assert s["graph_statistics"]["subsampled_to"] == 3000
+    b = ad.read_h5ad(out / "cells_analyzed.h5ad")
+    assert {"phenotype", "compartment", "tumor_distance_um", "nearest_tumor_um", "neighbourhood"} <= set(b.obs)
+    assert "phenotype_nhood_enrichment" in b.uns and "spatial_connectivities" in b.obsp
+    for name in ("nhood_enrichment", "interaction_matrix", "compartment_densities", "neighbourhoods",
+                 "immune_distances", "gates"):
+        assert len(pd.read_csv(out / f"{name}.csv"))
+    # immune cells are kept out of the nests: they are farther from tumour cells than tumour
+    # cells' own neighbours, and the nests' neighbourhood is tumour
+    dist = pd.read_csv(out / "immune_distances.csv")
+    assert (dist["median_um"] > 15).all()
+    cn = pd.read_csv(out / "neighbourhoods.csv")
+    assert cn["Tumor"].max() > 0.9
+    with pytest.raises(Exception, match="already holds an analysis"):
+        analyze(tmp_path / "in.h5ad", tmp_path / "an", cfg)
+
+
+# -- against squidpy and scimap on the real exemplar --------------------------------------------
+def _exemplar():
+    a = ad.read_h5ad(need(EXEMPLAR / "scimapExampleData.h5ad"))
+    a.obsm["spatial"] = a.obs[["X_centroid", "Y_centroid"]].to_numpy(np.float64)
+    return a
+
+
+def test_nhood_enrichment_equals_squidpy_called_directly():
+    import squidpy as sq
+
+    a = _exemplar()
+    cfg = AnalysisConfig.model_validate({"phenotype": {"method": "existing"}, "graph": {"method": "knn", "k": 10},
+                                         "stats": {"n_perms": 200, "max_cells_quadratic": 2000}})
+    analyze_adata(a, cfg)
+    b = _exemplar()
+    b.obs["phenotype"] = b.obs["phenotype"].astype("category")
+    sq.gr.spatial_neighbors(b, coord_type="generic", n_neighs=10)
+    sq.gr.nhood_enrichment(b, cluster_key="phenotype", n_perms=200, seed=0, show_progress_bar=False)
+    za, zb = a.uns["phenotype_nhood_enrichment"]["zscore"], b.uns["phenotype_nhood_enrichment"]["zscore"]
+    assert list(a.obs["phenotype"].cat.categories) == list(b.obs["phenotype"].cat.categories)
+    np.testing.assert_array_equal(a.uns["phenotype_nhood_enrichment"]["count"], b.uns["phenotype_nhood_enrichment"]["count"])
+    np.testing.assert_allclose(za, zb, rtol=1e-6, atol=1e-6)
+
+
+def test_interaction_calls_agree_with_scimap():
+    """scimap 2.3.6's spatial_interaction (kNN, k = 10; recorded by
+    benchmarks/peers/run_scimap.sh) and slidecell's neighbourhood enrichment on the same kNN
+    graph: for the pairs both call significant, the direction (enriched / depleted) agrees."""
+    from slidecell.spatial import interaction_agreement
+
+    rec = pd.read_csv(SCIMAP / "spatial_interaction_knn10.csv")
+    a = _exemplar()
+    cfg = AnalysisConfig.model_validate({"phenotype": {"method": "existing"}, "graph": {"method": "knn", "k": 10},
+                                         "stats": {"n_perms": 1000, "max_cells_quadratic": 2000}})
+    analyze_adata(a, cfg)
+    agree = interaction_agreement(a, "phenotype", rec)
+    assert agree["both_significant"] >= 20
+    assert agree["same_direction_of_both_significant"] >= 0.95, agree
+    assert agree["same_call_all_pairs"] >= 0.85, agree
