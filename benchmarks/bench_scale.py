@@ -37,9 +37,9 @@ sys.path.insert(0, str(HERE))
 from synthetic_slides import Islands, write_sparse_slide  # noqa: E402
 
 
-def run_child(slide: Path, out: Path, config: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "slidecell.cli", "run", str(slide), "--config", config, "--out", str(out),
-           "--overwrite", "-q", *extra]
+def sampled(cmd: list[str]) -> dict:
+    """Run ``cmd`` as a child process, sampling the resident memory of it and its descendants
+    every 0.1 s; its own peak RSS from the kernel at exit. Raises if it fails."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     ps = psutil.Process(proc.pid)
@@ -53,10 +53,17 @@ def run_child(slide: Path, out: Path, config: str, extra: list[str]) -> dict:
         time.sleep(0.1)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise SystemExit(f"slidecell run failed on {slide} (exit {proc.returncode})")
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode})")
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    info = json.loads((out / "run.json").read_text())
-    return {"wall": wall, "peak_tree": peak_tree, "child_peak": child_peak, "info": info}
+    return {"wall": wall, "peak_tree": peak_tree, "child_peak": child_peak}
+
+
+def run_child(slide: Path, out: Path, config: str, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "slidecell.cli", "run", str(slide), "--config", config, "--out", str(out),
+           "--overwrite", "-q", *extra]
+    r = sampled(cmd)
+    r["info"] = json.loads((out / "run.json").read_text())
+    return r
 
 
 def model_post_alone(slide: Path, config: str, n: int = 8) -> float:

@@ -60,6 +60,9 @@ class AnalysisConfig(_Strict):
     #: ``tumor_annotation_classes``) instead of tumour-cell density
     tumor_annotations: str | None = None
     tumor_annotation_classes: list[str] = Field(default_factory=lambda: ["Tumor"])
+    #: a scimap spatial_interaction table (CSV) to compare the interaction calls with; the
+    #: agreement and every disagreeing pair go into analysis.json and the report
+    peer_interactions: str | None = None
 
 
 def load_analysis_config(path=None, overrides: dict | None = None) -> AnalysisConfig:
@@ -145,6 +148,13 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
     summary["mixing"] = mixing_score(adata, key, cfg.tumor, areas["tissue"])
     cn = cellular_neighbourhoods(adata, key, cfg.tumor, cfg.stats.seed)
     timings["tumor_immune"] = time.perf_counter() - t0
+    if cfg.peer_interactions:
+        from .spatial import interaction_agreement
+
+        path = Path(cfg.peer_interactions)
+        if not path.exists():
+            raise InputError(f"{path}: peer interaction table not found")
+        summary["peer_agreement"] = interaction_agreement(adata, key, pd.read_csv(path))
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     adata.uns["slidecell_analysis"] = json.dumps(summary, default=str)
     tables = {

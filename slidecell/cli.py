@@ -89,6 +89,60 @@ def export(
 
 
 @app.command()
+def analyze(
+    source: Path = typer.Argument(..., help="a run folder (its cells.h5ad) or any AnnData (.h5ad/.zarr) with obsm['spatial'] in µm"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="analysis YAML (its 'analysis:' section or the whole file)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: SOURCE_FOLDER/analysis)"),
+    report: bool = typer.Option(True, "--report/--no-report", help="also write report.html"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing analysis"),
+):
+    """Phenotypes, spatial statistics and tumour–immune metrics; tidy CSVs, cells_analyzed.h5ad."""
+    from .analyze import analyze as do_analyze
+
+    out = out or ((source if source.is_dir() else source.parent) / "analysis")
+    done = do_analyze(source, out, config, overwrite=overwrite)
+    typer.echo(str(done))
+    if report:
+        from .report import build_report
+
+        typer.echo(str(build_report(done)))
+
+
+@app.command(name="report")
+def report_cmd(
+    analysis_dir: Path = typer.Argument(..., help="folder written by slidecell analyze"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: ANALYSIS_DIR/report.html)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="the run folder (default: where the analysed cells came from)"),
+):
+    """A self-contained HTML report of an analysis (and its run)."""
+    from .report import build_report
+
+    typer.echo(str(build_report(analysis_dir, out, run_dir)))
+
+
+classify_app = typer.Typer(help="Object classifier for H&E: train from QuPath-labelled cells, apply to a run.",
+                           no_args_is_help=True)
+app.add_typer(classify_app, name="classify")
+
+
+@classify_app.command("train")
+def classify_train(
+    run_dir: Path = typer.Argument(..., help="a finished run folder (cells.h5ad)"),
+    labels: Path = typer.Option(..., "--labels", help="QuPath GeoJSON with classified cells/detections/annotations"),
+    out: Path = typer.Option(..., "--out", "-o", help="model file to write (.joblib)"),
+):
+    """Train a random forest on the cells a user classified in QuPath."""
+    import anndata as ad
+
+    from .classify import labels_from_geojson, train_classifier
+
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    adata = ad.read_h5ad(run_dir / "cells.h5ad")
+    lab = labels_from_geojson(adata, labels, tuple((run.get("reader") or {}).get("bounds_offset") or (0, 0)))
+    typer.echo(json.dumps(train_classifier(adata, lab, out), indent=1))
+
+
+@app.command()
 def info(
     slide: Path = typer.Argument(..., help="slide or image file"),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm"),

@@ -168,6 +168,9 @@ class Config(Strict):
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    #: analyse the cells after the run (slidecell analyze into OUT/analysis, with report.html);
+    #: null: no analysis
+    analysis: "AnalysisConfig | None" = None
     #: region of interest [x, y, width, height] in level-0 pixels
     roi: list[float] | None = None
 
@@ -185,10 +188,16 @@ class Config(Strict):
         data.pop("output", None)
         data.pop("engine", None)
         data.pop("name", None)
+        data.pop("analysis", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+from .analyze import AnalysisConfig  # noqa: E402  (the analysis stage's settings)
+
+Config.model_rebuild()
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

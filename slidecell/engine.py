@@ -457,7 +457,26 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     }
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
+    if cfg.analysis is not None:
+        outputs.update(_analysis_stage(out, cfg, outputs))
     return RunResult(out, n_cells, len(plan.tiles), outputs, timings, resumed, summary)
+
+
+def _analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
+    """``slidecell analyze`` and ``report`` on the finished run (its h5ad; exported when the
+    run wrote none)."""
+    from .analyze import analyze
+    from .report import build_report
+
+    if "h5ad" not in outputs:
+        from .export import export
+
+        export(out, "h5ad", out / WORK_DIR / OUTPUT_NAMES["h5ad"], overwrite=True)
+        source = out / WORK_DIR / OUTPUT_NAMES["h5ad"]
+    else:
+        source = outputs["h5ad"]
+    done = analyze(source, out / "analysis", cfg.analysis, overwrite=True)
+    return {"analysis": done, "report": build_report(done, run_dir=out)}
 
 
 class _Pipeline:

@@ -15,7 +15,7 @@ from slidecell.analyze import AnalysisConfig, analyze, analyze_adata
 from slidecell.errors import ConfigError
 from slidecell.phenotype import find_gate, gate, read_phenotype_sheet
 from slidecell.spatial import (TumorConfig, compartment_densities, mixing_score, tumor_compartments)
-from slidecell.testing import MARKERS, RULES, margin_tissue, tissue
+from slidecell.testing import RULES, margin_tissue, tissue
 
 EXEMPLAR = SHARED / "cells" / "cycif-exemplar001"
 SCIMAP = REPO / "benchmarks" / "peers" / "scimap"
@@ -164,3 +164,86 @@ def test_interaction_calls_agree_with_scimap():
     assert agree["both_significant"] >= 20
     assert agree["same_direction_of_both_significant"] >= 0.95, agree
     assert agree["same_call_all_pairs"] >= 0.85, agree
+
+
+# -- a real run, analysed as its last stage, and its report --------------------------------------
+def test_run_with_analysis_and_report(tmp_path):
+    """`slidecell run` on the real QPTIFF with an analysis section: phenotypes gated on the
+    real markers, every analysis output, and a report with every section and plot."""
+    import re
+
+    import slidecell
+    from conftest import QPTIFF
+    from slidecell.report import SECTIONS
+
+    cfg = slidecell.load_config("multiplex-fluorescence", {
+        "output": {"zarr": False, "geojson": False},
+        "analysis": {"phenotype": {"gating": {"phenotypes": [{"name": "Tumor", "pos": ["FITC"]},
+                                                             {"name": "Immune", "pos": ["Cy3"], "neg": ["FITC"]}]}},
+                     "stats": {"n_perms": 50}}})
+    res = slidecell.run(need(QPTIFF), cfg, tmp_path / "run", progress=False)
+    assert res.outputs["analysis"] == tmp_path / "run" / "analysis"
+    page = res.outputs["report"].read_text()
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in page, sid
+    plots = re.findall(r'<img class="plot" alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]{2000,})"', page)
+    alts = {a for a, _ in plots}
+    assert {"cells coloured by phenotype", "phenotype density heatmaps", "neighbourhood enrichment heatmap",
+            "co-occurrence curves", "immune densities per compartment", "compartment map",
+            "cellular neighbourhood map", "neighbourhood composition"} <= alts
+    assert f"{res.n_cells:,} cells" in page and "small_vectra.qptiff" in page
+    s = json.loads((tmp_path / "run" / "analysis" / "analysis.json").read_text())
+    assert set(s["phenotype_counts"]) <= {"Tumor", "Immune", "Unknown"} and s["mixing"]["class"] in page
+    # the CLI rebuilds it on its own
+    from typer.testing import CliRunner
+
+    from slidecell.cli import app
+
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "run" / "analysis"), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.html").stat().st_size > 100_000
+
+
+# -- the H&E object classifier ----------------------------------------------------------------------
+def _he_cells(n, rng, offset=0.0):
+    """Two classes with separable morphology and colour: small round dark lymphocytes and large
+    elongated paler tumour nuclei (with overlapping spreads)."""
+    kind = rng.random(n) < 0.4
+    area = np.where(kind, rng.normal(25, 6, n), rng.normal(55, 12, n)).clip(8)
+    ecc = np.where(kind, rng.normal(0.45, 0.12, n), rng.normal(0.75, 0.1, n)).clip(0, 0.99)
+    major = np.sqrt(4 * area / np.pi / np.sqrt(1 - ecc ** 2))
+    minor = major * np.sqrt(1 - ecc ** 2)
+    rgb = np.where(kind[:, None], rng.normal([80, 60, 140], 15, (n, 3)), rng.normal([130, 90, 170], 15, (n, 3)))
+    x, y = rng.uniform(0, 20000, n) + offset, rng.uniform(0, 20000, n)
+    obs = pd.DataFrame({"x": x, "y": y, "area_um2": area, "perimeter_um": np.pi * (major + minor) / 2,
+                        "eccentricity": ecc, "solidity": rng.uniform(0.85, 1.0, n), "major_axis_um": major,
+                        "minor_axis_um": minor}, index=[f"c{offset:.0f}_{i}" for i in range(n)])
+    a = ad.AnnData(rgb.clip(0, 255).astype(np.float32), obs=obs)
+    a.var_names = ["Red", "Green", "Blue"]
+    return a, np.where(kind, "Lymphocyte", "Tumor")
+
+
+def test_he_classifier_from_qupath_labels(tmp_path):
+    """Cells labelled in QuPath (classified detections drawn around 400 cells, in QuPath's
+    coordinates) train a classifier that reaches ≥ 90% on held-out cells."""
+    import shapely
+
+    from slidecell.classify import apply_classifier, labels_from_geojson, train_classifier
+
+    rng = np.random.default_rng(7)
+    train, truth = _he_cells(3000, rng)
+    pick = rng.choice(len(train), 400, replace=False)
+    feats = []
+    for i in pick:  # QuPath coordinates = level-0 minus the bounds offset (100, 50)
+        poly = shapely.Point(train.obs["x"].iloc[i] - 100, train.obs["y"].iloc[i] - 50).buffer(4)
+        feats.append({"type": "Feature", "geometry": shapely.geometry.mapping(poly),
+                      "properties": {"objectType": "detection", "classification": {"name": truth[i]}}})
+    (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    lab = labels_from_geojson(train, tmp_path / "labels.geojson", offset=(100, 50))
+    assert lab.notna().sum() == 400 and (lab.dropna() == pd.Series(truth, index=train.obs_names)[lab.notna()]).all()
+    info = train_classifier(train, lab, tmp_path / "model.joblib")
+    assert info["labelled_cells"] == 400 and info["oob_accuracy"] > 0.85
+    test, truth_test = _he_cells(2000, np.random.default_rng(8), offset=50000)
+    apply_classifier(test, tmp_path / "model.joblib", "phenotype")
+    acc = (test.obs["phenotype"].astype(str).to_numpy() == truth_test).mean()
+    assert acc >= 0.90, acc
