@@ -122,6 +122,7 @@ def graph_statistics(adata, key: str, stats: StatsConfig | None = None, graph: G
         sq.gr.nhood_enrichment(adata, cluster_key=key, n_perms=stats.n_perms, seed=stats.seed, show_progress_bar=False)
         sq.gr.interaction_matrix(adata, cluster_key=key, normalized=True)
         small, sub = _subsample(adata, stats.max_cells_quadratic, stats.seed)
+        small.obs[key] = small.obs[key].cat.remove_unused_categories()  # a rare type may be missing
         info["subsampled_to"] = sub
         interval = np.linspace(stats.max_distance_um / 20, stats.max_distance_um, 20)
         sq.gr.co_occurrence(small, cluster_key=key, interval=interval, show_progress_bar=False)
@@ -133,6 +134,7 @@ def graph_statistics(adata, key: str, stats: StatsConfig | None = None, graph: G
     for k in (f"{key}_co_occurrence", f"{key}_ripley_L", f"{key}_centrality_scores"):
         if k in small.uns:
             adata.uns[k] = small.uns[k]
+    adata.uns[f"{key}_co_occurrence"]["categories"] = [str(c) for c in small.obs[key].cat.categories]
     adata.uns[f"{key}_spatial_summary"] = {"cells": info["cells"], "subsampled_to": sub or 0,
                                            "quadratic_statistics": ["co_occurrence", "ripley_L", "centrality_scores"]}
     return info

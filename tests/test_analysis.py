@@ -247,3 +247,38 @@ def test_he_classifier_from_qupath_labels(tmp_path):
     apply_classifier(test, tmp_path / "model.joblib", "phenotype")
     acc = (test.obs["phenotype"].astype(str).to_numpy() == truth_test).mean()
     assert acc >= 0.90, acc
+
+
+def test_leiden_clusters_find_the_planted_types():
+    """Leiden on scaled arcsinh markers separates the planted types; each cluster's annotation
+    names its type's markers."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from slidecell.phenotype import cluster
+    from slidecell.testing import PANEL
+
+    a, _ = tissue("mixed", size_um=1500, seed=6)
+    means = cluster(a, markers=[m for m in a.var_names if m != "DAPI"], resolution=0.3)
+    truth = a.obs["true_type"].astype(str).to_numpy()
+    assert adjusted_rand_score(truth, a.obs["cluster"].astype(str)) > 0.9
+    for c in means.index:  # the majority type of each big cluster has its markers in the annotation
+        members = a.obs["cluster"].astype(str).to_numpy() == c
+        if members.sum() < 50:
+            continue
+        major = pd.Series(truth[members]).mode()[0]
+        ann = a.obs["cluster_annotation"].astype(str).to_numpy()[members][0]
+        assert any(m + "+" in ann for m in PANEL[major]), (major, ann)
+
+
+def test_report_when_the_subsample_misses_a_rare_phenotype(tmp_path):
+    from slidecell.report import build_report
+
+    a, _ = tissue("mixed", size_um=1500, seed=8)
+    a.obs["phenotype"] = a.obs["true_type"].astype(str)
+    a.obs.iloc[:2, a.obs.columns.get_loc("phenotype")] = "Rare"
+    a.write_h5ad(tmp_path / "in.h5ad")
+    cfg = AnalysisConfig.model_validate({"phenotype": {"method": "existing"},
+                                         "stats": {"n_perms": 20, "max_cells_quadratic": 1000}})
+    out = analyze(tmp_path / "in.h5ad", tmp_path / "an", cfg)
+    page = build_report(out).read_text()
+    assert "co-occurrence curves" in page and "Rare" in page

@@ -153,7 +153,7 @@ def _cooccurrence_figure(adata, key: str, focus: list[str]):
     import matplotlib.pyplot as plt
 
     co = adata.uns.get(f"{key}_co_occurrence")
-    cats = list(adata.obs[key].cat.categories)
+    cats = [str(c) for c in co.get("categories", adata.obs[key].cat.categories)]  # of the subsample
     col = _colors(cats)
     focus = [f for f in focus if f in cats][:3] or cats[:2]
     fig, axes = plt.subplots(1, len(focus), figsize=(4.6 * len(focus), 3.4), squeeze=False)
