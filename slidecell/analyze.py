@@ -136,8 +136,8 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
     if cfg.tumor_annotations:
         from .io.qupath import annotation_region
 
-        regions = annotation_region(cfg.tumor_annotations, (0, 0), cfg.tumor_annotation_classes)
-        mpp = _mpp(adata)
+        mpp, offset = _pixel_frame(adata)
+        regions = annotation_region(cfg.tumor_annotations, offset, cfg.tumor_annotation_classes)
         import shapely
 
         regions = shapely.transform(regions, lambda c: c * mpp)  # level-0 pixels → µm
@@ -169,12 +169,19 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
     return summary, tables
 
 
-def _mpp(adata) -> float:
+def _pixel_frame(adata) -> tuple[float, tuple[float, float]]:
+    """The level-0 µm/px and QuPath's bounds offset of a run's AnnData (``uns['slidecell']``):
+    QuPath annotations are in pixels of the slide as QuPath shows it."""
     meta = adata.uns.get("slidecell", {})
-    mpp = meta.get("mpp") if isinstance(meta, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    mpp = meta.get("mpp")
     if not mpp:
         raise InputError("tumour annotations are in pixels but the AnnData does not record µm/px (uns['slidecell']['mpp'])")
-    return float(mpp)
+    reader = meta.get("reader") or {}
+    if isinstance(reader, str):
+        reader = json.loads(reader)
+    offset = tuple(reader.get("bounds_offset") or (0, 0))
+    return float(mpp), (float(offset[0]), float(offset[1]))
 
 
 def _matrix_table(adata, key: str, uns_key: str) -> pd.DataFrame:

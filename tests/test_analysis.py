@@ -282,3 +282,25 @@ def test_report_when_the_subsample_misses_a_rare_phenotype(tmp_path):
     out = analyze(tmp_path / "in.h5ad", tmp_path / "an", cfg)
     page = build_report(out).read_text()
     assert "co-occurrence curves" in page and "Rare" in page
+
+
+def test_tumor_regions_from_qupath_annotations(tmp_path):
+    """`tumor_annotations`: QuPath annotations (pixels of the slide as QuPath shows it) become
+    the tumour region through the run's µm/px and bounds offset."""
+    import shapely
+
+    a, _ = margin_tissue(seed=2)
+    a.uns["slidecell"] = {"mpp": 0.5, "reader": json.dumps({"bounds_offset": [100, 50]})}
+    circle_px = shapely.Point(1500 / 0.5 - 100, 1500 / 0.5 - 50).buffer(900 / 0.5, quad_segs=64)
+    feats = [{"type": "Feature", "geometry": shapely.geometry.mapping(circle_px),
+              "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
+             {"type": "Feature", "geometry": shapely.geometry.mapping(shapely.box(0, 0, 500, 500)),
+              "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}}]
+    (tmp_path / "t.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    a.obs["phenotype"] = a.obs["true_type"]
+    cfg = AnalysisConfig.model_validate({"phenotype": {"method": "existing"}, "tumor_annotations": str(tmp_path / "t.geojson"),
+                                         "stats": {"n_perms": 10, "max_cells_quadratic": 2000}})
+    s, _ = analyze_adata(a, cfg)
+    assert s["areas_mm2"]["tumor"] == pytest.approx(np.pi * 0.9 ** 2, rel=0.01)
+    r = np.hypot(*(a.obsm["spatial"] - 1500).T)
+    assert ((a.obs["tumor_distance_um"].to_numpy() < 0) == (r < 900))[np.abs(r - 900) > 10].all()
