@@ -46,6 +46,8 @@ def run(
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="QuPath GeoJSON: run only inside its annotations"),
     annotation_class: Optional[list[str]] = typer.Option(None, "--annotation-class", help="only annotations of this class (repeatable)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="parallel tile readers (overrides the config)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="run on Dask: 'local' (a LocalCluster) or a scheduler address"),
+    dask_workers: Optional[int] = typer.Option(None, "--dask-workers", help="workers of the local Dask cluster"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
@@ -56,6 +58,8 @@ def run(
     overrides: dict = {}
     if workers is not None:
         overrides["reader"] = {"workers": workers}
+    if scheduler is not None or dask_workers is not None:
+        overrides["engine"] = {k: v for k, v in (("scheduler", scheduler), ("dask_workers", dask_workers)) if v is not None}
     box = _parse_roi(roi)
     if box is not None:
         overrides["roi"] = box

@@ -72,6 +72,11 @@ class EngineConfig(Strict):
     post_parallel: Literal["threads", "processes"] = "threads"
     #: tiles waiting for post-processing at most (bounds memory)
     queue: int = Field(8, ge=1, le=1024)
+    #: run the chunks on a Dask cluster: "local" (a LocalCluster of ``dask_workers`` processes
+    #: on this machine) or a scheduler address (tcp://host:8786; the output folder must be on a
+    #: filesystem the workers share); null: this process
+    scheduler: str | None = None
+    dask_workers: int = Field(2, ge=1, le=1024)
 
 
 class TissueConfig(Strict):

@@ -422,7 +422,16 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         with writer:
             for k in done:
                 writer.feed(k)
-            pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
+            if cfg.engine.scheduler:
+                job = {"key": manifest_key(manifest), "reader": reader.spec(), "backend": cfg.segmentation.backend,
+                       "params": cfg.segmentation.params, "nuclear_channels": cfg.segmentation.nuclear_channels,
+                       "modality": modality, "state": segmenter.state, "plan": plan, "ctx": ctx,
+                       "max_overlap": pipe.max_overlap}
+                chunks = [(k, plan.tiles[k * chunk_size:(k + 1) * chunk_size]) for k in range(n_chunks) if k not in done]
+                pipe.retried = _run_dask(cfg, chunks, job, chunk_path, writer.feed, timings, progress,
+                                         len(plan.tiles), resumed * chunk_size)
+            else:
+                pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
             t0 = time.perf_counter()
             outputs, n_cells, n_touch = writer.finish()
             if cfg.output.zarr:
@@ -477,6 +486,34 @@ def _analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
         source = outputs["h5ad"]
     done = analyze(source, out / "analysis", cfg.analysis, overwrite=True)
     return {"analysis": done, "report": build_report(done, run_dir=out)}
+
+
+def manifest_key(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dict, progress, total: int,
+              done: int) -> int:
+    """The pending chunks on a Dask cluster (:mod:`slidecell.distributed`); returns the tiles
+    read again for large cells."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .distributed import connect, run_chunks
+
+    t0 = time.perf_counter()
+    client, cluster = connect(cfg.engine.scheduler, cfg.engine.dask_workers)
+    try:
+        with Progress(TextColumn("[bold]segmenting (dask)"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                      TimeRemainingColumn(), disable=not progress, transient=False) as bar:
+            task = bar.add_task("tiles", total=total, completed=done)
+            totals = run_chunks(client, chunks, job, chunk_path, on_chunk, lambda n: bar.advance(task, n))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    timings["dask"] = time.perf_counter() - t0
+    timings["dask_task_seconds"] = totals["task_seconds"]
+    return totals["retried"]
 
 
 class _Pipeline:
@@ -611,20 +648,30 @@ class _Pipeline:
 
     def _more_context(self, tile: Tile, part):
         t0 = time.perf_counter()
-        table = from_arrow(part)
-        overlap = self.plan.overlap
-        while table["touches_tile_edge"].any() and overlap < self.max_overlap:
-            overlap = min(2 * overlap, self.max_overlap)
-            big = self.plan.enlarge(tile, overlap)
-            if (big.x, big.y, big.w, big.h) == (tile.x, tile.y, tile.w, tile.h):
-                continue  # aligned or clipped to the same window: ask for more
-            x0, y0 = self.plan.level0_origin(big)
-            image = self.reader.read(x0, y0, big.w, big.h, self.plan.mpp)
-            table = process_tiles([big], [image], self.segmenter, self.ctx)[0]
-            tile = big
-            self.retried += 1
+        part, n = more_context(tile, part, self.reader, self.plan, self.segmenter, self.ctx, self.max_overlap)
+        self.retried += n
         self.timings["retry"] += time.perf_counter() - t0
-        return _chunk_part(table, self.ctx)
+        return part
+
+
+def more_context(tile: Tile, part, reader, plan: TilePlan, segmenter: Segmenter, ctx: TileContext,
+                 max_overlap: int):
+    """A tile part whose owned cells touch the read window's edge, segmented again with twice
+    the overlap until none does or ``max_overlap`` (working px) is reached. Returns the new part
+    and how many times the tile was read again."""
+    table = from_arrow(part)
+    overlap, retried = plan.overlap, 0
+    while table["touches_tile_edge"].any() and overlap < max_overlap:
+        overlap = min(2 * overlap, max_overlap)
+        big = plan.enlarge(tile, overlap)
+        if (big.x, big.y, big.w, big.h) == (tile.x, tile.y, tile.w, tile.h):
+            continue  # aligned or clipped to the same window: ask for more
+        x0, y0 = plan.level0_origin(big)
+        image = reader.read(x0, y0, big.w, big.h, plan.mpp)
+        table = process_tiles([big], [image], segmenter, ctx)[0]
+        tile = big
+        retried += 1
+    return _chunk_part(table, ctx), retried
 
 
 # -- post-processing workers (threads or processes) -----------------------------------------------

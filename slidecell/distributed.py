@@ -1,0 +1,124 @@
+"""One slide across a Dask cluster: the engine's chunks of tiles as ``dask.distributed`` tasks.
+
+Only the slide's path, the tile coordinates, the config and the slide-level state travel to
+the workers; each worker opens the slide and builds the segmenter once (model loaded once per
+worker), processes its chunk (read → segment → cells it owns → measure), and writes the chunk
+file atomically to the run's folder (which must be on a filesystem the workers share). The
+run's process streams the outputs from the chunks in plan order as they complete, exactly as
+in a local run, so the cells are the same. A task lost with a dying worker is run again by
+the scheduler; chunk files are replaced atomically, so nothing is duplicated or half-written.
+With several GPUs on a machine, each worker takes one (``CUDA_VISIBLE_DEVICES``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_WORKER: dict = {}  # in a worker process: the slide reader and segmenter of the current run
+
+
+def _pin_gpu() -> None:
+    """One GPU per worker when the machine has several (by the worker's position)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ or _WORKER.get("pinned"):
+        return
+    _WORKER["pinned"] = True
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+        if n > 1:
+            from distributed import get_worker
+
+            name = str(get_worker().name)
+            index = int(name) if name.isdigit() else abs(hash(name))
+            torch.cuda.set_device(index % n)
+    except Exception:  # no torch, no GPU, not in a worker: nothing to pin
+        pass
+
+
+def _tools(job: dict):
+    """The worker's reader and segmenter for this run, made once per worker and run."""
+    key = job["key"]
+    if _WORKER.get("key") != key:
+        from .io import open_spec
+        from .segment import get_segmenter
+
+        old = _WORKER.pop("reader", None)
+        if old is not None:
+            old.close()
+        _pin_gpu()
+        reader = open_spec(job["reader"])
+        seg = get_segmenter(job["backend"], job["params"], job["ctx"].channel_names, job["modality"],
+                            job["plan"].mpp, job["nuclear_channels"])
+        seg.state = job["state"]
+        seg.locate(job["plan"], reader.dimensions)
+        _WORKER.update(key=key, reader=reader, segmenter=seg)
+    return _WORKER["reader"], _WORKER["segmenter"]
+
+
+def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int, float]:
+    """Process chunk ``k`` (its tiles) and write its file. Returns (k, cells, tiles read again
+    for large cells, seconds)."""
+    from pathlib import Path
+
+    import pyarrow.compute as pc
+
+    from .engine import _chunk_part, _write_chunk, finish_tile, more_context
+
+    t0 = time.perf_counter()
+    reader, seg = _tools(job)
+    plan, ctx = job["plan"], job["ctx"]
+    parts, retried = [], 0
+    bs = max(1, seg.batch_size)
+    i = 0
+    while i < len(tiles):
+        shape = (tiles[i].h, tiles[i].w)
+        batch = [tiles[i]]
+        while i + len(batch) < len(tiles) and len(batch) < bs and (tiles[i + len(batch)].h, tiles[i + len(batch)].w) == shape:
+            batch.append(tiles[i + len(batch)])
+        i += len(batch)
+        images = [reader.read(*plan.level0_origin(t), t.w, t.h, plan.mpp) for t in batch]
+        raws = seg.predict_tiles(batch, images)
+        for t, im, raw in zip(batch, images, raws):
+            part = _chunk_part(finish_tile(t, im, raw, seg, ctx), ctx)
+            if part.num_rows and pc.any(part.column("touches_tile_edge")).as_py():
+                part, n = more_context(t, part, reader, plan, seg, ctx, job["max_overlap"])
+                retried += n
+            parts.append(part)
+    _write_chunk(parts, Path(path))
+    return k, int(sum(p.num_rows for p in parts)), retried, time.perf_counter() - t0
+
+
+def connect(scheduler: str, workers: int):
+    """A client: ``local`` starts a LocalCluster of ``workers`` single-threaded worker
+    processes; anything else is a scheduler address (tcp://host:8786). Returns (client,
+    cluster or None)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster), cluster
+    return Client(scheduler), None
+
+
+def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on_chunk, progress_cb=None) -> dict:
+    """Submit every pending chunk; call ``on_chunk(k)`` as each finishes (in any order; the
+    output writer puts them in order). Returns totals."""
+    from distributed import as_completed
+
+    futures = [client.submit(chunk_task, k, tiles, job, str(chunk_path(k)), key=f"slidecell-chunk-{job['key']}-{k}",
+                             retries=2, pure=False) for k, tiles in chunks]
+    totals = {"cells": 0, "retried": 0, "task_seconds": 0.0}
+    for fut in as_completed(futures):
+        k, n, retried, dt = fut.result()
+        totals["cells"] += n
+        totals["retried"] += retried
+        totals["task_seconds"] += dt
+        on_chunk(k)
+        if progress_cb is not None:
+            progress_cb(len([t for kk, t in chunks if kk == k][0]))
+    return totals
+
+
+__all__ = ["chunk_task", "connect", "run_chunks"]
