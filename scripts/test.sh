@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# the cohort workflow's tests call Snakemake from its own environment
+bash workflows/setup.sh
 .venv/bin/python -m pytest -q "$@"
 if [ $# -eq 0 ] && [ -z "${SLIDECELL_SKIP_PEERS:-}" ]; then
   bash benchmarks/peers/setup_cellpose.sh

@@ -124,6 +124,21 @@ def report_cmd(
     typer.echo(str(build_report(analysis_dir, out, run_dir)))
 
 
+@app.command(name="cohort")
+def cohort_cmd(
+    runs: list[str] = typer.Argument(..., help="run folders, as SAMPLE=FOLDER or FOLDER (sample = folder name)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+):
+    """Concatenate runs into cohort.h5ad (obs['sample']) with per-slide summaries and a report."""
+    from .cohort import cohort
+
+    pairs = {}
+    for r in runs:
+        name, _, folder = r.rpartition("=") if "=" in r else (Path(r).name, "", r)
+        pairs[name] = Path(folder)
+    typer.echo(str(cohort(pairs, out)))
+
+
 classify_app = typer.Typer(help="Object classifier for H&E: train from QuPath-labelled cells, apply to a run.",
                            no_args_is_help=True)
 app.add_typer(classify_app, name="classify")

@@ -110,6 +110,7 @@ def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on
     futures = [client.submit(chunk_task, k, tiles, job, str(chunk_path(k)), key=f"slidecell-chunk-{job['key']}-{k}",
                              retries=2, pure=False) for k, tiles in chunks]
     totals = {"cells": 0, "retried": 0, "task_seconds": 0.0}
+    sizes = {k: len(tiles) for k, tiles in chunks}
     for fut in as_completed(futures):
         k, n, retried, dt = fut.result()
         totals["cells"] += n
@@ -117,7 +118,7 @@ def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on
         totals["task_seconds"] += dt
         on_chunk(k)
         if progress_cb is not None:
-            progress_cb(len([t for kk, t in chunks if kk == k][0]))
+            progress_cb(sizes[k])
     return totals
 
 

@@ -1,0 +1,117 @@
+"""``slidecell cohort``: many runs (one per slide) into one cohort AnnData, per-slide summary
+tables and a cohort report. The AnnData is concatenated on disk (anndata's
+``concat_on_disk``), so a cohort larger than memory works; ``obs['sample']`` names each cell's
+slide."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+
+def _cells_file(run: Path) -> Path:
+    for p in (run / "analysis" / "cells_analyzed.h5ad", run / "cells.h5ad"):
+        if p.exists():
+            return p
+    raise InputError(f"{run}: no cells.h5ad (nor analysis/cells_analyzed.h5ad); is it a finished slidecell run?")
+
+
+def summarize(run: Path, sample: str) -> dict:
+    """One row of the cohort table for a run (and its analysis, when there is one)."""
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    row = {"sample": sample, "slide": info.get("slide"), "cells": info.get("n_cells"), "tiles": info.get("n_tiles"),
+           "run_s": (info.get("timings_s") or {}).get("total"), "modality": info.get("modality")}
+    a = run / "analysis" / "analysis.json"
+    if a.exists():
+        s = json.loads(a.read_text())
+        row.update({"tissue_mm2": s["areas_mm2"]["tissue"], "tumor_mm2": s["areas_mm2"]["tumor"],
+                    "cells_per_mm2": s["cells"] / max(s["areas_mm2"]["tissue"], 1e-9),
+                    "mixing_score": s["mixing"]["mixing_score"], "mixing_class": s["mixing"]["class"],
+                    "immune_per_mm2": s["mixing"]["immune_per_mm2"]})
+        total = sum(s["phenotype_counts"].values()) or 1
+        row.update({f"fraction:{k}": v / total for k, v in s["phenotype_counts"].items()})
+    return row
+
+
+def cohort(runs: dict[str, Path], out) -> Path:
+    """``runs``: sample name → run folder. Writes ``cohort.h5ad``, ``cohort_summary.csv``,
+    ``cohort_densities.csv`` and ``cohort_report.html`` into ``out``."""
+    import anndata as ad
+
+    from .io.writers import atomic_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {k: Path(v) for k, v in runs.items()}
+    files = {k: _cells_file(r) for k, r in runs.items()}
+    with atomic_path(out / "cohort.h5ad") as tmp:
+        ad.experimental.concat_on_disk({k: str(f) for k, f in files.items()}, str(tmp), join="outer", label="sample",
+                                       index_unique=None)
+    summary = pd.DataFrame([summarize(r, k) for k, r in runs.items()])
+    with atomic_path(out / "cohort_summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    dens = []
+    for k, r in runs.items():
+        p = r / "analysis" / "compartment_densities.csv"
+        if p.exists():
+            d = pd.read_csv(p)
+            d.insert(0, "sample", k)
+            dens.append(d)
+    densities = pd.concat(dens, ignore_index=True) if dens else pd.DataFrame()
+    with atomic_path(out / "cohort_densities.csv") as tmp:
+        densities.to_csv(tmp, index=False)
+    _report(summary, densities, out / "cohort_report.html")
+    return out
+
+
+def _report(summary: pd.DataFrame, densities: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io.writers import atomic_path
+    from .report import CSS, _img, _table
+
+    parts = [("overview", "Slides", _table(summary[[c for c in summary.columns if not c.startswith("fraction:")]], 2))]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(summary), 3.2))
+    ax.bar(summary["sample"], summary["cells"].fillna(0), color="#4575b4")
+    ax.set_ylabel("cells")
+    ax.tick_params(axis="x", rotation=30)
+    parts.append(("cells", "Cells per slide", _img(fig, "cells per slide")))
+    frac = summary[["sample"] + [c for c in summary.columns if c.startswith("fraction:")]].set_index("sample")
+    if frac.shape[1]:
+        frac.columns = [c[len("fraction:"):] for c in frac.columns]
+        fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(frac) + 2, 3.4))
+        frac.fillna(0).plot.bar(stacked=True, ax=ax, width=0.8, colormap="tab20")
+        ax.set_ylabel("fraction of cells")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        ax.tick_params(axis="x", rotation=30)
+        parts.append(("phenotypes", "Phenotype composition", _img(fig, "phenotype composition per slide")))
+    if "mixing_class" in summary:
+        cls = summary[["sample", "mixing_class", "mixing_score", "immune_per_mm2"]].dropna()
+        parts.append(("mixing", "Mixing score per slide", _table(cls, 3)))
+    if len(densities):
+        imm = densities[densities["immune"]]
+        piv = imm.pivot_table(index="sample", columns="compartment", values="density_per_mm2", aggfunc="sum")
+        fig, ax = plt.subplots(figsize=(2 + 0.9 * len(piv), 3.4))
+        piv.plot.bar(ax=ax, width=0.8)
+        ax.set_ylabel("immune cells / mm²")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=8, frameon=False)
+        parts.append(("compartments", "Immune density by compartment", _img(fig, "immune density per compartment per slide")))
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{c}</section>' for sid, h, c in parts)
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>slidecell cohort</title><style>{CSS}</style>"
+            f"</head><body><header><h1>Cohort of {len(summary)} slides</h1><p>{int(np.nansum(summary['cells'])):,} cells"
+            f"</p></header><main>{body}</main></body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+__all__ = ["cohort", "summarize"]
