@@ -1,5 +1,6 @@
 """``slidecell cohort``: many runs (one per slide) into one cohort AnnData, per-slide summary
-tables and a cohort report. The AnnData is concatenated on disk (anndata's
+tables (cells, areas, phenotype fractions, mixing score and class), the per-slide spatial
+statistics side by side (compartment densities, neighbourhood enrichment) and a cohort report. The AnnData is concatenated on disk (anndata's
 ``concat_on_disk``), so a cohort larger than memory works; ``obs['sample']`` names each cell's
 slide."""
 
@@ -56,21 +57,29 @@ def cohort(runs: dict[str, Path], out) -> Path:
     summary = pd.DataFrame([summarize(r, k) for k, r in runs.items()])
     with atomic_path(out / "cohort_summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
-    dens = []
-    for k, r in runs.items():
-        p = r / "analysis" / "compartment_densities.csv"
-        if p.exists():
-            d = pd.read_csv(p)
-            d.insert(0, "sample", k)
-            dens.append(d)
-    densities = pd.concat(dens, ignore_index=True) if dens else pd.DataFrame()
+    densities = _gather(runs, "compartment_densities.csv")
     with atomic_path(out / "cohort_densities.csv") as tmp:
         densities.to_csv(tmp, index=False)
-    _report(summary, densities, out / "cohort_report.html")
+    enrich = _gather(runs, "nhood_enrichment.csv")
+    with atomic_path(out / "cohort_enrichment.csv") as tmp:
+        enrich.to_csv(tmp, index=False)
+    _report(summary, densities, enrich, out / "cohort_report.html")
     return out
 
 
-def _report(summary: pd.DataFrame, densities: pd.DataFrame, path: Path) -> None:
+def _gather(runs: dict[str, Path], name: str) -> pd.DataFrame:
+    """One analysis table of every run that has it, with a ``sample`` column."""
+    parts = []
+    for k, r in runs.items():
+        p = r / "analysis" / name
+        if p.exists():
+            d = pd.read_csv(p)
+            d.insert(0, "sample", k)
+            parts.append(d)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _report(summary: pd.DataFrame, densities: pd.DataFrame, enrich: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,6 +115,17 @@ def _report(summary: pd.DataFrame, densities: pd.DataFrame, path: Path) -> None:
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=8, frameon=False)
         parts.append(("compartments", "Immune density by compartment", _img(fig, "immune density per compartment per slide")))
+    if len(enrich):
+        from .report import _heatmap
+
+        z = enrich.groupby(["a", "b"])["zscore"].mean().unstack()
+        cats = list(z.index)
+        fig = _heatmap(z.loc[cats, cats].to_numpy(), cats, "mean neighbourhood-enrichment z-score over slides")
+        n = enrich.groupby(["a", "b"])["sample"].nunique().max()
+        parts.append(("enrichment", "Who neighbours whom, across slides",
+                      _img(fig, "cohort neighbourhood enrichment")
+                      + f'<p class="caption">Mean of the per-slide z-scores (pairs present in up to {n} slides); '
+                        'per-slide values in cohort_enrichment.csv.</p>'))
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{c}</section>' for sid, h, c in parts)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>slidecell cohort</title><style>{CSS}</style>"
             f"</head><body><header><h1>Cohort of {len(summary)} slides</h1><p>{int(np.nansum(summary['cells'])):,} cells"

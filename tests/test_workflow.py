@@ -59,7 +59,9 @@ def test_cohort_workflow_runs(cohort_config):
     assert (out / "vectra" / "analysis" / "report.html").exists() and (out / "synthetic" / "analysis" / "report.html").exists()
     assert not (out / "cmu1" / "analysis").exists()
     page = (out / "cohort" / "cohort_report.html").read_text()
-    assert "Cohort of 4 slides" in page and page.count('<img class="plot"') >= 3
+    assert "Cohort of 4 slides" in page and page.count('<img class="plot"') >= 4
+    enrich = pd.read_csv(out / "cohort" / "cohort_enrichment.csv")
+    assert set(enrich["sample"]) == {"vectra", "synthetic"} and {"Tumor", "Immune"} <= set(enrich["a"])
 
 
 def test_slurm_profile_dry_run(cohort_config):
