@@ -226,9 +226,6 @@ def tumor_compartments(adata, key: str, cfg: TumorConfig | None = None, regions=
              "stroma": float(((signed > cfg.margin_um) & tissue).sum() * px)}
     areas["tissue"] = float(tissue.sum() * px)
     areas["tumor"] = float((mask & tissue).sum() * px)
-    adata.uns["slidecell_tumor_mask"] = {"origin_um": list(map(float, origin)), "step_um": step,
-                                         "mask": np.packbits(mask).tolist() if mask.size <= 4_000_000 else None,
-                                         "shape": [int(h), int(w)]}
     return areas
 
 
