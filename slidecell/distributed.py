@@ -62,29 +62,19 @@ def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int
     for large cells, seconds)."""
     from pathlib import Path
 
-    import pyarrow.compute as pc
-
-    from .engine import _chunk_part, _write_chunk, finish_tile, more_context
+    from .engine import _chunk_part, _write_chunk, finish_tile, more_context, same_size_batches
 
     t0 = time.perf_counter()
     reader, seg = _tools(job)
     plan, ctx = job["plan"], job["ctx"]
     parts, retried = [], 0
-    bs = max(1, seg.batch_size)
-    i = 0
-    while i < len(tiles):
-        shape = (tiles[i].h, tiles[i].w)
-        batch = [tiles[i]]
-        while i + len(batch) < len(tiles) and len(batch) < bs and (tiles[i + len(batch)].h, tiles[i + len(batch)].w) == shape:
-            batch.append(tiles[i + len(batch)])
-        i += len(batch)
+    for batch in same_size_batches(tiles, max(1, seg.batch_size), lambda t: (t.h, t.w)):
         images = [reader.read(*plan.level0_origin(t), t.w, t.h, plan.mpp) for t in batch]
         raws = seg.predict_tiles(batch, images)
         for t, im, raw in zip(batch, images, raws):
-            part = _chunk_part(finish_tile(t, im, raw, seg, ctx), ctx)
-            if part.num_rows and pc.any(part.column("touches_tile_edge")).as_py():
-                part, n = more_context(t, part, reader, plan, seg, ctx, job["max_overlap"])
-                retried += n
+            part, n = more_context(t, _chunk_part(finish_tile(t, im, raw, seg, ctx), ctx), reader, plan, seg, ctx,
+                                   job["max_overlap"])
+            retried += n
             parts.append(part)
     _write_chunk(parts, Path(path))
     return k, int(sum(p.num_rows for p in parts)), retried, time.perf_counter() - t0

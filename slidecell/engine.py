@@ -618,24 +618,20 @@ class _Pipeline:
     def _batches(self, items):
         """Tiles of one size (edge tiles are smaller), ``batch_size`` at a time, timing the wait
         for the readers."""
-        pending: list = []
-        it = iter(items)
-        while True:
-            t0 = time.perf_counter()
-            item = next(it, None)
-            self.timings["read_wait"] += time.perf_counter() - t0
-            if item is None:
-                break
-            if pending and (len(pending) == self.batch_size or item[1].shape != pending[0][1].shape):
-                yield pending
-                pending = []
-            pending.append(item)
-        if pending:
-            yield pending
+        def timed(it):
+            it = iter(it)
+            while True:
+                t0 = time.perf_counter()
+                item = next(it, None)
+                self.timings["read_wait"] += time.perf_counter() - t0
+                if item is None:
+                    return
+                yield item
+
+        return same_size_batches(timed(items), self.batch_size, lambda item: item[1].shape)
 
     def _take(self, tile: Tile, part) -> None:
-        if part.num_rows and pc.any(part.column("touches_tile_edge")).as_py():
-            part = self._more_context(tile, part)
+        part = self._more_context(tile, part)
         k = tile.index // self.chunk_size
         self.current.setdefault(k, []).append(part)
         self.remaining[k] -= 1
@@ -654,11 +650,27 @@ class _Pipeline:
         return part
 
 
+def same_size_batches(items, size: int, shape_of):
+    """``items`` in order, in lists of at most ``size`` whose ``shape_of`` is the same (a model
+    batches tiles of one size; edge tiles are smaller)."""
+    pending: list = []
+    for item in items:
+        if pending and (len(pending) == size or shape_of(item) != shape_of(pending[0])):
+            yield pending
+            pending = []
+        pending.append(item)
+    if pending:
+        yield pending
+
+
 def more_context(tile: Tile, part, reader, plan: TilePlan, segmenter: Segmenter, ctx: TileContext,
                  max_overlap: int):
-    """A tile part whose owned cells touch the read window's edge, segmented again with twice
-    the overlap until none does or ``max_overlap`` (working px) is reached. Returns the new part
-    and how many times the tile was read again."""
+    """A tile part whose owned cells touch the read window's edge (cells larger than the
+    overlap), segmented again with twice the overlap until none does or ``max_overlap``
+    (working px) is reached; other parts as they are. Returns the part and how many times the
+    tile was read again."""
+    if not part.num_rows or not pc.any(part.column("touches_tile_edge")).as_py():
+        return part, 0
     table = from_arrow(part)
     overlap, retried = plan.overlap, 0
     while table["touches_tile_edge"].any() and overlap < max_overlap:
