@@ -112,5 +112,6 @@ from . import watershed  # noqa: E402,F401  (registers the classical backend)
 from . import builtin  # noqa: E402,F401  (registers the built-in model)
 from . import cellpose  # noqa: E402,F401  (registers Cellpose when installed)
 from . import mask  # noqa: E402,F401  (registers the label-image backend)
+from . import torchscript  # noqa: E402,F401  (registers exported TorchScript label models)
 
 __all__ = ["BACKENDS", "Segmenter", "BackendParams", "get_segmenter", "register"]
