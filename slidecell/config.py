@@ -77,6 +77,9 @@ class EngineConfig(Strict):
     #: filesystem the workers share); null: this process
     scheduler: str | None = None
     dask_workers: int = Field(2, ge=1, le=1024)
+    #: threads each Dask worker gives the model (Dask starts workers with OMP_NUM_THREADS=1);
+    #: null: this machine's cores / ``dask_workers`` for "local", unchanged on a remote cluster
+    dask_threads: int | None = Field(None, ge=1, le=1024)
 
 
 class TissueConfig(Strict):

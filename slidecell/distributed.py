@@ -48,6 +48,10 @@ def _tools(job: dict):
         if old is not None:
             old.close()
         _pin_gpu()
+        if job.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(job["threads"]))
         reader = open_spec(job["reader"])
         seg = get_segmenter(job["backend"], job["params"], job["ctx"].channel_names, job["modality"],
                             job["plan"].mpp, job["nuclear_channels"])
@@ -57,9 +61,10 @@ def _tools(job: dict):
     return _WORKER["reader"], _WORKER["segmenter"]
 
 
-def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int, float]:
+def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int, float, int]:
     """Process chunk ``k`` (its tiles) and write its file. Returns (k, cells, tiles read again
-    for large cells, seconds)."""
+    for large cells, seconds, the worker's torch threads or 0 without torch)."""
+    import sys
     from pathlib import Path
 
     from .engine import _chunk_part, _write_chunk, finish_tile, more_context, same_size_batches
@@ -77,7 +82,8 @@ def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int
             retried += n
             parts.append(part)
     _write_chunk(parts, Path(path))
-    return k, int(sum(p.num_rows for p in parts)), retried, time.perf_counter() - t0
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0
+    return k, int(sum(p.num_rows for p in parts)), retried, time.perf_counter() - t0, threads
 
 
 def connect(scheduler: str, workers: int):
@@ -99,10 +105,11 @@ def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on
 
     futures = [client.submit(chunk_task, k, tiles, job, str(chunk_path(k)), key=f"slidecell-chunk-{job['key']}-{k}",
                              retries=2, pure=False) for k, tiles in chunks]
-    totals = {"cells": 0, "retried": 0, "task_seconds": 0.0}
+    totals = {"cells": 0, "retried": 0, "task_seconds": 0.0, "threads": 0}
     sizes = {k: len(tiles) for k, tiles in chunks}
     for fut in as_completed(futures):
-        k, n, retried, dt = fut.result()
+        k, n, retried, dt, threads = fut.result()
+        totals["threads"] = max(totals["threads"], threads)
         totals["cells"] += n
         totals["retried"] += retried
         totals["task_seconds"] += dt

@@ -501,6 +501,10 @@ def _run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dic
     from .distributed import connect, run_chunks
 
     t0 = time.perf_counter()
+    threads = cfg.engine.dask_threads
+    if threads is None and cfg.engine.scheduler == "local":
+        threads = max(1, (os.cpu_count() or 1) // cfg.engine.dask_workers)
+    job = {**job, "threads": threads}
     client, cluster = connect(cfg.engine.scheduler, cfg.engine.dask_workers)
     try:
         with Progress(TextColumn("[bold]segmenting (dask)"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
@@ -513,6 +517,7 @@ def _run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dic
             cluster.close()
     timings["dask"] = time.perf_counter() - t0
     timings["dask_task_seconds"] = totals["task_seconds"]
+    timings["dask_model_threads"] = totals["threads"]
     return totals["retried"]
 
 

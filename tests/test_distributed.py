@@ -36,8 +36,11 @@ def local_run(tmp_path_factory):
 
 
 def test_local_cluster_gives_the_same_cells(local_run, tmp_path):
-    res = slidecell.run(CMU1, _config(scheduler="local", dask_workers=2), tmp_path / "dask", progress=False)
+    res = slidecell.run(CMU1, _config(scheduler="local", dask_workers=2, dask_threads=2), tmp_path / "dask",
+                        progress=False)
     assert res.timings["dask"] > 0
+    # Dask starts workers with OMP_NUM_THREADS=1; the model gets the threads asked for
+    assert res.timings["dask_model_threads"] == 2
     _same(local_run, tmp_path / "dask")
 
 
