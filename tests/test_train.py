@@ -93,3 +93,34 @@ def test_train_refuses_test_split_and_config_change(tmp_path):
     with pytest.raises(ConfigError, match="different config"):
         train(cfg2, tmp_path / "run", log=lambda m: None)
     assert main(["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_train_bf16_channels_last_and_init_chain(tmp_path):
+    """precision: bf16 trains with autocast + channels-last (as on CUDA, here on the CPU), starts from
+    an earlier stage's weights, and the model card lists the stages to reproduce it."""
+    import torch
+
+    from slidecell.train import init_chain, model_card
+
+    root = make_set(tmp_path / "data")
+    first = write_config(tmp_path / "first.yaml", root, name="first", epochs=1)
+    train(first, tmp_path / "runs" / "first", log=lambda m: None)
+    second = write_config(tmp_path / "second.yaml", root, name="second", epochs=1, precision="bf16",
+                          init=str(tmp_path / "runs" / "first" / "model.safetensors"))
+    train(second, tmp_path / "runs" / "second", log=lambda m: None)
+    rec = json.loads((tmp_path / "runs" / "second" / "metrics.jsonl").read_text())
+    assert np.isfinite(rec["loss"])
+    net_a, _ = load_weights(tmp_path / "runs" / "first" / "model.safetensors")
+    net_b, meta = load_weights(tmp_path / "runs" / "second" / "model.safetensors")
+    # the weights moved from the initial ones and are stored as plain fp32 tensors
+    a, b = net_a.state_dict(), net_b.state_dict()
+    assert all(b[k].dtype == a[k].dtype for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    with pytest.raises(ConfigError, match="precision"):
+        load_train_config(write_config(tmp_path / "bad.yaml", root, precision="fp8"))
+
+    cfg = yaml.safe_load((tmp_path / "runs" / "second" / "config.yaml").read_text())  # resolved
+    assert cfg["precision"] == "bf16"
+    assert init_chain(cfg, configs=tmp_path) == ["first"]
+    card = model_card(meta, cfg, [], None)
+    assert "slidecell train configs/train/first.yaml --out runs/first" in card

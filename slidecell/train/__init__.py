@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -69,6 +70,9 @@ class TrainConfig(_Strict):
     #: start from these weights (a model.safetensors of an earlier stage) instead of random ones
     init: str | None = None
     device: str = "auto"
+    #: "auto" = bf16 autocast on CUDA, fp32 elsewhere; "bf16" also on the CPU (with channels-last
+    #: memory: 2.4x faster per step on AVX512-BF16 cores, see benchmarks/RESULTS.md)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int = Field(0, ge=0)  # 0 = torch default
 
 
@@ -164,7 +168,8 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
         if init_meta.spec != spec:
             raise ConfigError(f"init {cfg.init}: network {init_meta.spec} differs from channels {cfg.channels}")
         net.load_state_dict(init_net.state_dict())
-    net = net.to(device)
+    amp = torch.bfloat16 if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda") else None
+    net = net.to(device, memory_format=torch.channels_last if amp is not None else torch.contiguous_format)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
@@ -173,7 +178,6 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
                   cfg.augment.noise, cfg.augment.jpeg)
     w = torch.tensor(cfg.loss_weights)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    amp = torch.bfloat16 if device.type == "cuda" else None
     meta_extra = {"research_only": cfg.research_only, "description": cfg.description, "init": cfg.init,
                   "training_sets": [{"name": s.name, "train": s.train, "license": s.license} for s in cfg.sets]}
     for epoch in range(epoch0, cfg.epochs):
@@ -185,6 +189,8 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
             rng = np.random.default_rng([cfg.seed, step])
             x, y = sample_batch(train_groups, aug, cfg.batch_size, rng)
             x = torch.from_numpy(x).to(device)
+            if amp is not None:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y).to(device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = net(x)
@@ -296,6 +302,19 @@ def ship(run_dir: str | Path, evaluation: str | Path | None = None) -> list[Path
     return [dest, card_path]
 
 
+def init_chain(cfg: dict, configs: Path = Path("configs/train")) -> list[str]:
+    """Earlier stages of a config, first first: ``init: runs/<stage>/model.safetensors`` names the
+    stage whose config is ``configs/train/<stage>.yaml`` (followed while those files exist)."""
+    chain: list[str] = []
+    init = cfg.get("init")
+    while init and len(chain) < 20:
+        stage = Path(init).parent.name
+        chain.insert(0, stage)
+        path = configs / f"{stage}.yaml"
+        init = (yaml.safe_load(path.read_text()) or {}).get("init") if path.is_file() else None
+    return chain
+
+
 def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) -> str:
     n_params = None
     try:
@@ -346,10 +365,11 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
             for set_label, r in per_set.items():
                 lines.append(f"| {set_label} | {label} | {r['mSA']:.3f} | {r['F1_50']:.3f} | {r['PQ']:.3f} | {r['AJI']:.3f} |")
         lines.append("")
-    repro = []
-    if cfg.get("init"):
-        lines += [f"Stage 2: starts from `{cfg['init']}` (stage 1, `configs/train/nuclei-base.yaml`).", ""]
-        repro.append("slidecell train configs/train/nuclei-base.yaml --out runs/nuclei-base")
+    stages = init_chain(cfg)
+    if stages:
+        lines += ["Trained in stages, each starting from the weights of the one before: "
+                  + " → ".join(f"`configs/train/{s}.yaml`" for s in stages) + " → this config.", ""]
+    repro = [f"slidecell train configs/train/{s}.yaml --out runs/{s}" for s in stages]
     repro += [f"slidecell train configs/train/{meta.name}.yaml --out runs/{meta.name} --ship",
               "bash benchmarks/run_evaluation.sh   # slidecell evaluate configs/evaluate/nuclei-heldout.yaml"]
     lines += ["## Reproduce", "", "```", *repro, "```", ""]
