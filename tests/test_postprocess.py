@@ -51,3 +51,32 @@ def test_empty_maps_and_relabel_order():
     assert out.tolist() == [[0, 1, 1], [2, 0, 0], [2, 0, 0]]
     with pytest.raises(ValueError):
         maps_to_labels(z + 1, z, z, seeds="nope")
+
+
+def test_pale_centres_are_filled_but_a_lumen_ringed_by_nuclei_is_not():
+    """A nucleus whose pale centre falls below the foreground threshold keeps its centre (as its
+    outline does, so measurements and outlines agree); background enclosed by a ring of several
+    nuclei (a gland lumen) and background at the border stay background."""
+    from slidecell.segment.builtin.postprocess import fill_holes
+
+    yy, xx = np.mgrid[:96, :96]
+    ring = [(48 + 30 * np.sin(a), 48 + 30 * np.cos(a)) for a in np.linspace(0, 2 * np.pi, 13)[:-1]]
+    gt = disks(ring, 9, (96, 96))  # 12 touching nuclei around a lumen
+    t = targets(gt)
+    fg = t[0].copy()
+    for cy, cx in ring[:4]:  # four pale (vesicular) nuclei: a hole of radius 3 in the foreground
+        fg[(yy - round(cy)) ** 2 + (xx - round(cx)) ** 2 <= 9] = 0.1
+    pred = maps_to_labels(fg, t[1], t[2], seeds="hmax", grow="watershed", seed_threshold=0.75, fg_threshold=0.5)
+    assert pred.max() == 12
+    lumen = (yy - 48) ** 2 + (xx - 48) ** 2 <= 15**2
+    assert pred[lumen].max() == 0
+    for cy, cx in ring[:4]:
+        assert pred[round(cy), round(cx)] > 0  # the pale centre belongs to its nucleus
+    s = SetScore()
+    s.add(gt, pred)
+    assert s.summary()["F1_50"] == 1.0
+    # a pocket open to the image border stays background
+    lab2 = np.zeros((8, 8), np.int32)
+    lab2[:4, :4] = 1
+    lab2[0, 1] = 0  # touches the top border
+    assert fill_holes(lab2)[0, 1] == 0

@@ -7,6 +7,8 @@ above their surroundings (``"hmax"``), or the foreground minus the predicted bou
 Each foreground pixel then goes to a seed: by watershed on the predicted distance
 (``grow="watershed"``) or simply to the nearest seed (``grow="nearest"``, one Euclidean
 distance transform). Foreground components that got no seed keep one label of their own.
+Pockets of background inside one nucleus (pale chromatin) are filled, as its outline is; a
+lumen ringed by several nuclei is not (:func:`fill_holes`).
 See ``benchmarks/RESULTS.md`` (model choice) for the measurements behind the defaults.
 """
 
@@ -26,6 +28,14 @@ def maps_to_labels(fg: np.ndarray, boundary: np.ndarray, dist: np.ndarray, *, fg
     mask = fg > fg_threshold
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
+    # pockets of the foreground that the network places inside a nucleus (predicted distance
+    # > 0.5: a pale, vesicular centre) are foreground; a lumen ringed by nuclei (distance ~0) is not
+    holes, nh = enclosed_background(mask)
+    if nh:
+        inside = np.zeros(nh + 1, bool)
+        inside[1:] = ndi.mean(dist, holes, np.arange(1, nh + 1)) > 0.5
+        mask |= inside[holes]
+        holes = np.where(inside[holes], 0, holes)  # the pockets left
     if seeds == "distance":
         core = mask & (dist > seed_threshold)
     elif seeds == "boundary":
@@ -62,7 +72,53 @@ def maps_to_labels(fg: np.ndarray, boundary: np.ndarray, dist: np.ndarray, *, fg
         labels = watershed(-dist, markers, mask=mask)
     else:
         raise ValueError(f"unknown grow method {grow!r}")
-    return relabel(labels.astype(np.int32, copy=False), min_pixels)
+    return relabel(fill_holes(labels.astype(np.int32, copy=False), holes, nh), min_pixels)
+
+
+def enclosed_background(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Background components (4-connected) that do not reach the image border, numbered 1..n."""
+    holes, n = ndi.label(~mask, structure=_CROSS)
+    if n == 0:
+        return holes, 0
+    lut = np.ones(n + 1, bool)
+    lut[np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))] = False
+    lut[0] = False
+    if not lut.any():
+        return np.zeros_like(holes), 0
+    ids = np.zeros(n + 1, holes.dtype)
+    ids[lut] = np.arange(1, int(lut.sum()) + 1)
+    return ids[holes], int(lut.sum())
+
+
+def fill_holes(labels: np.ndarray, holes: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+    """Background pockets enclosed by a single nucleus become part of it, as in its outline (so
+    measurements and outlines agree); pockets between several nuclei (a gland's lumen ringed by
+    nuclei) and background reaching the image border stay background. ``holes``/``n``: the
+    pockets if known (:func:`enclosed_background` of the foreground)."""
+    if holes is None:
+        holes, n = enclosed_background(labels > 0)
+    if not n:
+        return labels
+    ys, xs = np.nonzero(holes)  # pockets never touch the border: all four neighbours exist
+    if ys.size == 0:
+        return labels
+    h = holes[ys, xs].astype(np.int64)
+    base = int(labels.max()) + 1
+    pairs = []  # (pocket, neighbouring label) across the four pixel edges
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        nb = labels[ys + dy, xs + dx]
+        m = nb > 0
+        pairs.append(h[m] * base + nb[m])
+    uniq = np.unique(np.concatenate(pairs))
+    hole_of, lab_of = np.divmod(uniq, base)
+    single = np.bincount(hole_of, minlength=n + 1)[hole_of] == 1
+    fill = np.zeros(n + 1, labels.dtype)
+    fill[hole_of[single]] = lab_of[single]
+    if not fill.any():
+        return labels
+    out = labels.copy()
+    out[ys, xs] = fill[holes[ys, xs]]
+    return out
 
 
 def relabel(labels: np.ndarray, min_pixels: int = 1) -> np.ndarray:
