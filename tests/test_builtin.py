@@ -61,7 +61,7 @@ def test_stardist_demo_fluorescence():
     seg.calibrate([img[:, :, None]])
     pred = seg.segment(img[:, :, None])
     r = score(gt, pred)
-    assert r["F1_50"] >= 0.75, r  # shipped nuclei: 0.815
+    assert r["F1_50"] >= 0.75, r  # shipped nuclei: 0.851
 
 
 def test_dsb2018_test_histology():
@@ -74,7 +74,7 @@ def test_dsb2018_test_histology():
         gt = tifffile.imread(DSB / "labels" / f"{r['image_id']}.tif")
         s.add(gt, seg.segment(img))
     out = s.summary()
-    assert out["images"] == 16 and out["F1_50"] >= 0.60, out  # shipped nuclei: 0.687
+    assert out["images"] == 16 and out["F1_50"] >= 0.60, out  # shipped nuclei: 0.714 (evaluation.json)
 
 
 def blobs(shape=(96, 128), seed=0):

@@ -346,7 +346,7 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
     lines += ["", f"Seed {cfg['seed']}; {cfg['epochs']} epochs × {cfg['steps_per_epoch']} steps, batch "
               f"{cfg['batch_size']}, patches {cfg['augment']['patch']}² with stain (HED) jitter, scale "
               f"{cfg['augment']['scale'][0]}–{cfg['augment']['scale'][1]}×, flips/90° rotations, blur, "
-              "noise, JPEG artefacts.", ""]
+              f"noise, JPEG artefacts; precision {cfg.get('precision', 'auto')}.", ""]
     lines += ["## Validation", "",
               f"Best epoch {meta.extra.get('epoch')} (chosen by validation mSA with the post-processing of the "
               "training run): " + ", ".join(f"{k} {v:.3f}" for k, v in best.items() if isinstance(v, float)), ""]
@@ -356,7 +356,8 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
             f"{k} {v:.3f}" for k, v in shipped.items() if isinstance(v, float)), ""]
     if metrics:
         last = metrics[-1]
-        lines.append(f"Training time: {sum(m['seconds'] for m in metrics):.0f} s over {last['epoch']} epochs.")
+        lines.append(f"Training time of this stage: {sum(m['seconds'] for m in metrics):.0f} s over {last['epoch']} "
+                     "epochs (validation not counted).")
         lines.append("")
     if evaluation:
         lines += ["## Evaluation on held-out images (`slidecell evaluate`)", "",

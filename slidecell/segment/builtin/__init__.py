@@ -32,8 +32,8 @@ class BuiltinParams(BackendParams):
     #: shipped model name or path to a .safetensors file from ``slidecell train``
     model: str = "nuclei"
     device: str = "auto"
-    #: "auto": bf16 autocast on GPU, fp32 on CPU. bf16 on a CPU with AVX512-BF16 is ~1.6× faster
-    #: but measured less accurate on fluorescence (mSA -0.03, RESULTS.md): opt in with "bf16"
+    #: "auto": bf16 autocast on GPU, fp32 on CPU. bf16 on a CPU with AVX512-BF16 is ~1.5× faster
+    #: but measured less accurate on fluorescence (mSA -0.04, RESULTS.md): opt in with "bf16"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: tiles per forward pass; default: 2 on a CPU (as fast as 4 per pixel, half the memory:
     #: ~1.9 GB peak for 1280² windows), 8 on a GPU

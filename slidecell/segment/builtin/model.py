@@ -22,8 +22,8 @@ FORMAT = "slidecell-nuclei-1"
 class PostParams:
     """Defaults chosen on the validation images (benchmarks/choose_postprocess.py, RESULTS.md)."""
 
-    fg_threshold: float = 0.4
-    seed_threshold: float = 0.8
+    fg_threshold: float = 0.5
+    seed_threshold: float = 0.75
     min_pixels: int = 4
     seeds: str = "hmax"
     grow: str = "watershed"
