@@ -28,6 +28,8 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
+from .builtin.inputs import resample, resample_factor
+from .builtin.model import default_batch_size
 from .channels import model_input_channels
 
 _CACHE: dict[tuple, object] = {}
@@ -93,9 +95,7 @@ class TorchScriptSegmenter(Segmenter):
             self.channels = [names.index(c) for c in p.channels]
         else:
             self.channels = model_input_channels(names, modality, nuclear_channels, "torchscript model")[1]
-        self.factor = 1.0 if p.model_mpp is None else self.mpp / p.model_mpp
-        if abs(self.factor - 1) < 0.05:
-            self.factor = 1.0
+        self.factor = resample_factor(self.mpp, p.model_mpp)
         self.min_px = max(1, int(round(p.min_area_um2 / self.mpp**2)))
 
     @property
@@ -104,9 +104,7 @@ class TorchScriptSegmenter(Segmenter):
 
     @property
     def batch_size(self) -> int:
-        if self.params.batch_size is not None:
-            return self.params.batch_size
-        return 2 if self.device.type == "cpu" else 8
+        return default_batch_size(self.params.batch_size, self.device)
 
     def describe(self) -> dict:
         return {**super().describe(), "device": str(self.device)}
@@ -141,13 +139,7 @@ class TorchScriptSegmenter(Segmenter):
             if p.normalize == "unit" and image.dtype.kind in "ui":
                 x /= float(np.iinfo(image.dtype).max)
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        if self.factor != 1.0:
-            h, w = x.shape[:2]
-            size = (max(1, round(w * self.factor)), max(1, round(h * self.factor)))
-            x = cv2.resize(x, size, interpolation=cv2.INTER_AREA if self.factor < 1 else cv2.INTER_LINEAR)
-            if x.ndim == 2:
-                x = x[:, :, None]
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(resample(x, self.factor))
 
     # -- inference ------------------------------------------------------------------------------------
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray | None]:

@@ -20,8 +20,8 @@ from pydantic import Field
 
 from .. import BackendParams, Segmenter, register
 from ..channels import model_input_channels
-from .inputs import fit_range, model_input, nuclear_signal
-from .model import SHIPPED, PostParams, Predictor
+from .inputs import fit_range, model_input, nuclear_signal, resample, resample_factor
+from .model import SHIPPED, PostParams, Predictor, default_batch_size
 from .postprocess import maps_to_labels
 
 _CACHE: dict[tuple, Predictor] = {}
@@ -68,18 +68,14 @@ class BuiltinSegmenter(Segmenter):
             self.post.fg_threshold = p.fg_threshold
         if p.seed_threshold is not None:
             self.post.seed_threshold = p.seed_threshold
-        self.factor = self.mpp / meta.mpp  # >1: tile pixels are larger than the model's
-        if abs(self.factor - 1) < 0.05:
-            self.factor = 1.0
+        self.factor = resample_factor(self.mpp, meta.mpp)
         self.post.min_pixels = max(1, int(round(p.min_area_um2 / self.mpp**2)))
         self.input_modality, self.channels = model_input_channels(
             channel_names, modality, nuclear_channels, "builtin model")
 
     @property
     def batch_size(self) -> int:
-        if self.params.batch_size is not None:
-            return self.params.batch_size
-        return 2 if self.predictor.device.type == "cpu" else 8
+        return default_batch_size(self.params.batch_size, self.predictor.device)
 
     @property
     def research_only(self) -> bool:
@@ -121,11 +117,7 @@ class BuiltinSegmenter(Segmenter):
             if img.dtype.kind == "f":
                 img = np.nan_to_num(img, nan=1.0, posinf=1.0, neginf=0.0)  # missing = white
             x = model_input(img, "brightfield")
-        if self.factor != 1.0:
-            h, w = x.shape[:2]
-            size = (max(1, round(w * self.factor)), max(1, round(h * self.factor)))
-            x = cv2.resize(x, size, interpolation=cv2.INTER_AREA if self.factor < 1 else cv2.INTER_LINEAR)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(resample(x, self.factor), dtype=np.float32)
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         return self.segment_batch([image])[0]

@@ -96,6 +96,14 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def default_batch_size(requested: int | None, device: torch.device) -> int:
+    """Tiles per forward pass: as asked, else 2 on a CPU (as fast per pixel as 4, half the
+    memory) and 8 on a GPU."""
+    if requested is not None:
+        return requested
+    return 2 if device.type == "cpu" else 8
+
+
 class Predictor:
     """Runs a network on batches of H×W×3 inputs and turns its maps into labels."""
 
