@@ -121,9 +121,15 @@ class CellposeSegmenter(Segmenter):
         diameter = p.diameter_um / self.mpp if p.diameter_um else None
         invert = False if two_channel else (self.brightfield if p.invert is None else p.invert)
         kwargs = dict(diameter=diameter, flow_threshold=p.flow_threshold,
-                      cellprob_threshold=p.cellprob_threshold, batch_size=p.batch_size, invert=invert)
+                      cellprob_threshold=p.cellprob_threshold, batch_size=p.batch_size)
         if self.major < 4:  # cellpose 3: [cytoplasm channel, nuclear channel], 1-based; 0 = grey
             kwargs["channels"] = [1, 2] if two_channel else [0, 0]
+            kwargs["invert"] = invert
+        else:  # cellpose 4 (Cellpose-SAM): channels as given on the last axis; inversion is a normalisation option
+            if two_channel:
+                kwargs["channel_axis"] = -1
+            if invert:
+                kwargs["normalize"] = {"invert": True}
         masks = self.model.eval(img, **kwargs)[0]
         return relabel(np.asarray(masks, np.int32), self.min_px)
 

@@ -1,0 +1,3 @@
+from torchvision._unavailable import module_getattr
+
+__getattr__ = module_getattr("torchvision.transforms._functional_tensor")

@@ -1,0 +1,53 @@
+"""The Cellpose backend's cellpose ≥ 4 (Cellpose-SAM) code path, in .venv-cellpose4 (see
+benchmarks/peers/setup_cellpose4.sh; `pytest -m cellpose4`). No cpsam weights can be downloaded
+here, so a randomly initialised CPSAM network is built and saved offline: this checks that the
+backend drives cellpose 4's API (no `channels`/`invert` keywords, inversion as a normalisation
+option, two channels on the last axis, a weights path instead of a download), not accuracy."""
+
+import numpy as np
+import pytest
+
+from slidecell.errors import ConfigError
+from slidecell.segment import get_segmenter
+
+pytestmark = pytest.mark.cellpose4
+
+
+@pytest.fixture(scope="module")
+def random_cpsam(tmp_path_factory):
+    from slidecell.segment.cellpose import cellpose_major
+
+    if (cellpose_major() or 0) < 4:
+        pytest.skip("needs cellpose >= 4")
+    import torch
+    from cellpose import vit
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("cpsam") / "cpsam_random.pth"
+    vit.CPSAM(dtype=torch.bfloat16).save_model(str(path))
+    return path
+
+
+def test_cellpose_sam_nuclei_brightfield_and_fluorescence(random_cpsam):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(150, 255, (128, 160, 3), dtype=np.uint8)
+    seg = get_segmenter("cellpose", {"model": str(random_cpsam), "diameter_um": 8}, ["R", "G", "B"], "brightfield", 0.5)
+    assert seg.major >= 4 and seg.brightfield
+    out = seg.segment(rgb)  # inverted grey image through normalize={"invert": True}
+    assert out.shape == (128, 160) and out.dtype == np.int32 and out.min() == 0
+    fl = get_segmenter("cellpose", {"model": str(random_cpsam)}, ["DAPI"], "fluorescence", 0.5)
+    dapi = rng.normal(100, 5, (96, 96, 1)).astype(np.float32)
+    assert fl.segment(dapi).shape == (96, 96)
+    assert fl.segment(np.zeros((0, 10, 1), np.float32)).shape == (0, 10)
+
+
+def test_cellpose_sam_whole_cells_and_no_download(random_cpsam):
+    rng = np.random.default_rng(1)
+    img = rng.normal(100, 5, (96, 96, 2)).astype(np.float32)
+    seg = get_segmenter("cellpose", {"model": str(random_cpsam), "cell_channels": ["Membrane"]},
+                        ["DAPI", "Membrane"], "fluorescence", 0.5, ["DAPI"])
+    assert seg.objects == "cells+nuclei"
+    nuclei, cells = seg.segment(img)  # two channels on the last axis (channel_axis=-1)
+    assert nuclei.shape == cells.shape == (96, 96)
+    with pytest.raises(ConfigError, match="never downloads"):
+        get_segmenter("cellpose", {"model": "cpsam"}, ["DAPI"], "fluorescence", 0.5)
