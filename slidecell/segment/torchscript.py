@@ -13,7 +13,8 @@ are this backend's defaults.
 * Tiles are resampled to ``model_mpp`` and padded (reflect) to a multiple of ``pad_multiple``;
   labels are cropped and resampled back (nearest) and renumbered 1..n.
 * ``output: cells+nuclei`` takes nuclei from output channel ``nuclei_index`` and cells from
-  ``cells_index`` (InstanSeg's ``*_nuclei_and_cells`` models: 0 and 1).
+  ``cells_index`` (InstanSeg's ``*_nuclei_and_cells`` models: 0 and 1); a model with one output
+  channel gives ``nuclei`` or ``cells`` from it whatever the index.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ class LabelsBack:
 
         if raw is None:
             return np.zeros(shape, np.int32)
+        if raw.shape[0] == 1 and self.output != "cells+nuclei":
+            index = 0  # a one-output model gives its objects whatever the index
         if index >= raw.shape[0]:
             raise ValueError(f"output channel {index} asked for; the model returned {raw.shape[0]} channel(s)")
         lab = raw[index]
@@ -213,5 +216,4 @@ class LabelsBack:
         shape = image.shape[:2]
         if self.output == "cells+nuclei":
             return self._one(raw, self.nuclei_index, shape), self._one(raw, self.cells_index, shape)
-        index = self.cells_index if self.output == "cells" else self.nuclei_index
-        return self._one(raw, index if raw is None or raw.shape[0] > 1 else 0, shape)
+        return self._one(raw, self.cells_index if self.output == "cells" else self.nuclei_index, shape)
