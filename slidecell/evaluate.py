@@ -1,23 +1,37 @@
 """``slidecell evaluate CONFIG``: every backend on the same labelled images, side by side.
 
-For each set and backend: mSA, SA@0.5, F1@0.5, PQ, AJI (see :mod:`slidecell.metrics`) and
-seconds per megapixel (native pixels of the evaluated images, slide-level calibration included,
-each image treated as its own slide). A backend may list a ``sweep`` of parameter values (e.g.
-Cellpose's diameter); each value is tried on the first ``sweep_images`` images of a set, the
-best by mSA is then run on the whole set and reported with the value chosen.
+Two protocols, chosen per set:
+
+``run`` (the default: what a user gets)
+    every image goes through :func:`slidecell.run` as a slide of its own, with the set's run
+    config (a preset) and the backend as its ``segmentation``: reader, tissue mask, tile engine
+    at the preset's working resolution, ownership, outlines. The outlines from ``cells.parquet``
+    are filled into a label image **at the labels' native resolution** (exactly the pixels whose
+    centres lie inside) and scored there. ``scan_mpp`` first resamples the image (area average)
+    to another scan resolution, e.g. a 40× set as a 20× slide gives it; the labels stay native.
+``downsampled`` (secondary, named as such in the tables)
+    images *and labels* resampled to ``eval_mpp`` and segmented by the backend directly, as
+    slidecell's tables did before; it spares the model resampling and can flatter it.
+
+For each set and backend: mSA, SA@0.5, F1@0.5, precision, recall, PQ, AJI (see
+:mod:`slidecell.metrics`) and seconds per megapixel (native pixels; in ``run`` the whole
+:func:`slidecell.run` call, reading and writing included). A backend may list a ``sweep`` of
+parameter values (e.g. Cellpose's diameter); each value is tried on the first ``sweep_images``
+images of a set, the best by mSA is then run on the whole set and reported with the value chosen.
 """
 
 from __future__ import annotations
 
 import itertools
+import tempfile
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -28,12 +42,32 @@ class _Strict(BaseModel):
 
 class EvalSet(_Strict):
     label: str
+    #: folder under ``data_root``: an annotated set (index.csv, images/, labels/) or a folder of
+    #: ImageJ-ROI zips (CryoNuSeg: each zip holds the tile and ``RoiSet.zip``)
     name: str
     where: dict[str, str] = Field(default_factory=dict)
     mpp: float | None = None
-    #: resample images and labels to this µm/px before scoring (None: score at native resolution)
+    protocol: Literal["run", "downsampled"] = "run"
+    #: run: the run config each image goes through (preset name or YAML path); default
+    #: ``he-brightfield`` for brightfield images, ``multiplex-fluorescence`` with no cell
+    #: expansion for fluorescence ones
+    config: str | None = None
+    #: run: deep-merged into the run config (e.g. ``{tiling: {mpp: 0.25}}``)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    #: run: resample the image to this µm/px before the run, as a scanner at that resolution
+    #: would give it (labels stay native); None: as scanned
+    scan_mpp: float | None = Field(None, gt=0)
+    #: downsampled: resample images and labels to this µm/px before scoring
     eval_mpp: float | None = Field(None, gt=0)
     note: str = ""
+
+    @model_validator(mode="after")
+    def _protocol_keys(self):
+        if self.protocol == "run" and self.eval_mpp is not None:
+            raise ValueError("eval_mpp belongs to protocol 'downsampled'; in 'run' use scan_mpp")
+        if self.protocol == "downsampled" and (self.scan_mpp is not None or self.config or self.overrides):
+            raise ValueError("scan_mpp, config and overrides belong to protocol 'run'")
+        return self
 
 
 class EvalBackend(_Strict):
@@ -41,6 +75,9 @@ class EvalBackend(_Strict):
     backend: str
     params: dict[str, Any] = Field(default_factory=dict)
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    #: protocol run: deep-merged into every set's run config (e.g. ``{tiling: {mpp: 0.25}}`` to
+    #: segment at another working resolution)
+    overrides: dict[str, Any] = Field(default_factory=dict)
     #: skip (with a note) instead of failing when the backend cannot be built here
     optional: bool = False
 
@@ -68,26 +105,189 @@ def load_eval_config(path: str | Path) -> EvalConfig:
 
 
 def load_set(root: Path, s: EvalSet) -> list[dict]:
-    """Images of a set at native resolution: dicts with id, image, labels, mpp, modality."""
+    """Images of a set: dicts with id, image, labels (native resolution, or ``eval_mpp`` in the
+    downsampled protocol), mpp, modality."""
     from .train.data import load_pair, read_index, resample_pair, row_modality, row_mpp, select
 
     folder = root / s.name
-    rows = select(read_index(folder), s.where)
+    if not (folder / "index.csv").is_file() and folder.is_dir() and any(folder.glob("*.zip")):
+        rows = select([{"image_id": z.stem, "path": str(z)} for z in sorted(folder.glob("*.zip"))], s.where)
+        pairs = ((row, *load_roi_zip(Path(row["path"]))) for row in rows)
+    else:
+        rows = select(read_index(folder), s.where)
+        pairs = ((row, *load_pair(folder, row), None) for row in rows)
     if not rows:
         raise ConfigError(f"evaluation set {s.label!r}: the filter {s.where} selects no image in {folder}")
     out = []
-    for row in rows:
-        img, lab = load_pair(folder, row)
+    for row, img, lab, region in pairs:
         mpp = row_mpp(row, s.mpp)
-        if s.eval_mpp is not None:
-            img, lab = resample_pair(img, lab, mpp / s.eval_mpp)
+        if s.protocol == "downsampled" and s.eval_mpp is not None:
+            f = mpp / s.eval_mpp
+            if region is not None:
+                _, region = resample_pair(img, region.astype(np.int32), f)
+            img, lab = resample_pair(img, lab, f)
             mpp = s.eval_mpp
         out.append({"id": row["image_id"], "image": img, "labels": lab, "mpp": mpp,
-                    "modality": row_modality(row)})
+                    "modality": row_modality(row), "region": region})
     return out
 
 
-def run_backend(b: EvalBackend, params: dict, items: list[dict]) -> tuple[dict, list[np.ndarray]]:
+def load_roi_zip(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CryoNuSeg-style zip: one TIFF tile and ``RoiSet.zip`` (ImageJ polygon ROIs, one per
+    nucleus) → (H×W×3 image, instance labels, annotated region). A pixel belongs to a ROI when
+    its centre lies inside the polygon (ImageJ's own rule); where ROIs overlap the later one
+    wins. The public tiles are annotated only in part, so the region (the convex hull of the
+    ROIs) says where predictions are scored (:func:`restrict_to_region`)."""
+    import io
+    import tempfile
+    import zipfile
+
+    import roifile
+    import shapely
+    import tifffile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            tifs = [n for n in names if n.lower().endswith((".tif", ".tiff"))]
+            rois = [n for n in names if n.lower().endswith("roiset.zip")]
+            if len(tifs) != 1 or len(rois) != 1:
+                raise ConfigError(f"{path}: expected one .tif tile and one RoiSet.zip, found {names}")
+            img = tifffile.imread(io.BytesIO(zf.read(tifs[0])))
+            with tempfile.TemporaryDirectory() as tmp:
+                inner = Path(tmp) / "RoiSet.zip"
+                inner.write_bytes(zf.read(rois[0]))
+                polys = [r.coordinates() for r in roifile.roiread(inner)]
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the ROI zip: {err}") from None
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = np.ascontiguousarray(img[:, :, :3])
+    h, w = img.shape[:2]
+    lab = np.zeros((h, w), np.int32)
+    k = 0
+    shapes = []
+    for xy in polys:
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        if len(xy) < 3:
+            continue
+        poly = shapely.Polygon(xy).buffer(0)
+        shapes.append(poly)
+        x0, y0, x1, y1 = poly.bounds
+        c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        c1, r1 = min(int(np.ceil(x1)) + 1, w), min(int(np.ceil(y1)) + 1, h)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        inside = shapely.contains_xy(poly, xx + 0.5, yy + 0.5)
+        if inside.any():
+            k += 1
+            lab[yy[inside], xx[inside]] = k
+    from skimage.segmentation import relabel_sequential
+
+    lab = relabel_sequential(lab)[0]  # a ROI drawn twice over the same nucleus counts once
+    yy, xx = np.mgrid[0:h, 0:w]
+    hull = shapely.convex_hull(shapely.union_all(shapes)) if shapes else shapely.Polygon()
+    region = shapely.contains_xy(hull, xx + 0.5, yy + 0.5)
+    return img, lab, region
+
+
+def restrict_to_region(pred: np.ndarray, region: np.ndarray | None) -> np.ndarray:
+    """Predictions whose centroid lies outside ``region`` (where the labels are complete) are
+    left out of the score."""
+    if region is None or not pred.any():
+        return pred
+    flat = pred.ravel()
+    n = int(flat.max()) + 1
+    area = np.bincount(flat, minlength=n)
+    yy, xx = np.indices(pred.shape)
+    cy = np.bincount(flat, yy.ravel(), n) / np.maximum(area, 1)
+    cx = np.bincount(flat, xx.ravel(), n) / np.maximum(area, 1)
+    keep = region[np.clip(cy.astype(int), 0, pred.shape[0] - 1), np.clip(cx.astype(int), 0, pred.shape[1] - 1)]
+    keep[0] = False
+    return np.where(keep[pred], pred, 0)
+
+
+def run_config(s: EvalSet, modality: str, backend: str, params: dict, overrides: dict | None = None):
+    """The run config an image of set ``s`` goes through with ``backend``: the set's preset
+    (the backend's parameters merged into the preset's when it names the same backend), only
+    the GeoParquet written, no analysis."""
+    from .config import _deep_merge, config_from_dict, load_config
+
+    if s.config:
+        base = load_config(s.config)
+    elif modality == "fluorescence":
+        base = load_config("multiplex-fluorescence", {"segmentation": {"cell_expansion_um": 0.0},
+                                                     "output": {"zarr": False},
+                                                     "measure": {"compartments": ["cell"]}})
+    else:
+        base = load_config("he-brightfield")
+    data = _deep_merge(_deep_merge(base.model_dump(mode="json"), s.overrides), overrides or {})
+    seg = data["segmentation"]
+    merged = {**seg["params"], **params} if seg["backend"] == backend else dict(params)
+    data["segmentation"] = {**seg, "backend": backend, "params": merged}
+    data["output"] = {**data["output"], "geojson": False, "geojson_gzip": False, "h5ad": False, "zarr": False,
+                      "csv": False, "label_image": False, "parquet": True}
+    data["analysis"] = None
+    return config_from_dict(data, f"evaluation set {s.label}")
+
+
+def run_outlines(item: dict, s: EvalSet, backend: str, params: dict, work: Path, overrides: dict | None = None,
+                 columns: tuple[str, ...] = ()):
+    """One labelled image through :func:`slidecell.run` (as scanned at ``s.scan_mpp``, else
+    natively). Returns the outlines (level-0 pixels of the run's image), the table's
+    ``columns``, the run's native pixels per run pixel, and the seconds the run took."""
+    import pyarrow.parquet as pq
+    import shapely
+    import tifffile
+
+    from .engine import run
+    from .train.data import resample_pair
+
+    image = item["image"]
+    h, w = image.shape[:2]
+    scan = s.scan_mpp or item["mpp"]
+    factor = item["mpp"] / scan  # run pixels per native pixel
+    img = image
+    if abs(factor - 1) > 1e-3:
+        img, _ = resample_pair(image, np.zeros((h, w), np.int32), factor)
+    else:
+        factor = 1.0
+    path = work / "image.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(img), photometric="rgb" if img.ndim == 3 else "minisblack")
+    cfg = run_config(s, item["modality"], backend, params, overrides)
+    t0 = time.perf_counter()
+    res = run(path, cfg, work / "run", mpp=scan, overwrite=True, progress=False)
+    seconds = time.perf_counter() - t0
+    table = pq.read_table(res.outputs["parquet"], columns=["geometry", *columns])
+    polys = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    cols = {c: table.column(c).to_numpy() for c in columns}
+    return polys, cols, factor, seconds
+
+
+def outlines_to_labels(polys: np.ndarray, shape: tuple[int, int], factor: float) -> np.ndarray:
+    """Outlines in run pixels filled into a label image of ``shape`` (native pixels; ``factor``
+    run pixels per native pixel): exactly the pixels whose centres lie inside, label k for the
+    k-th outline."""
+    from .io.label_image import rasterize_outlines
+
+    labels = np.zeros(shape, np.int32)
+    if len(polys):
+        rasterize_outlines(labels, np.arange(1, len(polys) + 1), polys, 0.0, 0.0, factor)
+    return labels
+
+
+def segment_as_run(item: dict, s: EvalSet, backend: str, params: dict, work: Path,
+                   overrides: dict | None = None) -> tuple[np.ndarray, float]:
+    """:func:`run_outlines` filled into a label image at the image's native resolution.
+    Returns (labels, seconds the run took)."""
+    polys, _, factor, seconds = run_outlines(item, s, backend, params, work, overrides)
+    return outlines_to_labels(polys, item["image"].shape[:2], factor), seconds
+
+
+def run_backend(b: EvalBackend, params: dict, items: list[dict], s: EvalSet,
+                work: Path | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Scores of one backend with ``params`` on a set's ``items`` under the set's protocol."""
     from .metrics import SetScore
     from .segment import get_segmenter
 
@@ -97,17 +297,23 @@ def run_backend(b: EvalBackend, params: dict, items: list[dict]) -> tuple[dict, 
     pixels = 0
     preds = []
     for it in items:
-        key = (it["mpp"], it["modality"])
-        if key not in segmenters:
-            segmenters[key] = get_segmenter(b.backend, params, ("Red", "Green", "Blue"), it["modality"], it["mpp"])
-        seg = segmenters[key]
-        seg.state = {}
-        t0 = time.perf_counter()
-        seg.calibrate([it["image"]])
-        pred = seg.segment(it["image"])
-        seconds += time.perf_counter() - t0
+        if s.protocol == "run":
+            if work is None:
+                raise ValueError("protocol 'run' needs a work folder")
+            pred, sec = segment_as_run(it, s, b.backend, params, work, b.overrides)
+            seconds += sec
+        else:
+            key = (it["mpp"], it["modality"])
+            if key not in segmenters:
+                segmenters[key] = get_segmenter(b.backend, params, ("Red", "Green", "Blue"), it["modality"], it["mpp"])
+            seg = segmenters[key]
+            seg.state = {}
+            t0 = time.perf_counter()
+            seg.calibrate([it["image"]])
+            pred = seg.segment(it["image"])
+            seconds += time.perf_counter() - t0
         pixels += it["labels"].size
-        score.add(it["labels"], pred)
+        score.add(it["labels"], restrict_to_region(pred, it.get("region")))
         preds.append(pred)
     res = score.summary()
     res["s_per_MP"] = seconds / (pixels / 1e6) if pixels else float("nan")
@@ -119,7 +325,6 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
     """Score the backends of a config (or ``only`` those labels). With ``append``, results of other
     backends already in ``out/evaluation.json`` for the same sets are kept, so peers that live in
     their own environment can be run separately and still land in one table."""
-    from .segment import get_segmenter
 
     cfg = load_eval_config(config_path)
     root = Path(data_root or cfg.data_root)
@@ -131,41 +336,8 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
         raise ConfigError(f"--backend {only}: not all in the config's backends {known}")
     sets = {s.label: load_set(root, s) for s in cfg.sets}
     results: dict = {"config": cfg.model_dump(mode="json"), "results": {}, "skipped": {}}
-    for b in backends:
-        try:
-            # building the backend once up front: a missing package or weights file shows here
-            get_segmenter(b.backend, b.params, ("Red", "Green", "Blue"), "brightfield", 0.5)
-        except ConfigError as err:
-            if b.optional:
-                results["skipped"][b.label] = str(err)
-                log(f"{b.label}: skipped ({err})")
-                continue
-            raise
-        per_set = {}
-        for s in cfg.sets:
-            items = sets[s.label]
-            params = dict(b.params)
-            chosen = {}
-            if b.sweep:
-                keys = list(b.sweep)
-                best = None
-                tried = []
-                for values in itertools.product(*(b.sweep[k] for k in keys)):
-                    trial = {**params, **dict(zip(keys, values))}
-                    r, _ = run_backend(b, trial, items[: cfg.sweep_images])
-                    tried.append({**dict(zip(keys, values)), "mSA": r["mSA"]})
-                    if best is None or r["mSA"] > best[0]:
-                        best = (r["mSA"], dict(zip(keys, values)))
-                chosen = best[1]
-                params.update(chosen)
-            r, _ = run_backend(b, params, items)
-            if chosen:
-                r["chosen"] = chosen
-                r["sweep"] = tried
-            per_set[s.label] = r
-            log(f"{b.label:>18} on {s.label:<28} mSA {r['mSA']:.3f}  F1@0.5 {r['F1_50']:.3f}  "
-                f"PQ {r['PQ']:.3f}  AJI {r['AJI']:.3f}  {r['s_per_MP']:.2f} s/MP" + (f"  {chosen}" if chosen else ""))
-        results["results"][b.label] = per_set
+    with tempfile.TemporaryDirectory(prefix="slidecell-eval-") as tmp:
+        _score_backends(cfg, backends, sets, Path(tmp), results, log)
     if out is not None and append and (Path(out) / "evaluation.json").exists():
         old = json.loads((Path(out) / "evaluation.json").read_text())
         if old["config"]["sets"] != results["config"]["sets"]:
@@ -188,17 +360,63 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
     return results
 
 
+def _score_backends(cfg: EvalConfig, backends: list[EvalBackend], sets: dict, work: Path, results: dict,
+                    log) -> None:
+    from .segment import get_segmenter
+
+    for b in backends:
+        try:
+            # building the backend once up front: a missing package or weights file shows here
+            get_segmenter(b.backend, b.params, ("Red", "Green", "Blue"), "brightfield", 0.5)
+        except ConfigError as err:
+            if b.optional:
+                results["skipped"][b.label] = str(err)
+                log(f"{b.label}: skipped ({err})")
+                continue
+            raise
+        per_set = {}
+        for s in cfg.sets:
+            items = sets[s.label]
+            params = dict(b.params)
+            chosen = {}
+            if b.sweep:
+                keys = list(b.sweep)
+                best = None
+                tried = []
+                for values in itertools.product(*(b.sweep[k] for k in keys)):
+                    trial = {**params, **dict(zip(keys, values))}
+                    r, _ = run_backend(b, trial, items[: cfg.sweep_images], s, work)
+                    tried.append({**dict(zip(keys, values)), "mSA": r["mSA"]})
+                    if best is None or r["mSA"] > best[0]:
+                        best = (r["mSA"], dict(zip(keys, values)))
+                chosen = best[1]
+                params.update(chosen)
+            r, _ = run_backend(b, params, items, s, work)
+            if chosen:
+                r["chosen"] = chosen
+                r["sweep"] = tried
+            per_set[s.label] = r
+            log(f"{b.label:>18} on {s.label:<34} mSA {r['mSA']:.3f}  F1@0.5 {r['F1_50']:.3f}  "
+                f"P {r['precision']:.3f}  R {r['recall']:.3f}  PQ {r['PQ']:.3f}  AJI {r['AJI']:.3f}  "
+                f"{r['s_per_MP']:.2f} s/MP" + (f"  {chosen}" if chosen else ""))
+        results["results"][b.label] = per_set
+
+
 def markdown_table(results: dict, cfg: EvalConfig) -> str:
-    lines = ["| set | images | nuclei | backend | mSA | F1@0.5 | PQ | AJI | s/MP | chosen |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | protocol | images | nuclei | backend | objects | mSA | F1@0.5 | precision | recall | PQ | AJI "
+             "| s/MP | chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in cfg.sets:
         for label, per_set in results["results"].items():
             r = per_set.get(s.label)
             if not r:
                 continue
             chosen = ", ".join(f"{k}={v}" for k, v in r.get("chosen", {}).items())
-            lines.append(f"| {s.label} | {r['images']} | {r['nuclei_true']} | {label} | {r['mSA']:.3f} | "
-                         f"{r['F1_50']:.3f} | {r['PQ']:.3f} | {r['AJI']:.3f} | {r['s_per_MP']:.2f} | {chosen} |")
+            proto = s.protocol + (f" as {s.scan_mpp} µm/px" if s.scan_mpp else "") + \
+                (f" {s.eval_mpp} µm/px" if s.eval_mpp else "")
+            lines.append(f"| {s.label} | {proto} | {r['images']} | {r['nuclei_true']} | {label} | {r['nuclei_pred']} | "
+                         f"{r['mSA']:.3f} | {r['F1_50']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         f"{r['PQ']:.3f} | {r['AJI']:.3f} | {r['s_per_MP']:.2f} | {chosen} |")
     for label, why in results.get("skipped", {}).items():
         lines.append(f"\n{label}: skipped ({why})")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
 * matching: a predicted and a true nucleus match when their IoU ≥ t; for t ≥ 0.5 a match is
   one-to-one by construction, so counting pairs above t gives the true positives
 * SA(t) = TP / (TP + FP + FN); **mSA** is its mean over t = 0.50, 0.55, … 0.95 (as in μSAM-APG)
-* **F1** at IoU 0.5; **PQ** = mean IoU of the matches × F1 (Kirillov et al.)
+* **F1**, **precision** (matches / predictions), **recall** (matches / true nuclei) at IoU 0.5; **PQ** = mean IoU of the matches × F1 (Kirillov et al.)
 * **AJI** (Kumar et al. 2017): each true nucleus is paired with the prediction of largest IoU
   with it; unpaired predictions add to the union
 
@@ -104,6 +104,8 @@ class SetScore:
             "mSA": float(np.mean(sa)),
             "SA50": float(sa[0]),
             "F1_50": float(f1),
+            "precision": tp / n_pred if n_pred else 1.0,
+            "recall": tp / n_true if n_true else 1.0,
             "PQ": float(sq * f1),
             "AJI": float(np.mean(ajis)) if ajis else float("nan"),
         }

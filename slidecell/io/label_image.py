@@ -50,7 +50,7 @@ def _cell_rows(parts, scale: float, tile_size: int, offset_y: int):
         yield current, np.concatenate(ids), np.concatenate(polys)
 
 
-def _rasterize(out: np.ndarray, ids, polys, x0: float, y0: float, factor: float) -> None:
+def rasterize_outlines(out: np.ndarray, ids, polys, x0: float, y0: float, factor: float) -> None:
     """Fill each outline (working pixels) into ``out`` (origin x0, y0, at 1/factor resolution)
     with its label: exactly the pixels whose centres are inside. OpenCV also fills pixels its
     edges touch, so the outlines are first pulled 1/16 px inwards (its sub-pixel unit)."""
@@ -105,7 +105,7 @@ def write_label_pyramid(path, parts_factory, width: int, height: int, scale: flo
                 miny, maxy = shapely.bounds(polys)[:, [1, 3]].T
                 m = (maxy > y0) & (miny < y1)
                 if m.any():
-                    _rasterize(out, ids[m], polys[m], 0.0, y0, f)
+                    rasterize_outlines(out, ids[m], polys[m], 0.0, y0, f)
             for x in range(0, w, tile):
                 t = np.zeros((tile, tile), np.int32)
                 part = out[:, x:x + tile]

@@ -48,6 +48,11 @@ class WatershedSegmenter(Segmenter):
         else:
             self.channels = nuclear_or_all(channel_names, nuclear_channels)
 
+    def channels_used(self) -> dict:
+        if self.use_hematoxylin:
+            return {"haematoxylin": list(self.channel_names[:3])}
+        return super().channels_used()
+
     # -- signal -------------------------------------------------------------------
     def signal(self, image: np.ndarray) -> np.ndarray:
         """Nuclear signal (float32, larger = more nuclear) smoothed by ``sigma_um``."""
@@ -75,6 +80,9 @@ class WatershedSegmenter(Segmenter):
 
     def calibrate(self, samples):
         p = self.params
+        samples = [s for s in samples if s.size]
+        if not samples:  # no tissue to calibrate on (and so no tile to segment)
+            return self.state
         if not self.use_hematoxylin:
             # per-channel scale so several nuclear channels combine on an equal footing
             stack = np.concatenate([s[:, :, self.channels].reshape(-1, len(self.channels)) for s in samples])
