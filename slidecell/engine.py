@@ -35,7 +35,7 @@ from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, sli
                          write_zarr_from_h5ad)
 from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
-from .segment import Segmenter, get_segmenter
+from .segment import Scored, Segmenter, get_segmenter
 from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
 
@@ -98,6 +98,9 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     """The cells a tile owns, from its label image of nuclei (grown into whole cells when the
     measure spec says so): ownership, outlines and measurements."""
     spec = ctx.spec
+    scores = None
+    if isinstance(labels, Scored):
+        labels, scores = labels.labels, labels.scores
     if isinstance(labels, tuple):  # (nuclei, cells): a cell's nucleus = the nuclear pixels inside it
         nuclear, cells = labels
         nuclei = np.where(nuclear > 0, cells, 0).astype(cells.dtype)
@@ -141,6 +144,8 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     }
     if spec.source_labels:
         columns["mask_label"] = ids.astype(np.int64)
+    if spec.confidence:
+        columns["confidence"] = (scores[ids] if scores is not None else np.full(len(ids), np.nan)).astype(np.float32)
     if spec.with_nuclei:
         columns["nucleus_area_um2"] = np.bincount(nuclei.ravel(), minlength=int(ids.max()) + 1)[ids] * mpp**2
     columns.update(spec.measure(nuclei, cells, image, ids))
@@ -201,15 +206,28 @@ def cell_ids(slide_key: str, x: np.ndarray, y: np.ndarray) -> list[str]:
 
 
 def slide_fingerprint(path: Path) -> dict:
-    """Identity of a slide file: size and a hash of its first and last MiB."""
-    size = path.stat().st_size
+    """Identity of a slide: size and a hash of the first and last MiB of its file, or of every
+    image file of a channel folder (names, sizes, heads and tails, in name order)."""
     h = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        size = 0
+        for f in files:
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+            size += _hash_head_tail(f, h)
+    else:
+        size = _hash_head_tail(path, h)
+    return {"name": path.name, "size": size, "sha256_head_tail": h.hexdigest()}
+
+
+def _hash_head_tail(path: Path, h) -> int:
+    size = path.stat().st_size
     with open(path, "rb") as fh:
         h.update(fh.read(1 << 20))
         if size > 2 << 20:
             fh.seek(size - (1 << 20))
             h.update(fh.read())
-    return {"name": path.name, "size": size, "sha256_head_tail": h.hexdigest()}
+    return size
 
 
 @dataclass
@@ -264,16 +282,20 @@ def calibration_windows(plan: TilePlan, tissue, roi=None, n: int = 8, size: int 
     """Windows on which the segmenter fits its slide-level values: ``n`` windows of ``size``
     working pixels spread over the tissue, on a grid that does not depend on the tile size, so a
     different tiling of the same slide is segmented identically."""
-    cands = []
+    cands, sparse = [], []  # windows with >= 5 % tissue; those with less (fallback)
     for y in range(0, plan.height, size):
         for x in range(0, plan.width, size):
             w, h = min(size, plan.width - x), min(size, plan.height - y)
             x0, y0, x1, y1 = x * plan.scale, y * plan.scale, (x + w) * plan.scale, (y + h) * plan.scale
-            if tissue is not None and tissue.fraction(x0, y0, x1, y1) < max(min_fraction, 0.05):
-                continue
             if roi is not None and not roi.intersects(shapely.box(x0, y0, x1, y1)):
                 continue
-            cands.append(Tile(len(cands), 0, 0, x, y, w, h, (x, y, x + w, y + h)))
+            frac = tissue.fraction(x0, y0, x1, y1) if tissue is not None else 1.0
+            if frac >= max(min_fraction, 0.05):
+                cands.append((x, y, w, h))
+            elif frac >= min_fraction:
+                sparse.append((x, y, w, h))
+    # a slide whose tissue is sparse everywhere is still calibrated on the windows it segments
+    cands = [Tile(i, 0, 0, x, y, w, h, (x, y, x + w, y + h)) for i, (x, y, w, h) in enumerate(cands or sparse)]
     if not cands:
         return []
     idx = np.unique(np.linspace(0, len(cands) - 1, min(n, len(cands))).round().astype(int))
@@ -349,7 +371,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
                               "leave it at auto")
         objects = cfg.segmentation.objects
     measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um, plan.mpp,
-                                      source_labels=cfg.segmentation.backend == "mask", objects=objects)
+                                      source_labels=cfg.segmentation.backend == "mask", objects=objects,
+                                      confidence=segmenter.confidence)
     segmenter.locate(plan, reader.dimensions)
     fingerprint = slide_fingerprint(slide)
     manifest = {

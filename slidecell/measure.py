@@ -246,10 +246,12 @@ class MeasureSpec:
     #: "cells" (a whole-cell mask; no nucleus compartment) or "cells+nuclei" (a whole-cell
     #: backend that also finds the nuclei)
     objects: str = "nuclei"
+    #: the segmentation scores its objects: kept as ``confidence``
+    confidence: bool = False
 
     @classmethod
     def from_config(cls, measure, channel_names, expansion_um: float, mpp: float,
-                    source_labels: bool = False, objects: str = "nuclei") -> "MeasureSpec":
+                    source_labels: bool = False, objects: str = "nuclei", confidence: bool = False) -> "MeasureSpec":
         """From a :class:`slidecell.config.MeasureConfig`; errors name the offending key."""
         from .errors import ConfigError
 
@@ -273,7 +275,7 @@ class MeasureSpec:
             comps.append("nucleus" if not whole and comp == "cell" else comp)
         return cls(tuple(names.index(c) for c in wanted), tuple(wanted), expansion_um / mpp, measure.membrane_um / mpp,
                    tuple(dict.fromkeys(comps)), tuple(dict.fromkeys(measure.statistics)),
-                   tuple(measure.percentiles), source_labels, objects)
+                   tuple(measure.percentiles), source_labels, objects, confidence)
 
     @classmethod
     def means(cls, channel_names) -> "MeasureSpec":
@@ -313,7 +315,8 @@ class MeasureSpec:
     def schema(self):
         from .table import CellSchema
 
-        return CellSchema(self.channel_names, tuple(self.layers()), self.with_nuclei, self.source_labels)
+        return CellSchema(self.channel_names, tuple(self.layers()), self.with_nuclei, self.source_labels,
+                          self.confidence)
 
     def measure(self, nuclei: np.ndarray, cells: np.ndarray | None, image: np.ndarray, ids: np.ndarray) -> dict:
         """``{column: values}`` for cells ``ids``: ``mean:<ch>`` and every layer's columns."""

@@ -15,6 +15,9 @@ A :class:`pandas.DataFrame`, one row per cell, with these columns:
 ``minor_axis_um``
 ``touches_tile_edge``     the cell reached the edge of its tile's read window: it is larger than
                           the overlap and may be cut (increase ``tiling.overlap_um``)
+``confidence``            when the backend scores its objects (the built-in model): the mean
+                          foreground probability over the nucleus, in [0, 1] (QuPath:
+                          ``Detection probability``)
 ``mean:<channel>``        mean intensity of each channel over the cell (the AnnData ``X``)
 ``<layer>:<channel>``     other statistics and compartments, ``<compartment>_<statistic>``,
                           e.g. ``nucleus_mean:CD3``, ``cytoplasm_median:CD3``, ``cell_p90:CD3``
@@ -49,6 +52,9 @@ QUPATH_NAMES = {
     "major_axis_um": "Nucleus: Major axis µm",
     "minor_axis_um": "Nucleus: Minor axis µm",
 }
+#: per-object columns that go into ``obs`` and QuPath as they are (when the table has them)
+EXTRA_OBS = ("mask_label", "confidence", "nucleus_area_um2")
+CONFIDENCE_NAME = "Detection probability"  # as QuPath's StarDist detections call it
 
 
 #: a layer column: ``<compartment>_<statistic>:<channel>``
@@ -68,6 +74,8 @@ class CellSchema:
     whole_cells: bool = False
     #: ``mask_label``: the object's id in a given label image (backend ``mask``)
     source_labels: bool = False
+    #: ``confidence``: the segmentation's score of each object
+    confidence: bool = False
 
     def intensity_columns(self) -> list[str]:
         return [MEAN_PREFIX + c for c in self.channels] + [f"{lay}:{c}" for lay in self.layers for c in self.channels]
@@ -78,7 +86,7 @@ def schema_from_columns(names) -> CellSchema:
     names = list(names)
     channels = tuple(n[len(MEAN_PREFIX):] for n in names if n.startswith(MEAN_PREFIX))
     layers = tuple(dict.fromkeys(m.group("layer") for m in map(LAYER_COLUMN.match, names) if m))
-    return CellSchema(channels, layers, "nucleus_geometry" in names, "mask_label" in names)
+    return CellSchema(channels, layers, "nucleus_geometry" in names, "mask_label" in names, "confidence" in names)
 
 
 def as_schema(schema) -> CellSchema:
@@ -103,6 +111,8 @@ def qupath_measurement_name(column: str, whole_cells: bool) -> str | None:
         return QUPATH_NAMES[column].replace("Nucleus:", primary + ":", 1)
     if column == "nucleus_area_um2":
         return "Nucleus: Area µm^2"
+    if column == "confidence":
+        return CONFIDENCE_NAME
     if column.startswith(MEAN_PREFIX):
         return f"{primary}: {column[len(MEAN_PREFIX):]}: Mean"
     m = LAYER_COLUMN.match(column)
@@ -131,6 +141,8 @@ def empty_table(schema) -> pd.DataFrame:
     cols["touches_tile_edge"] = pd.Series(dtype="bool")
     if schema.source_labels:
         cols["mask_label"] = pd.Series(dtype="int64")
+    if schema.confidence:
+        cols["confidence"] = pd.Series(dtype="float32")
     if schema.whole_cells:
         cols["nucleus_area_um2"] = pd.Series(dtype="float64")
     for c in schema.intensity_columns():
@@ -193,7 +205,7 @@ def to_anndata(table: pd.DataFrame, uns: dict | None = None, var: pd.DataFrame |
     channels = channel_names(table)
     n = len(table)
     X = table[mean_columns(table)].to_numpy(np.float32) if n else np.zeros((0, len(channels)), np.float32)
-    cols = BASE_COLUMNS + [c for c in ("mask_label", "nucleus_area_um2") if c in table.columns]
+    cols = BASE_COLUMNS + [c for c in EXTRA_OBS if c in table.columns]
     obs = table[cols].copy()
     obs.index = obs.pop("cell_id").astype(str).to_numpy()
     obs.index.name = "cell_id"

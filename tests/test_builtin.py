@@ -144,19 +144,21 @@ def test_cellpose_backend_when_installed():
         get_segmenter("cellpose", {"model": "no-such-model"}, ["DAPI"], "fluorescence", 0.5)
 
 
-def test_against_recorded_peers_on_dsb2018_histology():
-    """Live scores of the shipped model against the peers' recorded scores on the same images
+def test_against_recorded_peers_on_dsb2018_histology(tmp_path):
+    """Live scores of the shipped model, through ``slidecell run`` (the evaluation's run
+    protocol), against the peers' recorded scores on the same images
     (benchmarks/evaluation/evaluation.json, written by benchmarks/run_evaluation.sh)."""
     import json
 
-    from slidecell.evaluate import EvalBackend, load_eval_config, load_set, run_backend
+    from slidecell.evaluate import load_eval_config, load_set, run_backend
     from conftest import REPO
 
     need(DSB)
     recorded = json.loads((REPO / "benchmarks" / "evaluation" / "evaluation.json").read_text())["results"]
     cfg = load_eval_config(REPO / "configs" / "evaluate" / "nuclei-heldout.yaml")
     s = next(x for x in cfg.sets if x.label == "dsb2018-histology")
-    live, _ = run_backend(EvalBackend(label="nuclei", backend="builtin"), {}, load_set(SHARED / "nuclei", s))
+    b = next(x for x in cfg.backends if x.label == "nuclei")
+    live, _ = run_backend(b, b.params, load_set(SHARED / "nuclei", s), s, tmp_path)
     # deterministic: the recorded run gave the same numbers
     assert live["mSA"] == pytest.approx(recorded["nuclei"][s.label]["mSA"], abs=1e-6)
     assert live["mSA"] >= recorded["watershed"][s.label]["mSA"] + 0.05

@@ -153,6 +153,93 @@ def test_mibi_pages_named_from_their_json(tmp_path):
         np.testing.assert_array_equal(r.read_region(0, 0, 60, 40), np.moveaxis(data, 0, -1))
 
 
+MIBI_PANEL = [("Au", 197), ("dsDNA", 89), ("HH3", 113), ("CD45", 154), ("NaKATPase", 150), ("Pan-Keratin", 148),
+              ("Vimentin", 149), ("CD68", 159), ("CD3", 160), ("CD20", 146), ("HLA class 1 A, B, and C", 173),
+              ("SMA", 144)]
+
+
+def write_mibitiff(path, size=(96, 128), seed=0):
+    """A MIBItiff as Ionpath's software writes it: one uint16 page per channel, each with a JSON
+    description (channel.mass, channel.target, run and acquisition keys) and a PageName tag,
+    the same shape and compression on every page. With 8 or more pages tifffile reads pages 2..n
+    as TiffFrames (a "uniform" series), as it does for real 22-page files."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    nuclei = np.zeros(size, bool)
+    for cy, cx in [(20, 20), (20, 70), (60, 40), (70, 100), (40, 110)]:
+        nuclei |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+    data = rng.poisson(1.0, (len(MIBI_PANEL), h, w)).astype(np.uint16)
+    for k, (target, _) in enumerate(MIBI_PANEL):
+        if target in ("dsDNA", "HH3"):
+            data[k][nuclei] += rng.poisson(30, int(nuclei.sum())).astype(np.uint16)
+    with tifffile.TiffWriter(path) as tif:
+        for (target, mass), page in zip(MIBI_PANEL, data):
+            desc = json.dumps({"mibi.run": "20200101_run", "mibi.version": "3.0", "mibi.instrument": "MIBIscope1",
+                               "mibi.slide": "1234", "mibi.fov_id": "FOV1", "mibi.folder": "FOV1/RowNumber0/Depth_Profile0",
+                               "image.type": "SIMS", "channel.mass": mass, "channel.target": target,
+                               "mibi.description": "granuloma", "mibi.dwell": 5, "mibi.scans": 1})
+            tif.write(page, description=desc, metadata=None, software="IonpathMIBIv1.0",
+                      resolution=(1e4 / 0.39, 1e4 / 0.39), resolutionunit="CENTIMETER",
+                      extratags=[(285, "s", 0, target, False)])
+    return data, nuclei
+
+
+def test_mibitiff_as_ionpath_writes_it_runs_end_to_end(tmp_path):
+    """Pages after the first arrive as TiffFrames: names and masses still come from each page's
+    JSON, HH3/dsDNA are found as the nuclear channels, and `slidecell run` finds the nuclei."""
+    path = tmp_path / "fov1.tiff"
+    data, nuclei = write_mibitiff(path)
+    with tifffile.TiffFile(path) as tf:
+        # as a real MIBItiff loads
+        assert "TiffFrame" in {type(pg).__name__ for pg in tf.series[0].pages}
+    with open_slide(path) as r:
+        assert r.channel_names == tuple(t for t, _ in MIBI_PANEL)
+        assert [m["metal"] for m in r.channel_meta] == [str(m) for _, m in MIBI_PANEL]
+        assert r.mpp == pytest.approx(0.39, rel=1e-3)
+        np.testing.assert_array_equal(r.read_region(0, 0, 128, 96), np.moveaxis(data, 0, -1))
+    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "geojson": False},
+                                                            "tissue": {"enabled": False}})
+    res = slidecell.run(path, cfg, tmp_path / "out", progress=False)
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["segmentation"]["channels_used"] == {"nuclear": ["dsDNA", "HH3"]}
+    assert res.n_cells == 5
+    adata = ad.read_h5ad(tmp_path / "out" / "cells.h5ad")
+    assert list(adata.var_names) == [t for t, _ in MIBI_PANEL]
+
+
+def test_channel_folder_runs_end_to_end(tmp_path):
+    """`slidecell run` on a folder of single-channel TIFFs: fingerprinted by its files (a changed
+    file is a different slide for resume), channels named by the file names."""
+    _, nuclei = write_mibitiff(tmp_path / "fov.tiff")
+    folder = tmp_path / "fov1"
+    folder.mkdir()
+    with tifffile.TiffFile(tmp_path / "fov.tiff") as tf:
+        stack = tf.asarray()
+    for (target, _), page in zip(MIBI_PANEL, stack):
+        tifffile.imwrite(folder / f"{target}.tif", page)
+    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "geojson": False},
+                                                            "tissue": {"enabled": False}})
+    res = slidecell.run(folder, cfg, tmp_path / "out", mpp=0.39, progress=False)
+    assert res.n_cells == 5
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["segmentation"]["channels_used"] == {"nuclear": ["HH3", "dsDNA"]}  # file-name order
+    from slidecell.engine import slide_fingerprint
+
+    before = slide_fingerprint(folder)
+    assert before == slide_fingerprint(folder)
+    tifffile.imwrite(folder / "CD3.tif", stack[0])
+    assert slide_fingerprint(folder)["sha256_head_tail"] != before["sha256_head_tail"]
+
+
+def test_nuclear_channels_found_by_name():
+    from slidecell.segment.channels import nuclear_channel_indices
+
+    names = ["HH3", "dsDNA", "DNA1", "DNA_2", "Ir191", "DNA1(Ir193Di)", "Histone H3", "Hoechst 33342".replace(" ", ""),
+             "DAPI", "CD3", "CD45", "NaKATPase", "Keratin-pan", "HLA-DR", "PD1"]
+    assert [names[i] for i in nuclear_channel_indices(names, [])] == names[:9]
+
+
 def test_channel_folder(tmp_path):
     rng = np.random.default_rng(1)
     chans = {"DAPI": rng.integers(0, 999, (70, 90), dtype=np.uint16), "CD3": rng.integers(0, 999, (70, 90), dtype=np.uint16)}
@@ -287,11 +374,11 @@ def test_multiplex_preset_on_qptiff_matches_the_label_image(tmp_path):
         img = r.read_region(0, 0, labels.shape[1], labels.shape[0]).astype(np.float64)
     import geopandas as gpd
 
-    from slidecell.io.label_image import _rasterize
+    from slidecell.io.label_image import rasterize_outlines
 
     g = gpd.read_parquet(tmp_path / "out" / "cells.parquet")
     nuc = np.zeros_like(labels)
-    _rasterize(nuc, np.arange(1, len(g) + 1), g["nucleus_geometry"].to_numpy(), 0, 0, 1)
+    rasterize_outlines(nuc, np.arange(1, len(g) + 1), g["nucleus_geometry"].to_numpy(), 0, 0, 1)
     for k in range(0, len(a), max(1, len(a) // 40)):
         cell = labels == k + 1
         np.testing.assert_allclose(a.X[k], img[cell].mean(axis=0), rtol=1e-5)

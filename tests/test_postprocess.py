@@ -80,3 +80,27 @@ def test_pale_centres_are_filled_but_a_lumen_ringed_by_nuclei_is_not():
     lab2[:4, :4] = 1
     lab2[0, 1] = 0  # touches the top border
     assert fill_holes(lab2)[0, 1] == 0
+
+
+def test_confidence_is_the_mean_foreground_and_its_threshold_is_monotone():
+    fg = np.zeros((40, 60), np.float32)
+    dist = np.zeros_like(fg)
+    levels = [0.95, 0.8, 0.62]
+    for k, p in enumerate(levels):
+        fg[10:20, 5 + 18 * k:15 + 18 * k] = p
+        dist[13:17, 8 + 18 * k:12 + 18 * k] = 1.0
+    lab, scores = maps_to_labels(fg, np.zeros_like(fg), dist, return_scores=True)
+    assert lab.max() == 3 and len(scores) == 4
+    assert np.allclose(sorted(scores[1:]), sorted(levels))
+    for k in range(1, 4):  # scores[k] belongs to label k
+        assert scores[k] == pytest.approx(fg[lab == k].mean())
+    counts = []
+    for thr in (0.0, 0.5, 0.7, 0.9, 0.99):
+        lab_t, sc_t = maps_to_labels(fg, np.zeros_like(fg), dist, min_confidence=thr, return_scores=True)
+        assert (sc_t[1:] >= thr).all() and lab_t.max() == len(sc_t) - 1
+        assert np.array_equal(np.unique(lab_t[lab_t > 0]), np.arange(1, lab_t.max() + 1))  # numbered 1..n
+        counts.append(int(lab_t.max()))
+        # a nucleus that stays keeps its pixels
+        for k in range(1, lab_t.max() + 1):
+            assert (lab[lab_t == k] > 0).all() and len(np.unique(lab[lab_t == k])) == 1
+    assert counts == [3, 3, 2, 1, 0]

@@ -370,6 +370,8 @@ class TiffFileReader(SlideReader):
 
         names, meta = [], []
         for page in s.pages:
+            if not hasattr(page, "tags"):  # a TiffFrame (tifffile's view of pages 2..n of a
+                page = page.aspage()        # uniform file, e.g. a real 22-page MIBItiff)
             desc = (getattr(page, "description", "") or "").strip()
             info = {}
             if desc.startswith("{"):

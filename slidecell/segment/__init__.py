@@ -2,11 +2,13 @@
 
 A backend is a :class:`Segmenter` subclass registered in :data:`BACKENDS`. It receives tiles as
 ``(height, width, channels)`` arrays at the working resolution and returns an ``int32`` label
-image of the same height and width (0 = background, one positive id per object).
+image of the same height and width (0 = background, one positive id per object); a backend
+whose model scores its objects returns them as :class:`Scored` (the cells get a ``confidence``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +22,20 @@ BACKENDS: dict[str, type["Segmenter"]] = {}
 def register(cls):
     BACKENDS[cls.name] = cls
     return cls
+
+
+@dataclass
+class Scored:
+    """A label image with a confidence in [0, 1] for each object: ``scores[k]`` is label
+    ``k``'s (``scores[0]`` unused)."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+def unscored(result):
+    """The label image(s) of a :meth:`Segmenter.finish` result, without scores."""
+    return result.labels if isinstance(result, Scored) else result
 
 
 class BackendParams(BaseModel):
@@ -62,13 +78,27 @@ class Segmenter:
         return "nuclei"
 
     @property
+    def confidence(self) -> bool:
+        """Whether :meth:`finish` returns :class:`Scored` labels (a ``confidence`` per cell)."""
+        return False
+
+    @property
     def batch_size(self) -> int:
         """Tiles the engine hands to :meth:`predict` at once."""
         return int(getattr(self.params, "batch_size", None) or 1)
 
     def describe(self) -> dict[str, Any]:
-        """What produced the cells, recorded in run.json."""
-        return {"backend": self.name, "params": self.params.model_dump(mode="json")}
+        """What produced the cells, recorded in run.json (with the channels that drove the
+        segmentation)."""
+        return {"backend": self.name, "params": self.params.model_dump(mode="json"),
+                "channels_used": self.channels_used()}
+
+    def channels_used(self) -> dict[str, Any]:
+        """Which of the image's channels the segmentation reads, by role: ``nuclear`` (names),
+        ``membrane`` (names), or ``rgb``/``haematoxylin`` for brightfield colour input.
+        Default: the nuclear channel indices in ``self.channels``, when a backend keeps them."""
+        idx = getattr(self, "channels", None)
+        return {"nuclear": [self.channel_names[i] for i in idx]} if idx else {}
 
     def segment_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Several tiles at once; backends with a batched model override this."""
@@ -114,4 +144,4 @@ from . import cellpose  # noqa: E402,F401  (registers Cellpose when installed)
 from . import mask  # noqa: E402,F401  (registers the label-image backend)
 from . import torchscript  # noqa: E402,F401  (registers exported TorchScript label models)
 
-__all__ = ["BACKENDS", "Segmenter", "BackendParams", "get_segmenter", "register"]
+__all__ = ["BACKENDS", "Segmenter", "BackendParams", "Scored", "get_segmenter", "register", "unscored"]

@@ -133,6 +133,12 @@ class CellposeSegmenter(Segmenter):
         masks = self.model.eval(img, **kwargs)[0]
         return relabel(np.asarray(masks, np.int32), self.min_px)
 
+    def channels_used(self) -> dict:
+        used = super().channels_used()
+        if getattr(self, "cell_idx", None):
+            used["membrane"] = [self.channel_names[i] for i in self.cell_idx]
+        return used
+
     def segment(self, image: np.ndarray):
         """Nuclei; with ``cell_channels``, cells (or ``(nuclei, cells)`` with ``nuclei``)."""
         empty = np.zeros(image.shape[:2], np.int32)

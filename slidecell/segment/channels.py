@@ -6,9 +6,14 @@ import re
 
 from ..errors import ConfigError
 
+#: channel names taken as nuclear when ``segmentation.nuclear_channels`` is empty (matched whole,
+#: ignoring case): DAPI, Hoechst, DRAQ5, SYTOX, TO-PRO, PI; DNA, DNA1/DNA2, DNA_1, dsDNA; histone
+#: H3 and its marks (H3, HH3, H3K27me3, Histone H3); iridium intercalator (Ir191/Ir193, also inside
+#: IMC labels such as ``DNA1(Ir191Di)``). Several matches are averaged. Name the channels in the
+#: config to choose others.
 NUCLEAR_NAME = re.compile(
-    r"^(dapi|hoechst.*|nuclei|nuclear|nucleus|dna\d*|histone.*|h3.*|ir19[13].*|.*\(ir19[13]\).*|"
-    r"draq5|sytox.*|topro.*|pi)$",
+    r"^(dapi.*|hoechst.*|nuclei|nuclear|nucleus|(ds[-_ ]?)?dna([-_ ]?\d+)?|histone.*|h?h3.*|"
+    r".*ir19[13].*|draq5|sytox.*|to-?pro.*|pi)$",
     re.IGNORECASE,
 )
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from .. import BackendParams, Segmenter, register
+from .. import BackendParams, Scored, Segmenter, register, unscored
 from ..channels import model_input_channels
 from .inputs import fit_range, model_input, nuclear_signal, resample, resample_factor
 from .model import SHIPPED, PostParams, Predictor, default_batch_size
@@ -41,8 +41,14 @@ class BuiltinParams(BackendParams):
     #: overrides of the model's own post-processing thresholds
     fg_threshold: float | None = Field(None, gt=0, lt=1)
     seed_threshold: float | None = Field(None, gt=0, lt=1)
-    #: nuclei smaller than this are dropped
-    min_area_um2: float = Field(2.0, ge=0)
+    #: nuclei whose confidence (mean foreground probability, the cells' ``confidence``) is
+    #: below this are dropped; None: the model's own threshold, chosen on validation images
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    #: nuclei smaller than this are dropped; None: the model's own minimum
+    min_area_um2: float | None = Field(None, ge=0)
+    #: µm/px the network is run at (tiles are resampled to it); None: the model's own, the one it
+    #: was trained at. Like Cellpose's diameter: a smaller value shows the network larger nuclei
+    model_mpp: float | None = Field(None, gt=0.05, le=10)
 
 
 def get_predictor(model: str, device: str, precision: str) -> Predictor:
@@ -68,8 +74,13 @@ class BuiltinSegmenter(Segmenter):
             self.post.fg_threshold = p.fg_threshold
         if p.seed_threshold is not None:
             self.post.seed_threshold = p.seed_threshold
-        self.factor = resample_factor(self.mpp, meta.mpp)
-        self.post.min_pixels = max(1, int(round(p.min_area_um2 / self.mpp**2)))
+        if p.min_confidence is not None:
+            self.post.min_confidence = p.min_confidence
+        self.model_mpp = p.model_mpp or meta.mpp
+        self.factor = resample_factor(self.mpp, self.model_mpp)
+        min_area = p.min_area_um2 if p.min_area_um2 is not None else float(meta.extra.get("min_area_um2", 2.0))
+        self.min_area_um2 = min_area
+        self.post.min_pixels = max(1, int(round(min_area / self.mpp**2)))
         self.input_modality, self.channels = model_input_channels(
             channel_names, modality, nuclear_channels, "builtin model")
 
@@ -78,12 +89,22 @@ class BuiltinSegmenter(Segmenter):
         return default_batch_size(self.params.batch_size, self.predictor.device)
 
     @property
+    def confidence(self) -> bool:
+        return True
+
+    def channels_used(self) -> dict:
+        if self.input_modality == "brightfield":
+            return {"rgb": [self.channel_names[i] for i in self.channels]}
+        return {"nuclear": [self.channel_names[i] for i in self.channels]}
+
+    @property
     def research_only(self) -> bool:
         return bool(self.predictor.meta.extra.get("research_only"))
 
     def describe(self) -> dict:
         meta = self.predictor.meta
-        return {**super().describe(), "model": meta.name, "model_mpp": meta.mpp,
+        return {**super().describe(), "model": meta.name, "model_mpp": self.model_mpp,
+                "min_confidence": self.post.min_confidence, "min_area_um2": self.min_area_um2,
                 "research_only": self.research_only, "device": str(self.predictor.device),
                 "precision": self.predictor.precision}
 
@@ -123,7 +144,7 @@ class BuiltinSegmenter(Segmenter):
         return self.segment_batch([image])[0]
 
     def segment_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return [self.finish(r, im) for r, im in zip(self.predict(images), images)]
+        return [unscored(self.finish(r, im)) for r, im in zip(self.predict(images), images)]
 
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         """Probability maps (3×H×W at the model's resolution) per tile, ``None`` for an empty
@@ -157,13 +178,13 @@ class MapsToLabels:
     def __init__(self, post: PostParams, factor: float):
         self.post, self.factor = post, factor
 
-    def __call__(self, maps: np.ndarray | None, image: np.ndarray) -> np.ndarray:
+    def __call__(self, maps: np.ndarray | None, image: np.ndarray) -> Scored:
         h, w = image.shape[:2]
         if maps is None:
-            return np.zeros((h, w), np.int32)
+            return Scored(np.zeros((h, w), np.int32), np.zeros(1, np.float32))
         if self.factor != 1.0:
             maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps])
-        return maps_to_labels(maps[0], maps[1], maps[2], **self.post.__dict__)
+        return Scored(*maps_to_labels(maps[0], maps[1], maps[2], **self.post.__dict__, return_scores=True))
 
 
 __all__ = ["BuiltinSegmenter", "BuiltinParams", "SHIPPED", "Predictor"]

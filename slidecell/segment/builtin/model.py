@@ -27,6 +27,8 @@ class PostParams:
     min_pixels: int = 4
     seeds: str = "hmax"
     grow: str = "watershed"
+    #: nuclei whose mean foreground probability is below this are dropped
+    min_confidence: float = 0.0
 
 
 @dataclass

@@ -9,6 +9,9 @@ Each foreground pixel then goes to a seed: by watershed on the predicted distanc
 distance transform). Foreground components that got no seed keep one label of their own.
 Pockets of background inside one nucleus (pale chromatin) are filled, as its outline is; a
 lumen ringed by several nuclei is not (:func:`fill_holes`).
+Each nucleus' **confidence** is the mean foreground probability over its pixels
+(:func:`object_confidence`); nuclei below ``min_confidence`` are dropped (fragments on stroma,
+ink or debris that the network is unsure of), as are those under ``min_pixels``.
 See ``benchmarks/RESULTS.md`` (model choice) for the measurements behind the defaults.
 """
 
@@ -22,12 +25,14 @@ _CROSS = ndi.generate_binary_structure(2, 1)
 
 def maps_to_labels(fg: np.ndarray, boundary: np.ndarray, dist: np.ndarray, *, fg_threshold: float = 0.5,
                    seed_threshold: float = 0.5, min_pixels: int = 4, seeds: str = "distance",
-                   grow: str = "nearest") -> np.ndarray:
+                   grow: str = "nearest", min_confidence: float = 0.0, return_scores: bool = False):
     """``fg``, ``boundary``, ``dist``: probabilities in [0, 1] (float32, H×W). Returns int32
-    labels numbered 1..n in raster order of each nucleus' first pixel."""
+    labels numbered 1..n in raster order of each nucleus' first pixel (and, with
+    ``return_scores``, each label's confidence: ``scores[k]`` for label k)."""
     mask = fg > fg_threshold
     if not mask.any():
-        return np.zeros(mask.shape, np.int32)
+        empty = np.zeros(mask.shape, np.int32)
+        return (empty, np.zeros(1, np.float32)) if return_scores else empty
     # pockets of the foreground that the network places inside a nucleus (predicted distance
     # > 0.5: a pale, vesicular centre) are foreground; a lumen ringed by nuclei (distance ~0) is not
     holes, nh = enclosed_background(mask)
@@ -72,7 +77,25 @@ def maps_to_labels(fg: np.ndarray, boundary: np.ndarray, dist: np.ndarray, *, fg
         labels = watershed(-dist, markers, mask=mask)
     else:
         raise ValueError(f"unknown grow method {grow!r}")
-    return relabel(fill_holes(labels.astype(np.int32, copy=False), holes, nh), min_pixels)
+    labels = fill_holes(labels.astype(np.int32, copy=False), holes, nh)
+    if min_confidence > 0 or return_scores:
+        conf = object_confidence(labels, fg)
+        if min_confidence > 0:
+            labels = np.where(conf[labels] >= min_confidence, labels, 0)
+        labels, old = relabel(labels, min_pixels, return_old=True)
+        return (labels, conf[old].astype(np.float32)) if return_scores else labels
+    return relabel(labels, min_pixels)
+
+
+def object_confidence(labels: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Mean foreground probability over each label's pixels (index = label; 0 for label 0)."""
+    flat = labels.ravel()
+    n = int(flat.max()) + 1 if flat.size else 1
+    area = np.bincount(flat, minlength=n)
+    total = np.bincount(flat, weights=fg.ravel().astype(np.float64), minlength=n)
+    conf = np.where(area > 0, total / np.maximum(area, 1), 0.0)
+    conf[0] = 0.0
+    return conf
 
 
 def enclosed_background(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -121,11 +144,13 @@ def fill_holes(labels: np.ndarray, holes: np.ndarray | None = None, n: int | Non
     return out
 
 
-def relabel(labels: np.ndarray, min_pixels: int = 1) -> np.ndarray:
-    """Drop labels smaller than ``min_pixels``; number the rest 1..n in raster order."""
+def relabel(labels: np.ndarray, min_pixels: int = 1, return_old: bool = False):
+    """Drop labels smaller than ``min_pixels``; number the rest 1..n in raster order. With
+    ``return_old`` also the old id of each new label (``old[k]`` for new label k, ``old[0] = 0``)."""
     flat = labels.ravel()
     if flat.size == 0 or flat.max() == 0:
-        return np.zeros(labels.shape, np.int32)
+        empty = np.zeros(labels.shape, np.int32)
+        return (empty, np.zeros(1, np.int64)) if return_old else empty
     areas = np.bincount(flat)
     keep = areas >= min_pixels
     keep[0] = False
@@ -135,4 +160,6 @@ def relabel(labels: np.ndarray, min_pixels: int = 1) -> np.ndarray:
     order = order[keep[order]]
     lut = np.zeros(len(areas), np.int32)
     lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    if return_old:
+        return lut[labels], np.r_[0, order].astype(np.int64)
     return lut[labels]
