@@ -47,6 +47,8 @@ class AugmentSpec(_Strict):
     blur: float = Field(0.2, ge=0, le=1)
     noise: float = Field(0.2, ge=0, le=1)
     jpeg: float = Field(0.2, ge=0, le=1)
+    #: brightfield patches painted with tissue-marking ink (hard negatives)
+    ink: float = Field(0.0, ge=0, le=1)
 
 
 class TrainConfig(_Strict):
@@ -175,7 +177,7 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.05)
     epoch0, best = _resume(out, net, opt, sched)
     aug = Augment(cfg.augment.patch, tuple(cfg.augment.scale), cfg.augment.hed, cfg.augment.blur,
-                  cfg.augment.noise, cfg.augment.jpeg)
+                  cfg.augment.noise, cfg.augment.jpeg, cfg.augment.ink)
     w = torch.tensor(cfg.loss_weights)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     meta_extra = {"research_only": cfg.research_only, "description": cfg.description, "init": cfg.init,

@@ -169,6 +169,40 @@ class Augment:
     blur: float = 0.2
     noise: float = 0.2
     jpeg: float = 0.2
+    #: brightfield: probability of painting tissue-marking ink / pen over the patch (hard
+    #: negatives: no nucleus under opaque ink)
+    ink: float = 0.0
+
+
+#: optical densities (per unit of concentration) of marking inks and pens seen on slides:
+#: blue, teal and green tissue-marking dyes and black pen (no red or purple: over eosin they look
+#: like haematoxylin)
+INK_OD = np.array([[1.1, 0.45, 0.12], [1.3, 0.7, 0.2], [1.0, 0.3, 0.45], [1.0, 0.9, 0.85], [0.6, 1.1, 0.35]],
+                  np.float32)
+
+
+def paint_ink(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue-marking ink over an RGB patch in [0, 1]: a smooth random blob or stroke of one dye
+    added in optical density. Nuclei mostly under opaque ink (alpha > 0.5) become background."""
+    h, w = lab.shape
+    field = rng.normal(size=(max(2, h // 24), max(2, w // 24))).astype(np.float32)
+    field = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+    field = cv2.GaussianBlur(field, (0, 0), max(h, w) / 24)
+    field = (field - field.mean()) / (field.std() + 1e-6)
+    cover = rng.uniform(-0.5, 1.2)  # higher: less of the patch inked
+    alpha = np.clip((field - cover) * rng.uniform(1.0, 4.0), 0, 1)
+    if rng.random() < 0.5:  # granular pigment: specks of a few pixels
+        speck = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), rng.uniform(0.6, 1.5))
+        alpha = alpha * np.clip((speck - speck.mean()) / (speck.std() + 1e-6) * 1.5, 0, 1)
+    dye = INK_OD[int(rng.integers(0, len(INK_OD)))] * rng.uniform(0.5, 1.6)
+    od = -np.log(np.clip(img, 1 / 255, 1.0)) + alpha[:, :, None] * dye[None, None, :]
+    img = np.clip(np.exp(-od), 0, 1).astype(np.float32)
+    if lab.any() and (alpha > 0.5).any():
+        n = int(lab.max()) + 1
+        covered = np.bincount(lab.ravel(), weights=(alpha > 0.5).ravel(), minlength=n) / np.maximum(
+            np.bincount(lab.ravel(), minlength=n), 1)
+        lab = np.where(covered[lab] > 0.5, 0, lab)
+    return img, lab
 
 
 def sample_patch(s: Sample, aug: Augment, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -201,6 +235,8 @@ def sample_patch(s: Sample, aug: Augment, rng: np.random.Generator) -> tuple[np.
     if s.modality == "brightfield":
         if aug.hed > 0 and np.ptp(img.reshape(-1, 3).mean(0)) > 0.02:
             img = hed_jitter(img, rng, aug.hed)
+        if aug.ink > 0 and rng.random() < aug.ink:
+            img, lab = paint_ink(img, lab, rng)
         img = np.clip((img - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08), 0, 1)
     else:
         img = np.clip(img * rng.uniform(0.6, 1.4), 0, 2) ** rng.uniform(0.7, 1.4)
