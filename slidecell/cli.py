@@ -216,17 +216,48 @@ def version():
     typer.echo(__version__)
 
 
+#: exit codes of a run stopped by a signal (128 + the signal's number, as shells report them)
+INTERRUPTED, TERMINATED = 130, 143
+_STOPPED_BY: list[int] = []
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM (SLURM's scancel, Snakemake, kill) stops a run as Ctrl-C does: the work folder
+    keeps its finished chunks and the same command resumes."""
+    _STOPPED_BY.append(signum)
+    raise KeyboardInterrupt
+
+
+def _stopped() -> int:
+    import signal
+
+    term = bool(_STOPPED_BY) and _STOPPED_BY[-1] == signal.SIGTERM
+    what = "terminated (SIGTERM)" if term else "interrupted"
+    typer.echo(f"slidecell: {what}; run the same command again to resume", err=True)
+    return TERMINATED if term else INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     from .errors import SlidecellError
 
+    _STOPPED_BY.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(args=argv, standalone_mode=False)
+        # typer turns KeyboardInterrupt into a returned exit code 130
+        rv = app(args=argv, standalone_mode=False)
+        if rv == INTERRUPTED:
+            return _stopped()
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            return rv
     except SlidecellError as exc:
         typer.echo(f"slidecell: error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        typer.echo("slidecell: interrupted; run the same command again to resume", err=True)
-        return 130
+        return _stopped()
     except (typer.Exit, SystemExit) as exc:
         return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
     except Exception as exc:  # usage errors and anything unexpected
