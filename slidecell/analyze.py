@@ -47,7 +47,7 @@ class PhenotypeConfig(_Strict):
     #: a scimap phenotype sheet (CSV) instead of ``gating.phenotypes``
     sheet: str | None = None
     leiden: ClusterConfig = Field(default_factory=ClusterConfig)
-    #: a classifier model file (joblib) for ``method: classifier``
+    #: a classifier model file (.skops, from `slidecell classify train`) for ``method: classifier``
     model: str | None = None
 
 

@@ -6,7 +6,9 @@ cell whose centroid lies inside it, or the nearest within ``max_distance_px``), 
 annotations (every cell whose centroid lies inside). Features are the cell table's morphology
 and colour: per-channel means and, for RGB, optical densities and the haematoxylin / eosin /
 DAB stains (colour deconvolution of the mean colour). The model is scikit-learn's random forest,
-saved with joblib together with its feature names and classes.
+saved with its feature names and classes in skops' format (``.skops``), which cannot run code
+when loaded: only the types a random forest is made of are accepted, anything else (and any
+pickle or joblib file, which could run arbitrary code) is refused with a message.
 """
 
 from __future__ import annotations
@@ -95,10 +97,14 @@ def labels_from_geojson(adata, path, offset=(0, 0), max_distance_px: float = 10.
     return pd.Series(label, index=adata.obs_names, name="label")
 
 
+#: the only types a classifier file may hold beyond skops' own safe defaults
+TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+
+
 def train_classifier(adata, labels: pd.Series, out, seed: int = 0, n_estimators: int = 300) -> dict:
-    """Train a random forest on the labelled cells; save ``{model, features, classes}`` with
-    joblib at ``out``. Returns the out-of-bag accuracy and counts."""
-    import joblib
+    """Train a random forest on the labelled cells; save ``{model, features, classes}`` in skops'
+    format at ``out``. Returns the out-of-bag accuracy and counts."""
+    import skops.io as sio
     from sklearn.ensemble import RandomForestClassifier
 
     from .io.writers import atomic_path
@@ -111,21 +117,17 @@ def train_classifier(adata, labels: pd.Series, out, seed: int = 0, n_estimators:
     model = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, oob_score=True, n_jobs=-1,
                                    class_weight="balanced")
     model.fit(feats.to_numpy()[known], labels[known].astype(str).to_numpy())
-    bundle = {"model": model, "features": list(feats.columns), "classes": list(model.classes_)}
+    bundle = {"model": model, "features": list(feats.columns), "classes": [str(c) for c in model.classes_]}
     with atomic_path(out) as tmp:
-        joblib.dump(bundle, tmp)
+        sio.dump(bundle, tmp)
     return {"labelled_cells": int(known.sum()), "classes": {str(k): int(v) for k, v in labels[known].value_counts().items()},
             "oob_accuracy": float(model.oob_score_)}
 
 
 def apply_classifier(adata, model_path, key: str = "phenotype") -> None:
     """``obs[key]`` (and ``obs[key + '_probability']``) from a saved classifier."""
-    import joblib
-
+    bundle = load_classifier(model_path)
     path = Path(model_path)
-    if not path.exists():
-        raise InputError(f"{path}: classifier model not found")
-    bundle = joblib.load(path)
     feats = cell_features(adata)
     missing = [c for c in bundle["features"] if c not in feats.columns]
     if missing:
@@ -136,4 +138,39 @@ def apply_classifier(adata, model_path, key: str = "phenotype") -> None:
     adata.obs[key + "_probability"] = proba.max(axis=1)
 
 
-__all__ = ["cell_features", "labels_from_geojson", "train_classifier", "apply_classifier"]
+def load_classifier(model_path) -> dict:
+    """A classifier file written by :func:`train_classifier`, loaded without running any code
+    from it: a pickle/joblib file, a damaged file or one holding other types is refused."""
+    import zipfile
+
+    import skops.io as sio
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise InputError(f"{path}: classifier model not found")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(b"PK"):
+        kind = "a pickle/joblib file" if head[:1] == b"\x80" or path.suffix in (".joblib", ".pkl", ".pickle") \
+            else "not a classifier file"
+        raise InputError(f"{path}: {kind}; slidecell loads classifiers only in skops format (.skops), which "
+                         "cannot run code when opened; train again with `slidecell classify train ... -o model.skops`")
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+        unknown = [t for t in untrusted if t not in TRUSTED_TYPES]
+        if unknown:
+            raise InputError(f"{path}: refusing to load a classifier file holding types that are not part of a "
+                             f"random forest: {unknown[:5]}")
+        bundle = sio.load(path, trusted=untrusted)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as err:
+        raise InputError(f"{path}: not a readable classifier file ({type(err).__name__})") from None
+    from sklearn.ensemble import RandomForestClassifier
+
+    if not isinstance(bundle, dict) or not {"model", "features", "classes"} <= set(bundle) or \
+            not isinstance(bundle["model"], RandomForestClassifier):
+        raise InputError(f"{path}: not a slidecell classifier (expected a random forest with its features and "
+                         "classes)")
+    return bundle
+
+
+__all__ = ["cell_features", "labels_from_geojson", "train_classifier", "apply_classifier", "load_classifier"]

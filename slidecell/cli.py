@@ -148,7 +148,7 @@ app.add_typer(classify_app, name="classify")
 def classify_train(
     run_dir: Path = typer.Argument(..., help="a finished run folder (cells.h5ad)"),
     labels: Path = typer.Option(..., "--labels", help="QuPath GeoJSON with classified cells/detections/annotations"),
-    out: Path = typer.Option(..., "--out", "-o", help="model file to write (.joblib)"),
+    out: Path = typer.Option(..., "--out", "-o", help="model file to write (.skops: loads without running code)"),
 ):
     """Train a random forest on the cells a user classified in QuPath."""
     import anndata as ad

@@ -241,10 +241,10 @@ def test_he_classifier_from_qupath_labels(tmp_path):
     (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     lab = labels_from_geojson(train, tmp_path / "labels.geojson", offset=(100, 50))
     assert lab.notna().sum() == 400 and (lab.dropna() == pd.Series(truth, index=train.obs_names)[lab.notna()]).all()
-    info = train_classifier(train, lab, tmp_path / "model.joblib")
+    info = train_classifier(train, lab, tmp_path / "model.skops")
     assert info["labelled_cells"] == 400 and info["oob_accuracy"] > 0.85
     test, truth_test = _he_cells(2000, np.random.default_rng(8), offset=50000)
-    apply_classifier(test, tmp_path / "model.joblib", "phenotype")
+    apply_classifier(test, tmp_path / "model.skops", "phenotype")
     acc = (test.obs["phenotype"].astype(str).to_numpy() == truth_test).mean()
     assert acc >= 0.90, acc
 
@@ -304,3 +304,46 @@ def test_tumor_regions_from_qupath_annotations(tmp_path):
     assert s["areas_mm2"]["tumor"] == pytest.approx(np.pi * 0.9 ** 2, rel=0.01)
     r = np.hypot(*(a.obsm["spatial"] - 1500).T)
     assert ((a.obs["tumor_distance_um"].to_numpy() < 0) == (r < 900))[np.abs(r - 900) > 10].all()
+
+
+class NotAForest:
+    """An arbitrary class: skops would have to import and build it to load it."""
+
+    def __init__(self):
+        self.x = 1
+
+
+def test_classifier_files_never_run_code(tmp_path):
+    """A shared classifier file is data: a pickle (joblib) whose loading would run a command is
+    refused without running it, as is a skops file holding types that are not a random forest."""
+    import os
+    import pickle
+
+    import skops.io as sio
+
+    from slidecell.classify import apply_classifier
+    from slidecell.errors import InputError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cells, _ = _he_cells(50, np.random.default_rng(1))
+    for name in ("evil.joblib", "evil.skops", "evil.bin"):
+        (tmp_path / name).write_bytes(pickle.dumps({"model": Evil(), "features": [], "classes": []}))
+        with pytest.raises(InputError, match="skops format"):
+            apply_classifier(cells, tmp_path / name)
+    assert not marker.exists()
+    sio.dump({"model": NotAForest(), "features": [], "classes": []}, tmp_path / "odd.skops")
+    with pytest.raises(InputError, match="not part of a random forest"):
+        apply_classifier(cells, tmp_path / "odd.skops")
+    from sklearn.linear_model import LogisticRegression  # safe to load, but not our classifier
+
+    sio.dump({"model": LogisticRegression(), "features": [], "classes": []}, tmp_path / "lr.skops")
+    with pytest.raises(InputError, match="not a slidecell classifier"):
+        apply_classifier(cells, tmp_path / "lr.skops")
+    (tmp_path / "broken.skops").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(InputError, match="not a readable classifier"):
+        apply_classifier(cells, tmp_path / "broken.skops")
