@@ -118,3 +118,24 @@ def test_interrupt_and_terminate_exit_non_zero_and_resume(tmp_path):
         a = pq.read_table(tmp_path / "ref" / "cells.parquet").drop(["geometry"]).to_pandas()
         b = pq.read_table(out / "cells.parquet").drop(["geometry"]).to_pandas()
         assert a.equals(b)
+
+
+def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path):
+    """--mpp outside a microscope's range (or not a number) and resolution tags that are a screen
+    placeholder (72 dpi → 352.8 µm/px) are refused in one line that says how to pass --mpp."""
+    import numpy as np
+    import tifffile
+
+    need(CMU1)
+    for bad in ("1e9", "inf", "nan", "0", "-0.5", "1e-5"):
+        assert_one_line_error(cli("run", CMU1, "--mpp", bad, "-o", tmp_path / "o"), f"--mpp {float(bad)}",
+                              "not a microscope pixel size")
+        assert not (tmp_path / "o").exists()
+    img = np.full((512, 512, 3), 200, np.uint8)
+    for unit, res in (("CENTIMETER", 72 / 2.54), ("INCH", 72.0)):
+        path = tmp_path / f"screen-{unit}.tif"
+        tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", resolution=(res, res), resolutionunit=unit)
+        res_run = cli("run", path, "-o", tmp_path / f"o-{unit}")
+        assert_one_line_error(res_run, path.name, "--mpp")
+        ok = cli("run", path, "--mpp", "0.5", "-o", tmp_path / f"ok-{unit}", "-q")
+        assert ok.returncode == 0, ok.stderr

@@ -69,7 +69,11 @@ def test_qptiff_channels():
 def test_generic_pyramid_tiff():
     r = open_slide(need(GENERIC_TIFF))
     assert r.level_dimensions == ((300, 250), (150, 125), (75, 62), (37, 31))
-    assert r.mpp == pytest.approx(352.858, rel=1e-4)
+    # the file's resolution tags say 72 dpi (352.858 µm/px): a screen placeholder, refused
+    assert not r.mpp_known and r.describe()["mpp"] == pytest.approx(352.858, rel=1e-4)
+    with pytest.raises(MissingPixelSizeError, match="352.9 µm per pixel.*--mpp"):
+        _ = r.mpp
+    assert open_slide(GENERIC_TIFF, mpp=0.25).mpp == 0.25
     o = open_slide(GENERIC_TIFF, reader="openslide")
     assert np.array_equal(o.read_region(0, 0, 75, 62, 2), r.read_region(0, 0, 75, 62, 2))
 
@@ -217,5 +221,5 @@ def test_corrupt_tile_data_is_a_read_error(tmp_path, rng):
 
 
 def test_bad_mpp(tmp_path):
-    with pytest.raises(SlideOpenError, match="positive"):
+    with pytest.raises(SlideOpenError, match="not a microscope pixel size"):
         open_slide(need(CMU1), mpp=-1)

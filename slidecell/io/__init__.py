@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SlideOpenError
-from .base import ReaderSpec, SlideReader, resize
+from .base import MPP_RANGE, ReaderSpec, SlideReader, plausible_mpp, resize
 from .multiplex import ChannelFolderReader, IMCTextReader, apply_markers
 from .readers import ImageReader, OpenSlideReader, TiffFileReader, TiffSlideReader, tiff_problems
 
@@ -71,8 +71,9 @@ def open_slide(path, mpp: float | None = None, reader: str = "auto", markers=Non
 
 def _open(path: Path, mpp, reader: str, **options) -> SlideReader:
     path = Path(path)
-    if mpp is not None and not (mpp > 0):
-        raise SlideOpenError(f"{path}: --mpp must be a positive number of µm per pixel, got {mpp}")
+    if mpp is not None and not plausible_mpp(mpp):
+        raise SlideOpenError(f"{path}: --mpp {mpp}: not a microscope pixel size (expected {MPP_RANGE[0]} to "
+                             f"{MPP_RANGE[1]} µm per pixel at full resolution)")
     if not path.exists():
         raise SlideOpenError(f"{path}: file not found")
     if path.is_dir():

@@ -20,6 +20,18 @@ from ..errors import MissingPixelSizeError, SlideReadError
 LEVEL_TOLERANCE = 1e-3
 
 
+#: pixel sizes a microscope or slide scanner gives (µm per pixel at full resolution)
+MPP_RANGE = (0.01, 50.0)
+
+
+def plausible_mpp(value) -> bool:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and MPP_RANGE[0] <= v <= MPP_RANGE[1]
+
+
 @dataclass(frozen=True)
 class ReaderSpec:
     """Everything needed to open the same slide again in another process or on another machine."""
@@ -60,7 +72,7 @@ class SlideReader:
     def _setup(self, path, mpp: float | None, options: dict) -> None:
         """Common constructor part: the path, a user-given pixel size, reader options."""
         self.path = Path(path)
-        self._mpp_override = mpp
+        self._mpp_override = mpp  # checked by open_slide (plausible_mpp)
         self._options = dict(options)
 
     # -- metadata -------------------------------------------------------------------
@@ -78,17 +90,25 @@ class SlideReader:
 
     @property
     def mpp_known(self) -> bool:
-        return (self._mpp_override or self._mpp) is not None
+        return self._mpp_override is not None or (self._mpp is not None and plausible_mpp(self._mpp))
 
     @property
     def mpp(self) -> float:
-        """Level-0 pixel size in µm. Raises when the file does not say and none was given."""
-        value = self._mpp_override or self._mpp
+        """Level-0 pixel size in µm. Raises when the file does not say (or says something no
+        microscope gives, such as a 72 dpi screen placeholder) and none was given."""
+        if self._mpp_override is not None:
+            return float(self._mpp_override)
+        value = self._mpp
         if value is None:
             raise MissingPixelSizeError(
                 f"{self.path}: the slide does not record its pixel size; pass it with --mpp "
                 "(µm per pixel at full resolution)"
             )
+        if not plausible_mpp(value):
+            raise MissingPixelSizeError(
+                f"{self.path}: the file says {value:.4g} µm per pixel, which no microscope gives (a screen "
+                "resolution such as 72 dpi?); pass the real pixel size with --mpp (µm per pixel at full "
+                "resolution)")
         return float(value)
 
     def channel_table(self):
@@ -114,6 +134,8 @@ class SlideReader:
             "levels": [list(d) for d in self.level_dimensions],
             "downsamples": [float(d) for d in self.level_downsamples],
             "mpp": self._mpp_override or self._mpp,
+            **({} if self.mpp_known or self._mpp is None else
+               {"mpp_warning": "not a microscope pixel size (a screen-resolution placeholder?): pass --mpp"}),
             "channels": list(self.channel_names),
             "channel_meta": [dict(m) for m in self.channel_meta] or None,
             "markers_file": self.markers_file,
