@@ -220,6 +220,24 @@ def slide_fingerprint(path: Path) -> dict:
     return {"name": path.name, "size": size, "sha256_head_tail": h.hexdigest()}
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's whole content (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_digests(segmenter: Segmenter, reader: SlideReader) -> dict[str, str]:
+    """Content hashes of the files besides the slide that decide the cells: the segmentation's
+    weights or label image and the markers file naming the channels."""
+    files = {f"segmentation:{p}": p for p in map(Path, segmenter.input_files())}
+    if reader.markers_file:
+        files[f"markers:{reader.markers_file}"] = Path(reader.markers_file)
+    return {k: file_digest(p) for k, p in files.items() if p.is_file()}
+
+
 def _hash_head_tail(path: Path, h) -> int:
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -384,6 +402,9 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
         "plan": plan.summary(),
         # chunks hold GeoJSON features made with these settings
         "geojson": [cfg.output.geojson, cfg.output.geojson_precision],
+        # what the files the run reads hold (weights, masks, markers), not just where they are
+        "channels": list(reader.channel_names),
+        "input_files": input_digests(segmenter, reader),
     }
     manifest_path = work / "manifest.json"
     resumed = 0
@@ -436,6 +457,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
             "segmentation_backend": cfg.segmentation.backend,
             "segmentation": segmenter.describe(),
             "segmenter_state": segmenter.state,
+            "input_files": manifest["input_files"],
             # what the objects are (names the QuPath measurements Cell: / Nucleus:)
             "objects": measure.objects, "whole_cells": measure.whole_cells,
         }

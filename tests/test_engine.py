@@ -312,3 +312,28 @@ def test_post_processing_pool_does_not_change_cells(cmu1_run, tmp_path, engine):
     assert all(x.equals_exact(y, 0) for x, y in zip(a.geometry, b.geometry))
     pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
     assert (out / "cells.geojson").read_bytes() == (tmp_path / "p" / "cells.geojson").read_bytes()
+
+
+def test_resume_refuses_swapped_weights(tmp_path):
+    """Files the run reads are fingerprinted by content: weights replaced at the same path
+    between a stop and a resume make the resume refuse to mix two models' cells; the original
+    weights resume."""
+    import shutil
+
+    from slidecell.segment.builtin.model import WEIGHTS_DIR
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(WEIGHTS_DIR / "nuclei.safetensors", weights)
+    cfg = load_config("he-brightfield", {"roi": [800, 1200, 400, 400], "output": {"geojson": False, "h5ad": False},
+                                         "segmentation": {"params": {"model": str(weights)}}})
+    out = tmp_path / "o"
+    first = run(need(CMU1), cfg, out, progress=False)
+    summary = json.loads((out / "run.json").read_text())
+    assert list(summary["input_files"]) == [f"segmentation:{weights}"]
+    (out / "run.json").unlink()  # as if stopped after its last chunk
+    shutil.copy(WEIGHTS_DIR / "nuclei-research.safetensors", weights)
+    with pytest.raises(OutputError, match="input_files"):
+        run(CMU1, cfg, out, progress=False)
+    shutil.copy(WEIGHTS_DIR / "nuclei.safetensors", weights)
+    again = run(CMU1, cfg, out, progress=False)
+    assert again.n_cells == first.n_cells and again.resumed_chunks == 1

@@ -473,3 +473,34 @@ def test_cellpose_two_channel_whole_cells(tmp_path):
     feats = json.loads((tmp_path / "out" / "cells.geojson").read_text())["features"]
     assert all(f["properties"]["objectType"] == "cell" for f in feats)
     assert sum("nucleusGeometry" in f for f in feats) == int(with_nucleus.sum())
+
+
+def test_resume_refuses_a_changed_markers_file(tmp_path):
+    """The markers file names the channels: changing it between a stop and a resume is refused
+    in one line (the manifest holds the channel names and the file's content hash)."""
+    from slidecell.errors import OutputError
+
+    write_mibitiff(tmp_path / "src.tiff")
+    with tifffile.TiffFile(tmp_path / "src.tiff") as tf:
+        stack = tf.asarray()
+    from conftest import write_ome_pyramid
+
+    write_ome_pyramid(tmp_path / "img.ome.tif", stack, [f"c{i}" for i in range(len(stack))], 0.39, levels=1, tile=32)
+    names = [t for t, _ in MIBI_PANEL]
+    (tmp_path / "markers.csv").write_text("marker_name\n" + "\n".join(names) + "\n")
+    with pytest.raises(SlideOpenError, match=r"line\(s\) \[12\] have more fields than the header"):
+        open_slide(tmp_path / "img.ome.tif")  # the HLA name holds commas
+    csv_text = lambda ns: "marker_name\n" + "\n".join(f'"{n}"' for n in ns) + "\n"  # noqa: E731
+    (tmp_path / "markers.csv").write_text(csv_text(names))
+    with open_slide(tmp_path / "img.ome.tif") as r:
+        assert list(r.channel_names) == names
+    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "geojson": False, "h5ad": False},
+                                                            "tissue": {"enabled": False}})
+    out = tmp_path / "o"
+    slidecell.run(tmp_path / "img.ome.tif", cfg, out, progress=False)
+    (out / "run.json").unlink()
+    swapped = list(names)  # dsDNA and HH3 swapped: the same names on other channels
+    swapped[1], swapped[2] = names[2], names[1]
+    (tmp_path / "markers.csv").write_text(csv_text(swapped))
+    with pytest.raises(OutputError, match="channels|input_files"):
+        slidecell.run(tmp_path / "img.ome.tif", cfg, out, progress=False)

@@ -168,9 +168,14 @@ def read_markers(path) -> tuple[str, list[dict]]:
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(fh)]
+            raw = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SlideOpenError(f"{path}: cannot read the markers file: {exc}") from exc
+    extra = [i + 2 for i, r in enumerate(raw) if None in r]  # more fields than the header
+    if extra:
+        raise SlideOpenError(f"{path}: line(s) {extra[:5]} have more fields than the header (quote names "
+                             'that contain commas, e.g. "HLA class 1 A, B, and C")')
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in raw]
     cols = set(rows[0]) if rows else set()
     if "marker_name" in cols:
         kind = "mcmicro"

@@ -93,6 +93,11 @@ class Segmenter:
         return {"backend": self.name, "params": self.params.model_dump(mode="json"),
                 "channels_used": self.channels_used()}
 
+    def input_files(self) -> list:
+        """Files the backend reads (weights, a label image): fingerprinted by content for resume,
+        so a file replaced at the same path between a stop and a resume is noticed."""
+        return []
+
     def channels_used(self) -> dict[str, Any]:
         """Which of the image's channels the segmentation reads, by role: ``nuclear`` (names),
         ``membrane`` (names), or ``rgb``/``haematoxylin`` for brightfield colour input.

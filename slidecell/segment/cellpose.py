@@ -133,6 +133,10 @@ class CellposeSegmenter(Segmenter):
         masks = self.model.eval(img, **kwargs)[0]
         return relabel(np.asarray(masks, np.int32), self.min_px)
 
+    def input_files(self) -> list:
+        path = Path(self.params.model).expanduser()
+        return [path] if path.is_file() else []  # a built-in name: cellpose's own cached file
+
     def channels_used(self) -> dict:
         used = super().channels_used()
         if getattr(self, "cell_idx", None):

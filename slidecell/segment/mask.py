@@ -66,5 +66,8 @@ class MaskSegmenter(Segmenter):
     def segment(self, image: np.ndarray) -> np.ndarray:
         raise ConfigError("the mask backend segments tiles of a slide (slidecell run), not loose images")
 
+    def input_files(self) -> list:
+        return [Path(self.params.path).expanduser()]
+
     def describe(self):
         return {**super().describe(), "label_image": str(self.path.resolve())}

@@ -107,6 +107,9 @@ class TorchScriptSegmenter(Segmenter):
     def batch_size(self) -> int:
         return default_batch_size(self.params.batch_size, self.device)
 
+    def input_files(self) -> list:
+        return [Path(self.params.path).expanduser()]
+
     def describe(self) -> dict:
         return {**super().describe(), "device": str(self.device)}
 

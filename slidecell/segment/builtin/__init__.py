@@ -21,7 +21,7 @@ from pydantic import Field
 from .. import BackendParams, Scored, Segmenter, register, unscored
 from ..channels import model_input_channels
 from .inputs import fit_range, model_input, nuclear_signal, resample, resample_factor
-from .model import SHIPPED, PostParams, Predictor, default_batch_size
+from .model import SHIPPED, PostParams, Predictor, default_batch_size, weights_path
 from .postprocess import maps_to_labels
 
 _CACHE: dict[tuple, Predictor] = {}
@@ -91,6 +91,9 @@ class BuiltinSegmenter(Segmenter):
     @property
     def confidence(self) -> bool:
         return True
+
+    def input_files(self) -> list:
+        return [weights_path(self.params.model)]
 
     def channels_used(self) -> dict:
         if self.input_modality == "brightfield":
