@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,14 +34,13 @@ from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, sli
                          write_zarr_from_h5ad)
 from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
+from .runfolder import RUN_FILE, WORK_DIR, RunFolder
 from .segment import Scored, Segmenter, get_segmenter
 from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
 
-WORK_DIR = ".slidecell"
 #: tile windows start on multiples of this (the built-in network pools 4 times: 2**4)
 TILE_ALIGN = 16
-RUN_FILE = "run.json"
 OUTPUT_FILES = OUTPUT_NAMES
 
 
@@ -270,31 +268,6 @@ def output_paths(cfg: Config, out: Path) -> dict[str, Path]:
     return paths
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a directory")
-    run_file = out / RUN_FILE
-    if run_file.exists():
-        if not overwrite:
-            raise OutputError(
-                f"{out}: already holds a finished run ({RUN_FILE}); pass --overwrite to replace it "
-                "or choose another --out"
-            )
-    if overwrite:
-        for name in [RUN_FILE, "config.yaml", *OUTPUT_FILES.values(), LABELS_NAME]:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            else:
-                (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
-    (out / WORK_DIR / "chunks").mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".tmp-*"), *(out / WORK_DIR / "chunks").glob(".tmp-*")]:  # left by a killed run
-        if stale.is_file():
-            stale.unlink()
-        elif stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def calibration_windows(plan: TilePlan, tissue, roi=None, n: int = 8, size: int = 512,
                         min_fraction: float = 0.01) -> list[Tile]:
     """Windows on which the segmenter fits its slide-level values: ``n`` windows of ``size``
@@ -350,13 +323,17 @@ def run(
 
             region = annotation_region(annotations, reader.bounds_offset, annotation_classes)
             roi = region if roi is None else roi.intersection(region)
-        return _run(reader, slide, cfg, out, mpp, overwrite, roi, progress, t_start)
+        _ = reader.mpp  # a missing pixel size is reported before the output folder is touched
+        with RunFolder(out, overwrite) as folder:
+            result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start)
+            folder.commit()
+            if cfg.analysis is not None:
+                result.outputs.update(_analysis_stage(out, cfg, result.outputs))
+        return result
 
 
-def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrite, roi, progress,
-         t_start) -> RunResult:
-    mpp0 = reader.mpp  # raises MissingPixelSizeError with the file name
-    _prepare_out(out, overwrite)
+def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, progress, t_start) -> RunResult:
+    mpp0 = reader.mpp
     work = out / WORK_DIR
     timings: dict[str, float] = {"read_wait": 0.0, "model": 0.0, "post": 0.0, "write_chunks": 0.0,
                                  "retry": 0.0}
@@ -511,8 +488,6 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, overwrit
     }
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
-    if cfg.analysis is not None:
-        outputs.update(_analysis_stage(out, cfg, outputs))
     return RunResult(out, n_cells, len(plan.tiles), outputs, timings, resumed, summary)
 
 
