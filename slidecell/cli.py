@@ -198,12 +198,13 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write evaluation.json and evaluation.md here"),
     data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
     backend: Optional[list[str]] = typer.Option(None, "--backend", "-b", help="only these backends (labels)"),
-    append: bool = typer.Option(False, "--append", help="keep other backends' results already in --out"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", "-s", help="only these sets (labels)"),
+    append: bool = typer.Option(False, "--append", help="keep results already in --out for what is not scored now"),
 ):
     """Score every configured backend on labelled images: mSA, F1@0.5, PQ, AJI, s/MP."""
     from .evaluate import evaluate as run_eval
 
-    run_eval(config, out, data_root=data, only=backend, append=append)
+    run_eval(config, out, data_root=data, only=backend, append=append, only_sets=sets)
     if out is not None:
         typer.echo(f"  written {out / 'evaluation.md'}")
 

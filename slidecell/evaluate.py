@@ -321,10 +321,12 @@ def run_backend(b: EvalBackend, params: dict, items: list[dict], s: EvalSet,
 
 
 def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: str | Path | None = None,
-             only: list[str] | None = None, append: bool = False, log=print) -> dict:
-    """Score the backends of a config (or ``only`` those labels). With ``append``, results of other
-    backends already in ``out/evaluation.json`` for the same sets are kept, so peers that live in
-    their own environment can be run separately and still land in one table."""
+             only: list[str] | None = None, append: bool = False, log=print,
+             only_sets: list[str] | None = None) -> dict:
+    """Score the backends of a config (or ``only`` those labels, on ``only_sets`` of its sets).
+    With ``append``, results already in ``out/evaluation.json`` for the same sets are kept for
+    every (backend, set) not scored now, so peers that live in their own environment can be run
+    separately and still land in one table."""
 
     cfg = load_eval_config(config_path)
     root = Path(data_root or cfg.data_root)
@@ -334,16 +336,22 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
     if only and len(backends) != len(set(only)):
         known = [b.label for b in cfg.backends]
         raise ConfigError(f"--backend {only}: not all in the config's backends {known}")
-    sets = {s.label: load_set(root, s) for s in cfg.sets}
+    if only_sets:
+        unknown = [x for x in only_sets if x not in [s.label for s in cfg.sets]]
+        if unknown:
+            raise ConfigError(f"--set {unknown}: not among the config's sets {[s.label for s in cfg.sets]}")
+    chosen_sets = [s for s in cfg.sets if not only_sets or s.label in only_sets]
+    sets = {s.label: load_set(root, s) for s in chosen_sets}
     results: dict = {"config": cfg.model_dump(mode="json"), "results": {}, "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="slidecell-eval-") as tmp:
-        _score_backends(cfg, backends, sets, Path(tmp), results, log)
+        _score_backends(cfg, chosen_sets, backends, sets, Path(tmp), results, log)
     if out is not None and append and (Path(out) / "evaluation.json").exists():
         old = json.loads((Path(out) / "evaluation.json").read_text())
         if old["config"]["sets"] != results["config"]["sets"]:
             raise ConfigError(f"{out}/evaluation.json was made on other sets; cannot append")
-        merged = {k: v for k, v in old["results"].items() if k not in results["results"]}
-        merged.update(results["results"])
+        merged = {k: dict(v) for k, v in old["results"].items()}
+        for k, per_set in results["results"].items():
+            merged.setdefault(k, {}).update(per_set)
         order = [b.label for b in cfg.backends]
         results["results"] = dict(sorted(merged.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
         results["skipped"] = {k: v for k, v in {**old.get("skipped", {}), **results["skipped"]}.items()
@@ -360,8 +368,8 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
     return results
 
 
-def _score_backends(cfg: EvalConfig, backends: list[EvalBackend], sets: dict, work: Path, results: dict,
-                    log) -> None:
+def _score_backends(cfg: EvalConfig, chosen_sets: list[EvalSet], backends: list[EvalBackend], sets: dict,
+                    work: Path, results: dict, log) -> None:
     from .segment import get_segmenter
 
     for b in backends:
@@ -375,7 +383,7 @@ def _score_backends(cfg: EvalConfig, backends: list[EvalBackend], sets: dict, wo
                 continue
             raise
         per_set = {}
-        for s in cfg.sets:
+        for s in chosen_sets:
             items = sets[s.label]
             params = dict(b.params)
             chosen = {}
