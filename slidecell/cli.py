@@ -31,6 +31,10 @@ def _parse_roi(text: str | None):
         x, y, w, h = (float(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"--roi {text!r}: expected x,y,width,height in level-0 pixels") from None
+    import math
+
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ConfigError(f"--roi {text!r}: every value must be a finite number")
     if w <= 0 or h <= 0:
         raise ConfigError(f"--roi {text!r}: width and height must be positive")
     return [x, y, w, h]
@@ -74,6 +78,8 @@ def run(
     for kind, path in result.outputs.items():
         typer.echo(f"  {kind:8s} {path}")
     typer.echo(f"  {'summary':8s} {result.out_dir / 'run.json'}")
+    for warning in result.info.get("warnings", []):
+        typer.echo(f"slidecell: warning: {warning}", err=True)
 
 
 @app.command()

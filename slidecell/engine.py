@@ -324,6 +324,10 @@ def run(
             region = annotation_region(annotations, reader.bounds_offset, annotation_classes)
             roi = region if roi is None else roi.intersection(region)
         _ = reader.mpp  # a missing pixel size is reported before the output folder is touched
+        if roi is None and cfg.roi is not None:
+            x, y, w, h = cfg.roi
+            roi = shapely.box(x, y, x + w, y + h)
+        check_region(roi, reader, slide)
         with RunFolder(out, overwrite) as folder:
             result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start)
             folder.commit()
@@ -332,15 +336,25 @@ def run(
         return result
 
 
+def check_region(roi, reader: SlideReader, slide: Path) -> None:
+    """A region (ROI box or annotations, level-0 pixels) must overlap the slide."""
+    if roi is None:
+        return
+    W, H = reader.dimensions
+    if roi.is_empty:
+        raise ConfigError(f"{slide}: the region (ROI or annotations) is empty")
+    if not roi.intersects(shapely.box(0, 0, W, H)):
+        raise ConfigError(f"{slide}: the region (ROI or annotations, bounds {tuple(round(v) for v in roi.bounds)} "
+                          f"in level-0 pixels) lies outside the slide ({W} x {H} pixels)")
+
+
 def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, progress, t_start) -> RunResult:
     mpp0 = reader.mpp
     work = out / WORK_DIR
     timings: dict[str, float] = {"read_wait": 0.0, "model": 0.0, "post": 0.0, "write_chunks": 0.0,
                                  "retry": 0.0}
 
-    if roi is None and cfg.roi is not None:
-        x, y, w, h = cfg.roi
-        roi = shapely.box(x, y, x + w, y + h)
+    warnings: list[str] = []
 
     t0 = time.perf_counter()
     tissue = None
@@ -435,6 +449,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
             "segmentation": segmenter.describe(),
             "segmenter_state": segmenter.state,
             "input_files": manifest["input_files"],
+            "warnings": warnings,
             # what the objects are (names the QuPath measurements Cell: / Nucleus:)
             "objects": measure.objects, "whole_cells": measure.whole_cells,
         }
@@ -471,6 +486,10 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         outputs["labels"] = write_run_labels(out / LABELS_NAME, lambda: (pq.read_table(c) for c in chunk_files),
                                              plan.summary(), cfg.tiling.model_dump(mode="json"))
         timings["label_image"] = time.perf_counter() - t0
+    if n_cells == 0:
+        where = "the region (ROI or annotations)" if roi is not None else "the slide"
+        why = "no tissue was found in it" if not plan.tiles else "the segmentation found none in its tissue"
+        warnings.append(f"no cells: {why} ({where}; see tissue.* and segmentation.* in the config)")
     timings["write_outputs"] = writer.busy
     timings["total"] = time.perf_counter() - t_start
     summary = {

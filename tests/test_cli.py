@@ -139,3 +139,17 @@ def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path):
         assert_one_line_error(res_run, path.name, "--mpp")
         ok = cli("run", path, "--mpp", "0.5", "-o", tmp_path / f"ok-{unit}", "-q")
         assert ok.returncode == 0, ok.stderr
+
+
+def test_regions_that_miss_the_slide(tmp_path):
+    """A NaN ROI, or one outside the slide, is refused; a region with no tissue in it finishes
+    with 0 cells and a warning on stderr and in run.json (not a silent 'complete')."""
+    need(CMU1)
+    assert_one_line_error(cli("run", CMU1, "--roi", "nan,nan,100,100", "-o", tmp_path / "a"), "finite")
+    assert_one_line_error(cli("run", CMU1, "--roi", "50000,50000,100,100", "-o", tmp_path / "b"), "outside the slide")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    blank = cli("run", CMU1, "--roi", "1950,150,200,200", "-o", tmp_path / "c", "-q")  # white background
+    assert blank.returncode == 0, blank.stderr
+    assert "slidecell: warning: no cells:" in blank.stderr and "(the region (ROI or annotations)" in blank.stderr
+    info = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert info["n_cells"] == 0 and info["warnings"]
