@@ -223,3 +223,44 @@ def test_corrupt_tile_data_is_a_read_error(tmp_path, rng):
 def test_bad_mpp(tmp_path):
     with pytest.raises(SlideOpenError, match="not a microscope pixel size"):
         open_slide(need(CMU1), mpp=-1)
+
+
+def _ome_with_planes(path, planes: int, listed: int, xml_ok: bool = True):
+    """``planes`` uint16 pages; the first page's OME-XML lists ``listed`` channels."""
+    import tifffile
+
+    chans = "".join(f'<Channel ID="Channel:0:{i}" Name="m{i}" SamplesPerPixel="1"/>' for i in range(listed))
+    tds = "".join(f'<TiffData IFD="{i}" FirstC="{i}" PlaneCount="1"/>' for i in range(listed))
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="64" SizeY="48" '
+           f'SizeC="{listed}" SizeZ="1" SizeT="1" PhysicalSizeX="0.5" PhysicalSizeY="0.5">{chans}{tds}</Pixels>'
+           '</Image></OME>')
+    if not xml_ok:
+        xml = xml.replace("</Pixels>", "</Pixel>")
+    data = (np.arange(planes)[:, None, None] + 1) * np.ones((planes, 48, 64), np.uint16)
+    with tifffile.TiffWriter(path) as tw:
+        for i in range(planes):
+            tw.write(data[i], description=xml if i == 0 else None, metadata=None)
+    return data
+
+
+def test_ome_channel_count_must_match_the_planes(tmp_path):
+    """OME-XML listing more channels than the file's planes would invent zero-filled markers,
+    fewer would drop planes: both refused naming the two counts; a matching file reads."""
+    _ome_with_planes(tmp_path / "five.ome.tif", 3, 5)
+    with pytest.raises(SlideOpenError, match="describes 5 image planes .* holds only 3"):
+        open_slide(tmp_path / "five.ome.tif")
+    _ome_with_planes(tmp_path / "two.ome.tif", 3, 2)
+    with pytest.raises(SlideOpenError, match="describes 2 image planes but the file holds 3"):
+        open_slide(tmp_path / "two.ome.tif")
+    data = _ome_with_planes(tmp_path / "three.ome.tif", 3, 3)
+    with open_slide(tmp_path / "three.ome.tif") as r:
+        assert r.channel_names == ("m0", "m1", "m2") and r.mpp == 0.5
+        np.testing.assert_array_equal(r.read_region(0, 0, 64, 48), np.moveaxis(data, 0, -1))
+
+
+def test_malformed_ome_xml_is_named_in_a_warning(tmp_path):
+    _ome_with_planes(tmp_path / "bad.ome.tif", 3, 3, xml_ok=False)
+    with pytest.warns(UserWarning, match="OME-XML cannot be parsed"):
+        with open_slide(tmp_path / "bad.ome.tif", mpp=0.5) as r:
+            assert r.n_channels == 3

@@ -264,6 +264,8 @@ class TiffFileReader(SlideReader):
             series = max(range(len(all_series)), key=lambda i: np.prod(all_series[i].shape[-3:]))
         self._series_index = series
         s = all_series[series]
+        if self._tif.is_ome:
+            self._check_ome_planes(all_series, s, problems)
         self._axes_map = self._map_axes(s.axes, s.shape)
         self.level_dimensions = tuple(self._level_wh(lv) for lv in s.levels)
         w0 = self.level_dimensions[0][0]
@@ -322,10 +324,36 @@ class TiffFileReader(SlideReader):
         shape = level_series.shape
         return int(shape[self._axes_map["x"]]), int(shape[self._axes_map["y"]])
 
+    def _check_ome_planes(self, all_series, s, problems) -> None:
+        """The OME-XML must describe the planes the file holds: planes it lists but the file lacks
+        would be read as zeros (invented markers), planes it leaves out would be dropped."""
+        listed = len(s.pages)
+        missing = sum(p is None for p in s.pages)
+        if missing:
+            raise SlideOpenError(f"{self.path}: the OME-XML describes {listed} image planes (channels × z × t) but "
+                                 f"the file holds only {listed - missing}; the metadata does not match the pixels")
+        # top-level IFDs of the planes' size that no series uses (pyramid levels are smaller or
+        # in SubIFDs)
+        first = s.pages[0]
+        size = (first.imagelength, first.imagewidth) if hasattr(first, "imagelength") else None
+        used = {q.offset for ser in all_series for q in ser.pages if q is not None}
+        extra = 0
+        for i in range(len(self._tif.pages)):
+            page = self._tif.pages.get(i, aspage=True)
+            if page.offset not in used and (page.imagelength, page.imagewidth) == size:
+                extra += 1
+        if extra:
+            raise SlideOpenError(f"{self.path}: the OME-XML describes {listed} image planes but the file holds "
+                                 f"{listed + extra} of that size; the metadata does not match the pixels")
+
     def _ome_metadata(self, series: int):
         try:
             root = ET.fromstring(self._tif.ome_metadata)
-        except ET.ParseError:
+        except ET.ParseError as err:
+            import warnings
+
+            warnings.warn(f"{self.path}: the OME-XML cannot be parsed ({err}); channels are named 'Channel i' "
+                          "and the pixel size is taken from the TIFF tags", stacklevel=2)
             return None, None, None
         ns = {"ome": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
         prefix = "ome:" if ns else ""
