@@ -264,3 +264,27 @@ def test_malformed_ome_xml_is_named_in_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="OME-XML cannot be parsed"):
         with open_slide(tmp_path / "bad.ome.tif", mpp=0.5) as r:
             assert r.n_channels == 3
+
+
+@pytest.mark.parametrize("kind", ["uint16-full", "uint16-8bit", "float-unit"])
+def test_deep_rgb_brightfield_reads_as_8bit(tmp_path, kind):
+    """16-bit or float RGB brightfield (full range, or 8-bit values in a wider type) reads as the
+    same 8-bit image, so tissue detection and the model see it; the run finds the same cells."""
+    import tifffile
+
+    from slidecell import load_config, run
+
+    with open_slide(need(CMU1)) as r:
+        rgb = r.read_region(700, 1500, 512, 512)
+    data = {"uint16-full": rgb.astype(np.uint16) * 257, "uint16-8bit": rgb.astype(np.uint16),
+            "float-unit": rgb.astype(np.float32) / 255}[kind]
+    tifffile.imwrite(tmp_path / "u8.tif", rgb, photometric="rgb", tile=(256, 256))
+    tifffile.imwrite(tmp_path / "deep.tif", data, photometric="rgb", tile=(256, 256))
+    with open_slide(tmp_path / "deep.tif", mpp=0.5) as r:
+        assert r.dtype == np.uint8 and r.modality == "brightfield"
+        np.testing.assert_array_equal(r.read_region(0, 0, 512, 512), rgb)
+        assert (r.read_region(400, 400, 200, 200)[150:] == 255).all()  # padding beyond the edge: white
+    cfg = load_config("he-brightfield", {"output": {"geojson": False, "h5ad": False}})
+    a = run(tmp_path / "u8.tif", cfg, tmp_path / "a", mpp=0.5, progress=False)
+    b = run(tmp_path / "deep.tif", cfg, tmp_path / "b", mpp=0.5, progress=False)
+    assert a.n_cells == b.n_cells > 100

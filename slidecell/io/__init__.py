@@ -115,7 +115,9 @@ def _open_tiff(path: Path, mpp, **options) -> SlideReader:
                 tiled_rgb = False
                 if not multichannel:
                     s = tif.series[0]
-                    tiled_rgb = s.axes.endswith("S") and s.shape[-1] in (3, 4) and tif.pages[0].is_tiled
+                    # 8-bit only: tifffile's reader scales 16-bit/float RGB to 8 bits
+                    tiled_rgb = s.axes.endswith("S") and s.shape[-1] in (3, 4) and tif.pages[0].is_tiled \
+                        and s.dtype == "uint8"
         except SlideOpenError:
             raise
         except Exception as exc:

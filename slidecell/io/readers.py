@@ -273,6 +273,12 @@ class TiffFileReader(SlideReader):
         self.dtype = np.dtype(s.dtype)
         n_channels = self._axes_map["n_channels"]
         rgb = self._axes_map["rgb"]
+        #: 16-bit or float RGB (brightfield saved at another depth): read as 8-bit, this value → 255
+        self._rgb_scale: float | None = None
+        if rgb and n_channels == 3 and self.dtype != np.uint8:
+            self._raw_dtype = self.dtype
+            self._rgb_scale = self._rgb_full_scale(s)
+            self.dtype = np.dtype(np.uint8)
         self.modality = "brightfield" if rgb and self.dtype == np.uint8 else "fluorescence"
         self.format = "ome" if self._tif.is_ome else "qptiff" if self._tif.is_qpi else "tiff"
         names: list[str] | None = None
@@ -458,20 +464,48 @@ class TiffFileReader(SlideReader):
             self._zarr[level] = zarr.open(store, mode="r")
         return self._zarr[level]
 
+    def _rgb_full_scale(self, s) -> float:
+        """The white of a 16-bit/float RGB image: the type's full range (65535, 4095, 1.0), or
+        255 when its values stay within 8 bits (an 8-bit image stored in a wider type), judged on a
+        sample of the smallest level."""
+        import zarr
+
+        level = len(s.levels) - 1
+        arr = zarr.open(s.aszarr(level=level), mode="r")
+        am = self._axes_map
+        step = max(1, int(np.sqrt(arr.shape[am["y"]] * arr.shape[am["x"]] / 1e6)))
+        index = [slice(None)] * arr.ndim
+        index[am["y"]] = slice(None, None, step)
+        index[am["x"]] = slice(None, None, step)
+        vmax = float(np.nanmax(np.asarray(arr[tuple(index)]))) if arr.size else 0.0
+        if self._raw_dtype.kind == "f":
+            return 1.0 if vmax <= 1.0 else 255.0 if vmax <= 255 else max(vmax, 1.0)
+        for full in (255.0, 4095.0, 65535.0, float(np.iinfo(self._raw_dtype).max)):
+            if vmax <= full:
+                return full
+        return float(np.iinfo(self._raw_dtype).max)
+
     def _read_level(self, x, y, w, h, level):
+        if self._rgb_scale is None:
+            return self._read_level_raw(x, y, w, h, level, self.background_value())
+        data = self._read_level_raw(x, y, w, h, level, self._rgb_scale)
+        data = np.nan_to_num(data.astype(np.float32), nan=self._rgb_scale) * np.float32(255.0 / self._rgb_scale)
+        return np.clip(np.rint(data), 0, 255).astype(np.uint8)
+
+    def _read_level_raw(self, x, y, w, h, level, bg):
         lw, lh = self.level_dimensions[level]
         ds = self.level_downsamples[level]
         box = _clip_box(x, y, w, h, lw, lh, ds)
         n = self.n_channels
         if box is None:
-            return np.full((h, w, n), self.background_value(), dtype=self.dtype)
+            return np.full((h, w, n), bg, dtype=getattr(self, "_raw_dtype", self.dtype))
         lx, ly, cw, ch, ox, oy = box
         if self._pages is not None:
             parts = [read_tiled_page(self._fd, page, lx, ly, cw, ch) for page in self._pages[level]]
             data = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
             if self._axes_map["rgb"] and data.shape[2] == 4:
                 data = data[:, :, :3]
-            return data if (cw, ch) == (w, h) else pad_to(data, w, h, ox, oy, self.background_value())
+            return data if (cw, ch) == (w, h) else pad_to(data, w, h, ox, oy, bg)
         am = self._axes_map
         index: list = [0] * am["ndim"]
         index[am["y"]] = slice(ly, ly + ch)
@@ -491,7 +525,7 @@ class TiffFileReader(SlideReader):
             data = data[:, :, :3]
         if (cw, ch) == (w, h):
             return np.ascontiguousarray(data)
-        return pad_to(data, w, h, ox, oy, self.background_value())
+        return pad_to(data, w, h, ox, oy, bg)
 
     def close(self):
         if self._pages is not None:
