@@ -328,12 +328,31 @@ def run(
             x, y, w, h = cfg.roi
             roi = shapely.box(x, y, x + w, y + h)
         check_region(roi, reader, slide)
+        if not overwrite and analysis_pending(out, cfg):
+            # a finished run whose analysis stage failed: only that stage runs again
+            with RunFolder(out, finished_ok=True):
+                summary = json.loads((out / RUN_FILE).read_text())
+                outputs = {k: out / v for k, v in summary["outputs"].items()}
+                result = RunResult(out, summary["n_cells"], summary["n_tiles"], outputs,
+                                   summary.get("timings_s", {}), 0, summary)
+                result.outputs.update(_analysis_stage(out, cfg, outputs))
+            return result
         with RunFolder(out, overwrite) as folder:
             result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start)
             folder.commit()
             if cfg.analysis is not None:
                 result.outputs.update(_analysis_stage(out, cfg, result.outputs))
         return result
+
+
+def analysis_pending(out: Path, cfg: Config) -> bool:
+    """``out`` holds a finished run of this config whose analysis stage failed."""
+    try:
+        summary = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (cfg.analysis is not None and summary.get("analysis_stage", {}).get("status") == "failed"
+            and summary.get("config_fingerprint") == cfg.fingerprint())
 
 
 def check_region(roi, reader: SlideReader, slide: Path) -> None:
@@ -445,6 +464,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
             "plan": plan.summary(),
             "tissue_fraction": tissue.tissue_fraction if tissue is not None else None,
             "config_name": cfg.name,
+            "config_fingerprint": cfg.fingerprint(),
             "segmentation_backend": cfg.segmentation.backend,
             "segmentation": segmenter.describe(),
             "segmenter_state": segmenter.state,
@@ -512,7 +532,21 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
 
 def _analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
     """``slidecell analyze`` and ``report`` on the finished run (its h5ad; exported when the
-    run wrote none)."""
+    run wrote none). Its outcome is recorded in run.json (``analysis_stage``): a failed stage
+    is run again by the same command."""
+    summary = json.loads((out / RUN_FILE).read_text())
+    try:
+        done = _analyze_run(out, cfg, outputs)
+    except BaseException as err:
+        summary["analysis_stage"] = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:500]}
+        write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))
+        raise
+    summary["analysis_stage"] = {"status": "complete", "outputs": {k: str(Path(v).relative_to(out)) for k, v in done.items()}}
+    write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))
+    return done
+
+
+def _analyze_run(out: Path, cfg: Config, outputs: dict) -> dict:
     from .analyze import analyze
     from .report import build_report
 

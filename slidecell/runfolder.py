@@ -59,9 +59,11 @@ class RunFolder:
     """``with RunFolder(out, overwrite):`` around a run: lock, checks, moving a finished run
     aside for ``overwrite``, and cleaning or restoring on the way out."""
 
-    def __init__(self, out: Path, overwrite: bool = False):
+    def __init__(self, out: Path, overwrite: bool = False, finished_ok: bool = False):
         self.out = Path(out)
         self.overwrite = overwrite
+        #: a finished run may be there (a stage is added to it, e.g. a failed analysis retried)
+        self.finished_ok = finished_ok
         self.owned = owned_names()
         self._locked = False
         self.previous: Path | None = None
@@ -126,7 +128,7 @@ class RunFolder:
         out = self.out
         if (out / PREVIOUS_DIR).is_dir():  # left by a run that died while replacing another
             self._restore(out / PREVIOUS_DIR)
-        if (out / RUN_FILE).exists() and not self.overwrite:
+        if (out / RUN_FILE).exists() and not self.overwrite and not self.finished_ok:
             raise OutputError(f"{out}: already holds a finished run ({RUN_FILE}); pass --overwrite to replace it "
                               "or choose another --out")
         if self.overwrite:

@@ -347,3 +347,31 @@ def test_classifier_files_never_run_code(tmp_path):
     (tmp_path / "broken.skops").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InputError, match="not a readable classifier"):
         apply_classifier(cells, tmp_path / "broken.skops")
+
+
+def test_failed_analysis_stage_is_recorded_and_retried(tmp_path):
+    """An analysis stage that fails inside `slidecell run` is recorded in run.json; the same
+    command (with the analysis fixed) runs only that stage again instead of refusing."""
+    import slidecell
+    from conftest import QPTIFF
+    from slidecell.errors import SlidecellError
+
+    base = {"output": {"zarr": False, "geojson": False}}
+    bad = slidecell.load_config("multiplex-fluorescence", {
+        "output": base["output"],
+        "analysis": {"phenotype": {"method": "classifier", "model": str(tmp_path / "missing.skops")}}})
+    out = tmp_path / "run"
+    with pytest.raises(SlidecellError, match="missing.skops"):
+        slidecell.run(need(QPTIFF), bad, out, progress=False)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["analysis_stage"]["status"] == "failed"
+    assert "missing.skops" in info["analysis_stage"]["error"]
+    cells_before = (out / "cells.parquet").stat().st_mtime_ns
+    good = slidecell.load_config("multiplex-fluorescence", {
+        "output": base["output"],
+        "analysis": {"phenotype": {"gating": {"phenotypes": [{"name": "Tumor", "pos": ["FITC"]}]}},
+                     "stats": {"n_perms": 20}}})
+    res = slidecell.run(QPTIFF, good, out, progress=False)
+    assert res.outputs["analysis"] == out / "analysis" and (out / "analysis" / "analysis.json").exists()
+    assert json.loads((out / "run.json").read_text())["analysis_stage"]["status"] == "complete"
+    assert (out / "cells.parquet").stat().st_mtime_ns == cells_before  # the cells were not made again
