@@ -88,13 +88,24 @@ def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int
 
 def connect(scheduler: str, workers: int):
     """A client: ``local`` starts a LocalCluster of ``workers`` single-threaded worker
-    processes; anything else is a scheduler address (tcp://host:8786). Returns (client,
-    cluster or None)."""
+    processes; anything else is a scheduler address (tcp://host:8786 or tls://...; Dask's own
+    ``distributed.comm.tls`` configuration supplies certificates). Returns (client, cluster or
+    None).
+
+    The local cluster listens on 127.0.0.1 only, speaks TLS with a certificate made for this run
+    (so no other process, even on this machine, can connect and run code in its workers) and
+    serves no HTTP pages (no dashboard, metrics or health routes)."""
+    import dask
     from distributed import Client, LocalCluster
+    from distributed.security import Security
 
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        return Client(cluster), cluster
+        sec = Security.temporary()
+        with dask.config.set({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   protocol="tls://", security=sec, dashboard_address="127.0.0.1:0",
+                                   worker_dashboard_address="127.0.0.1:0")
+        return Client(cluster, security=sec), cluster
     return Client(scheduler), None
 
 

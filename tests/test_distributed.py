@@ -69,3 +69,39 @@ def test_a_worker_killed_mid_run_changes_nothing(local_run, tmp_path):
         t.join()
     assert killed, "the run ended before a worker could be killed"
     _same(local_run, tmp_path / "dask")
+
+
+def test_local_cluster_binds_nothing_it_does_not_need():
+    """The local cluster listens on loopback only, with no HTTP routes (no dashboard on 8787), and
+    speaks TLS with a per-run certificate: a client without it cannot connect."""
+    import urllib.error
+    import urllib.request
+
+    import psutil
+    from distributed import Client
+
+    from slidecell.distributed import connect
+
+    client, cluster = connect("local", 1)
+    try:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert client.submit(sum, [1, 2]).result() == 3
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        pids = {p.pid for p in procs}
+        listening = [c.laddr for c in psutil.net_connections() if c.status == "LISTEN" and c.pid in pids]
+        assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+        assert 8787 not in {a.port for a in listening}
+        for a in listening:  # whatever HTTP server distributed starts serves no pages
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{a.port}/health", timeout=3)
+                served = True
+            except (urllib.error.HTTPError, urllib.error.URLError, ConnectionError, OSError):
+                served = False
+            assert not served, a
+        with pytest.raises(Exception):
+            Client(cluster.scheduler_address, timeout=3)
+        with pytest.raises(Exception):
+            Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=3)
+    finally:
+        client.close()
+        cluster.close()
