@@ -67,7 +67,7 @@ class AnalysisConfig(_Strict):
 
 def load_analysis_config(path=None, overrides: dict | None = None) -> AnalysisConfig:
     """An analysis config: a YAML file (its ``analysis:`` section, or the whole file) or None."""
-    from .config import _deep_merge, _format_errors
+    from .config import _deep_merge, _format_errors, safe_yaml
 
     data: dict = {}
     source = "<defaults>"
@@ -76,7 +76,7 @@ def load_analysis_config(path=None, overrides: dict | None = None) -> AnalysisCo
         if not p.exists():
             raise ConfigError(f"analysis config {p}: file not found")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = safe_yaml(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"analysis config {p}: not valid YAML: {' '.join(str(exc).split())}") from None
         data = data.get("analysis", data) if isinstance(data, dict) else data

@@ -208,19 +208,44 @@ from .analyze import AnalysisConfig  # noqa: E402  (the analysis stage's setting
 Config.model_rebuild()
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors/aliases: a config never needs them, and nested aliases expand
+    exponentially (a "billion laughs" file takes minutes and gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in slidecell "
+                                              "configs", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str):
+    """``yaml.safe_load`` without aliases (see :class:`_NoAliasLoader`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _short(value, limit: int = 80) -> str:
+    """A value for an error message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     parts = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors[:10]:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
+        value = _short(e.get("input"))
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}' (value {value!r})")
+            parts.append(f"unknown key '{loc}' (value {value})")
         elif e["type"] == "missing":
             parts.append(f"'{loc}' is required")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"'{loc}' = {value!r}: {msg}")
-    return f"config {source}: " + "; ".join(parts)
+            parts.append(f"'{loc}' = {value}: {msg}")
+    more = f"; and {len(errors) - 10} more" if len(errors) > 10 else ""
+    return f"config {source}: " + "; ".join(parts) + more
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -252,7 +277,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         p = resolve_config_path(path)
         source = str(p)
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = safe_yaml(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"config {source}: not valid YAML: {' '.join(str(exc).split())}") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -92,7 +92,9 @@ class EvalConfig(_Strict):
 def load_eval_config(path: str | Path) -> EvalConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        from .config import safe_yaml
+
+        data = safe_yaml(path.read_text()) or {}
         return EvalConfig.model_validate(data)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such evaluation config") from None

@@ -22,6 +22,17 @@ from .table import schema_from_columns
 EXTRA_FORMATS = {"labels": LABELS_NAME, "spatialdata": SPATIALDATA_NAME}
 
 
+def _read_schema(path: Path):
+    """The Arrow schema of a cell table file; a damaged file is an input error naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file (truncated or damaged: {str(err)[:120]})") from None
+
+
 def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = True) -> Path:
     """Write the cells of the finished run in ``run_dir`` as ``fmt`` (one of
     :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv, zarr; labels (OME-TIFF label
@@ -50,11 +61,11 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
     if source.exists():
         def parts_factory():
             return (pa.Table.from_batches([b]) for b in pq.ParquetFile(source).iter_batches(batch_size=65536))
-        schema = pq.read_schema(source)
+        schema = _read_schema(source)
     elif chunks:
         def parts_factory():
             return (pq.read_table(p) for p in chunks)
-        schema = pq.read_schema(chunks[0])
+        schema = _read_schema(chunks[0])
     else:
         raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
     if fmt == "labels":

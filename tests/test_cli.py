@@ -153,3 +153,39 @@ def test_regions_that_miss_the_slide(tmp_path):
     assert "slidecell: warning: no cells:" in blank.stderr and "(the region (ROI or annotations)" in blank.stderr
     info = json.loads((tmp_path / "c" / "run.json").read_text())
     assert info["n_cells"] == 0 and info["warnings"]
+
+
+def test_hostile_inputs_get_one_line_and_echo_nothing(tmp_path):
+    """A GeoJSON nested 200k deep, a truncated cells.parquet, `classify train` on a folder that
+    is not a run, a markers file that is not a CSV (never echoing what it holds) and a YAML alias
+    bomb: each one line naming the file, exit 2, quickly."""
+    import time
+
+    need(CMU1)
+    deep = tmp_path / "deep.geojson"
+    deep.write_text('{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"Polygon",'
+                    '"coordinates":' + "[" * 200000 + "]" * 200000 + '},"properties":{}}]}')
+    assert_one_line_error(cli("run", CMU1, "--annotations", deep, "-o", tmp_path / "o1"), "deep.geojson", "nested")
+    run_dir = tmp_path / "r"
+    ok = cli("run", CMU1, "--roi", "800,1200,300,300", "-o", run_dir, "-q")
+    assert ok.returncode == 0, ok.stderr
+    data = (run_dir / "cells.parquet").read_bytes()
+    (run_dir / "cells.parquet").write_bytes(data[: len(data) // 3])
+    assert_one_line_error(cli("export", run_dir, "--to", "geojson", "-o", tmp_path / "x.geojson"), "cells.parquet",
+                          "not a readable Parquet file")
+    (tmp_path / "notrun").mkdir()
+    assert_one_line_error(cli("classify", "train", tmp_path / "notrun", "--labels", deep, "-o", tmp_path / "m.skops"),
+                          "not a finished slidecell run")
+    secret = tmp_path / "secret"
+    secret.write_text("root:$y$j9T$SECRETHASH:19000:0:99999:7:::\n")
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"reader:\n  markers: {secret}\n")
+    res = cli("run", CMU1, "-c", cfg, "-o", tmp_path / "o2")
+    assert_one_line_error(res, "secret", "not a markers file")
+    assert "SECRETHASH" not in res.stderr
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text('a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")))
+    t0 = time.time()
+    assert_one_line_error(cli("run", CMU1, "-c", bomb, "-o", tmp_path / "o3"), "bomb.yaml", "aliases")
+    assert time.time() - t0 < 30

@@ -161,11 +161,17 @@ def _stem(p: Path) -> str:
 
 
 # -- markers.csv / panel.csv ------------------------------------------------------------------
+from ..config import _short  # noqa: E402
+
+
 def read_markers(path) -> tuple[str, list[dict]]:
     """Read a markers file: MCMICRO's ``markers.csv`` (a ``marker_name`` column, one row per
     channel in image order; rows with ``remove`` set to TRUE are kept but flagged) or steinbock's
     ``panel.csv`` (``channel`` = metal and ``name`` columns). Returns ``(kind, rows)``."""
     path = Path(path)
+    if path.suffix.lower() not in (".csv", ".tsv") or not path.is_file():
+        raise SlideOpenError(f"{path}: not a markers file (expected a .csv file, e.g. MCMICRO markers.csv or "
+                             "steinbock panel.csv)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             raw = list(csv.DictReader(fh))
@@ -183,7 +189,8 @@ def read_markers(path) -> tuple[str, list[dict]]:
         kind = "steinbock"
     else:
         raise SlideOpenError(f"{path}: a markers file needs a 'marker_name' column (MCMICRO markers.csv) or "
-                             f"'channel' and 'name' columns (steinbock panel.csv); found {sorted(cols)}")
+                             f"'channel' and 'name' columns (steinbock panel.csv); found {len(cols)} other column(s)"
+                             + (f" {_short(sorted(cols))}" if all(c.isprintable() and len(c) < 40 for c in cols) else ""))
     key = "marker_name" if kind == "mcmicro" else "name"
     empty = [i + 2 for i, r in enumerate(rows) if not r.get(key)]
     if empty:

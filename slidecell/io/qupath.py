@@ -89,6 +89,8 @@ def read_qupath_geojson(path, offset=(0, 0)) -> pd.DataFrame:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as err:
         raise InputError(f"{path}: not readable as (gzipped) GeoJSON: {err}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not usable as GeoJSON: nested too deeply") from None
     rows = []
     ox, oy = offset
     move = (lambda g: shapely.transform(g, lambda c: c + (ox, oy))) if (ox or oy) else (lambda g: g)

@@ -81,7 +81,9 @@ class TrainConfig(_Strict):
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        from ..config import safe_yaml
+
+        data = safe_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such training config") from None
     except yaml.YAMLError as err:
