@@ -191,6 +191,8 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
     ship: bool = typer.Option(False, "--ship", help="copy the best model into the package with its model card"),
     evaluation: Optional[Path] = typer.Option(None, "--evaluation", help="evaluation.json to cite in the model card"),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", help="with --ship: the model's confidence threshold (choose it on validation images: benchmarks/choose_confidence.py)"),
+    min_area_um2: float = typer.Option(2.0, "--min-area-um2", help="with --ship: the model's smallest nucleus in µm²"),
 ):
     """Train the built-in nucleus model; rerun the same command to resume after an interruption."""
     from .train import ship as ship_model
@@ -199,7 +201,7 @@ def train(
     path = train_model(config, out, data_root=data)
     typer.echo(f"best model: {path}")
     if ship:
-        for p in ship_model(out, evaluation):
+        for p in ship_model(out, evaluation, min_confidence, min_area_um2):
             typer.echo(f"  shipped {p}")
 
 

@@ -277,9 +277,12 @@ def _resume(out: Path, net, opt, sched):
     return int(scalars["epoch"]), scalars["best"]
 
 
-def ship(run_dir: str | Path, evaluation: str | Path | None = None) -> list[Path]:
+def ship(run_dir: str | Path, evaluation: str | Path | None = None, min_confidence: float = 0.0,
+         min_area_um2: float = 2.0) -> list[Path]:
     """Copy a run's best model into the package (``segment/builtin/weights/<name>.safetensors``,
-    fp16 to halve the size; loaded back as fp32) and write its model card beside it."""
+    fp16 to halve the size; loaded back as fp32) and write its model card beside it.
+    ``min_confidence`` and ``min_area_um2`` (chosen on validation images with
+    ``benchmarks/choose_confidence.py``) become the model's own defaults."""
     from ..io.writers import atomic_path
     from ..segment.builtin.model import WEIGHTS_DIR, PostParams, load_weights, save_weights
 
@@ -287,7 +290,8 @@ def ship(run_dir: str | Path, evaluation: str | Path | None = None) -> list[Path
     net, meta = load_weights(run_dir / "model.safetensors")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    meta.post = PostParams()  # the post-processing chosen on validation images (see PostParams)
+    meta.post = PostParams(min_confidence=min_confidence)  # chosen on validation images (see PostParams)
+    meta.extra["min_area_um2"] = min_area_um2
     # validation scores with the post-processing that ships (training logged its own defaults)
     tcfg = TrainConfig.model_validate(cfg)
     root = Path(tcfg.data_root)
@@ -339,7 +343,10 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
         if n_params else f"- U-Net, encoder widths {list(meta.spec.channels)}",
         "- outputs: foreground, boundary ring, normalised distance to the nucleus border; "
         f"post-processing: seeds = {meta.post.seeds} (threshold {meta.post.seed_threshold}), grown to the "
-        f"foreground (> {meta.post.fg_threshold}) by {meta.post.grow}",
+        f"foreground (> {meta.post.fg_threshold}) by {meta.post.grow}; nuclei with a confidence (mean "
+        f"foreground probability) below {meta.post.min_confidence} or smaller than "
+        f"{meta.extra.get('min_area_um2', 2.0)} µm² are dropped (both chosen on validation images, "
+        "`benchmarks/choose_confidence.py`)",
         f"- input resolution: {meta.mpp} µm/px (tiles at other resolutions are resampled); RGB brightfield "
         "or one nuclear fluorescence channel (scaled by its 1st-99.8th percentiles per slide)",
         "", "## Training data and licences", "",
@@ -364,12 +371,13 @@ def model_card(meta, cfg: dict, metrics: list[dict], evaluation: dict | None) ->
                      "epochs (validation not counted).")
         lines.append("")
     if evaluation:
+        from ..evaluate import EvalConfig, markdown_table
+
         lines += ["## Evaluation on held-out images (`slidecell evaluate`)", "",
-                  "| set | model | mSA | F1@0.5 | PQ | AJI |", "|---|---|---|---|---|---|"]
-        for label, per_set in evaluation.get("results", {}).items():
-            for set_label, r in per_set.items():
-                lines.append(f"| {set_label} | {label} | {r['mSA']:.3f} | {r['F1_50']:.3f} | {r['PQ']:.3f} | {r['AJI']:.3f} |")
-        lines.append("")
+                  "Protocol `run`: each image through `slidecell run` with the preset, outlines scored against "
+                  "the labels at their native resolution (40x sets also as a 20x scanner gives them); "
+                  "`downsampled`: the older protocol (images and labels resampled to 0.5 µm/px).", "",
+                  markdown_table(evaluation, EvalConfig.model_validate(evaluation["config"]))]
     stages = init_chain(cfg)
     if stages:
         lines += ["Trained in stages, each starting from the weights of the one before: "
