@@ -61,7 +61,8 @@ def test_stardist_demo_fluorescence():
     seg.calibrate([img[:, :, None]])
     pred = seg.segment(img[:, :, None])
     r = score(gt, pred)
-    assert r["F1_50"] >= 0.75, r  # shipped nuclei: 0.851
+    # shipped nuclei: F1 0.855, precision 0.951; a broken model fails F1, an over-eager one precision
+    assert r["F1_50"] >= 0.78 and r["precision"] >= 0.85, r
 
 
 def test_dsb2018_test_histology():
@@ -74,7 +75,8 @@ def test_dsb2018_test_histology():
         gt = tifffile.imread(DSB / "labels" / f"{r['image_id']}.tif")
         s.add(gt, seg.segment(img))
     out = s.summary()
-    assert out["images"] == 16 and out["F1_50"] >= 0.60, out  # shipped nuclei: 0.714 (evaluation.json)
+    # shipped nuclei: F1 0.724, precision 0.836
+    assert out["images"] == 16 and out["F1_50"] >= 0.65 and out["precision"] >= 0.75, out
 
 
 def blobs(shape=(96, 128), seed=0):
