@@ -92,12 +92,13 @@ def test_run_protocol_scores_40x_images_at_native_resolution(tmp_path):
     filled in at the labels' own resolution, so every true nucleus is counted once and the
     disks are found either way; the downsampled protocol scores at half the resolution."""
     root = make_40x_set(tmp_path / "data")
-    off = {"tissue": {"enabled": False}}
+    def off():
+        return {"tissue": {"enabled": False}}
     cfg = tmp_path / "e.yaml"
     cfg.write_text(yaml.safe_dump({
         "data_root": str(root),
-        "sets": [{"label": "native", "name": "toy", "mpp": 0.25, "overrides": off},
-                 {"label": "as-20x", "name": "toy", "mpp": 0.25, "scan_mpp": 0.5, "overrides": off},
+        "sets": [{"label": "native", "name": "toy", "mpp": 0.25, "overrides": off()},
+                 {"label": "as-20x", "name": "toy", "mpp": 0.25, "scan_mpp": 0.5, "overrides": off()},
                  {"label": "down", "name": "toy", "mpp": 0.25, "protocol": "downsampled", "eval_mpp": 0.5}],
         "backends": [{"label": "ws", "backend": "watershed", "params": {"min_area_um2": 1.0}}],
     }))
