@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -208,27 +208,15 @@ from .analyze import AnalysisConfig  # noqa: E402  (the analysis stage's setting
 Config.model_rebuild()
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors/aliases: a config never needs them, and nested aliases expand
-    exponentially (a "billion laughs" file takes minutes and gigabytes)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in slidecell "
-                                              "configs", event.start_mark)
-        return super().compose_node(parent, index)
-
-
 def safe_yaml(text: str):
-    """``yaml.safe_load`` without aliases (see :class:`_NoAliasLoader`)."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def _short(value, limit: int = 80) -> str:
-    """A value for an error message: its repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``yaml.safe_load`` of a config, refusing anchors/aliases first: a config never needs
+    them, and nested aliases expand exponentially (a "billion laughs" file takes minutes and
+    gigabytes). The event scan reads the text without building anything."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in slidecell configs "
+                                 f"(line {event.start_mark.line + 1})")
+    return yaml.safe_load(text)
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -236,7 +224,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
     errors = err.errors()
     for e in errors[:10]:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = _short(e.get("input"))
+        value = short_repr(e.get("input"))
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}' (value {value})")
         elif e["type"] == "missing":

@@ -31,3 +31,10 @@ class OutputError(SlidecellError):
 
 class InputError(SlidecellError):
     """An input file other than the slide (annotations, tables) is missing or invalid."""
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """A value for an error message: its repr, cut to ``limit`` characters (an error never
+    repeats a whole file or a huge config value)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideOpenError
+from ..errors import SlideOpenError, short_repr
 from .base import SlideReader, pad_to
 from .readers import _clip_box
 
@@ -161,9 +161,6 @@ def _stem(p: Path) -> str:
 
 
 # -- markers.csv / panel.csv ------------------------------------------------------------------
-from ..config import _short  # noqa: E402
-
-
 def read_markers(path) -> tuple[str, list[dict]]:
     """Read a markers file: MCMICRO's ``markers.csv`` (a ``marker_name`` column, one row per
     channel in image order; rows with ``remove`` set to TRUE are kept but flagged) or steinbock's
@@ -190,7 +187,7 @@ def read_markers(path) -> tuple[str, list[dict]]:
     else:
         raise SlideOpenError(f"{path}: a markers file needs a 'marker_name' column (MCMICRO markers.csv) or "
                              f"'channel' and 'name' columns (steinbock panel.csv); found {len(cols)} other column(s)"
-                             + (f" {_short(sorted(cols))}" if all(c.isprintable() and len(c) < 40 for c in cols) else ""))
+                             + (f" {short_repr(sorted(cols))}" if all(c.isprintable() and len(c) < 40 for c in cols) else ""))
     key = "marker_name" if kind == "mcmicro" else "name"
     empty = [i + 2 for i, r in enumerate(rows) if not r.get(key)]
     if empty:
