@@ -60,38 +60,13 @@ def test_evaluate_errors(tmp_path):
         evaluate(none, log=lambda m: None)
 
 
-def make_40x_set(root, n=3, size=200, radius=12):
-    """Five dark disks of ``radius`` px (3 µm at 0.25 µm/px) per image, apart from each other."""
-    import tifffile
-    from PIL import Image
-
-    folder = root / "toy"
-    (folder / "images").mkdir(parents=True)
-    (folder / "labels").mkdir()
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:size, :size]
-    rows = ["image_id,kind"]
-    for i in range(n):
-        lab = np.zeros((size, size), np.uint16)
-        centres = [(40, 40), (40, 150), (100, 95), (160, 40), (160, 150)]
-        for k, (cy, cx) in enumerate(centres, 1):
-            cy, cx = cy + rng.integers(-6, 7), cx + rng.integers(-6, 7)
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
-        img = np.full((size, size, 3), 225, np.uint8)
-        img[lab > 0] = (90, 60, 140)
-        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / "images" / f"im{i}.png")
-        tifffile.imwrite(folder / "labels" / f"im{i}.tif", lab)
-        rows.append(f"im{i},histology_color")
-    (folder / "index.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 def test_run_protocol_scores_40x_images_at_native_resolution(tmp_path):
     """A "40x" toy set run as scanned and as a 20x scanner would give it: the outlines are
     filled in at the labels' own resolution, so every true nucleus is counted once and the
     disks are found either way; the downsampled protocol scores at half the resolution."""
-    root = make_40x_set(tmp_path / "data")
+    # five 3 µm nuclei (12 px at 0.25 µm/px) per image, apart from each other
+    root = make_set(tmp_path / "data", n=3, size=200, radius=12,
+                    centres=[(40, 40), (40, 150), (100, 95), (160, 40), (160, 150)])
     def off():
         return {"tissue": {"enabled": False}}
     cfg = tmp_path / "e.yaml"

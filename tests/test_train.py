@@ -15,7 +15,9 @@ from slidecell.segment.builtin.model import Predictor, load_weights
 from slidecell.train import load_train_config, train
 
 
-def make_set(root, n=6, size=64):
+def make_set(root, n=6, size=64, radius=5, centres=None):
+    """A toy annotated set: ``n`` images of dark disks of ``radius`` px on a light background, at
+    random places (or near ``centres``, jittered by up to 6 px), labels beside them."""
     rng = np.random.default_rng(0)
     folder = root / "toy"
     (folder / "images").mkdir(parents=True)
@@ -24,9 +26,10 @@ def make_set(root, n=6, size=64):
     yy, xx = np.mgrid[:size, :size]
     for i in range(n):
         lab = np.zeros((size, size), np.uint16)
-        for k in range(1, 6):
-            cy, cx = rng.integers(8, size - 8, 2)
-            lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= 25) & (lab == 0)] = k
+        places = [rng.integers(8, size - 8, 2) for _ in range(5)] if centres is None else \
+            [(cy + rng.integers(-6, 7), cx + rng.integers(-6, 7)) for cy, cx in centres]
+        for k, (cy, cx) in enumerate(places, 1):
+            lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) & (lab == 0)] = k
         img = np.full((size, size, 3), 230, np.uint8)
         img[lab > 0] = (90, 60, 140)
         img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
