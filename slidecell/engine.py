@@ -41,7 +41,6 @@ from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, p
 
 #: tile windows start on multiples of this (the built-in network pools 4 times: 2**4)
 TILE_ALIGN = 16
-OUTPUT_FILES = OUTPUT_NAMES
 
 
 @dataclass(frozen=True)
