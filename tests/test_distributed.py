@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 
 import slidecell
@@ -24,7 +29,9 @@ def _same(a, b):
     x, y = gpd.read_parquet(a / "cells.parquet"), gpd.read_parquet(b / "cells.parquet")
     assert len(x) == len(y) > 300
     assert list(x["cell_id"]) == list(y["cell_id"])
-    assert x.drop(columns="geometry").equals(y.drop(columns="geometry"))
+    # the model's scores differ in the last float32 bit between thread counts (summation order)
+    assert np.allclose(x["confidence"], y["confidence"], rtol=1e-5, atol=0)
+    assert x.drop(columns=["geometry", "confidence"]).equals(y.drop(columns=["geometry", "confidence"]))
     assert x.geometry.geom_equals_exact(y.geometry, 0).all()
 
 
@@ -35,6 +42,7 @@ def local_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.timeout(300)
 def test_local_cluster_gives_the_same_cells(local_run, tmp_path):
     res = slidecell.run(CMU1, _config(scheduler="local", dask_workers=2, dask_threads=2), tmp_path / "dask",
                         progress=False)
@@ -44,33 +52,69 @@ def test_local_cluster_gives_the_same_cells(local_run, tmp_path):
     _same(local_run, tmp_path / "dask")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(cond, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
 def test_a_worker_killed_mid_run_changes_nothing(local_run, tmp_path):
-    from distributed import Client, LocalCluster
+    """A scheduler and two worker processes started as a user would (``dask scheduler``, ``dask
+    worker``); one worker is killed with SIGKILL once a few chunks are written; ``slidecell run
+    --scheduler`` (its own process, as users run it) still finishes with the same cells."""
+    bindir = Path(sys.executable).parent
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = []
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        pids = client.run(os.getpid)  # {worker address: pid}
-        chunks = tmp_path / "dask" / ".slidecell" / "chunks"
-        killed = {}
+    def start(*cmd):
+        p = subprocess.Popen([str(bindir / "dask"), *cmd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(p)
+        return p
 
-        def kill_one():
-            deadline = time.time() + 120
-            while time.time() < deadline:  # once a few chunks are done, kill a busy worker
-                if chunks.exists() and len(list(chunks.glob("chunk-*.parquet"))) >= 3:
-                    addr, pid = sorted(pids.items())[0]
-                    os.kill(pid, signal.SIGKILL)
-                    killed[addr] = pid
-                    return
-                time.sleep(0.05)
+    try:
+        start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
+        _wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 60, "the scheduler")
+        workers = [start("worker", addr, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                         "--host", "127.0.0.1") for _ in range(2)]
+        out = tmp_path / "dask"
+        chunks = out / ".slidecell" / "chunks"
+        cfg = tmp_path / "config.yaml"  # the same settings as _config()
+        cfg.write_text(_config().to_yaml())
+        run = subprocess.Popen([str(bindir / "slidecell"), "run", str(CMU1), "--out", str(out), "--config", str(cfg),
+                                "--scheduler", addr, "--quiet"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(run)
+        killed = False
+        deadline = time.time() + 240
+        while run.poll() is None and time.time() < deadline:
+            if not killed and chunks.exists() and len(list(chunks.glob("chunk-*.parquet"))) >= 3:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.05)
+        log = run.communicate(timeout=max(1.0, deadline - time.time()))[0]
+        assert run.returncode == 0, log
+        assert killed, "the run ended before a worker could be killed"
+        assert workers[0].wait(timeout=10) == -signal.SIGKILL
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    _same(local_run, out)
 
-        t = threading.Thread(target=kill_one)
-        t.start()
-        slidecell.run(CMU1, _config(scheduler=cluster.scheduler_address), tmp_path / "dask", progress=False)
-        t.join()
-    assert killed, "the run ended before a worker could be killed"
-    _same(local_run, tmp_path / "dask")
 
-
+@pytest.mark.timeout(300)
 def test_local_cluster_binds_nothing_it_does_not_need():
     """The local cluster listens on loopback only, with no HTTP routes (no dashboard on 8787), and
     speaks TLS with a per-run certificate: a client without it cannot connect."""
