@@ -391,6 +391,11 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
 
     segmenter = get_segmenter(cfg.segmentation.backend, cfg.segmentation.params, reader.channel_names,
                               modality, plan.mpp, cfg.segmentation.nuclear_channels)
+    align = math.lcm(TILE_ALIGN, segmenter.align)
+    if align != plan.align:  # the backend's network needs coarser window alignment
+        plan = plan_tiles(reader, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,
+                          cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, roi, align=align,
+                          offset=tuple(cfg.tiling.grid_offset))
     objects = segmenter.objects
     if cfg.segmentation.objects != "auto":
         if objects == "cells+nuclei":

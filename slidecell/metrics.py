@@ -133,16 +133,26 @@ def match_polygons(a: np.ndarray, b: np.ndarray, thr: float = 0.9) -> np.ndarray
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def max_overlap_fraction(polys: np.ndarray) -> float:
-    """Largest overlap between two polygons of a set, as a fraction of the smaller one's area
-    (0 for cells that only share edges; 1 for a duplicate)."""
+def _intersecting_pairs(polys: np.ndarray):
+    """Pairs ``i < j`` of polygons that intersect, and each pair's overlap as a fraction of the
+    smaller polygon's area."""
     import shapely
 
     tree = shapely.STRtree(polys)
     i, j = tree.query(polys, predicate="intersects")
     keep = i < j
     i, j = i[keep], j[keep]
-    if not len(i):
-        return 0.0
     inter = shapely.area(shapely.intersection(polys[i], polys[j]))
-    return float(np.max(inter / np.minimum(shapely.area(polys[i]), shapely.area(polys[j]))))
+    return i, j, inter / np.maximum(np.minimum(shapely.area(polys[i]), shapely.area(polys[j])), 1e-12)
+
+
+def overlapping_pairs(polys: np.ndarray, fraction: float = 0.05) -> int:
+    """Pairs of polygons overlapping by more than ``fraction`` of the smaller one's area."""
+    return int((_intersecting_pairs(polys)[2] > fraction).sum()) if len(polys) else 0
+
+
+def max_overlap_fraction(polys: np.ndarray) -> float:
+    """Largest overlap between two polygons of a set, as a fraction of the smaller one's area
+    (0 for cells that only share edges; 1 for a duplicate)."""
+    frac = _intersecting_pairs(polys)[2] if len(polys) else np.zeros(0)
+    return float(frac.max()) if len(frac) else 0.0

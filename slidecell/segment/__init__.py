@@ -83,6 +83,14 @@ class Segmenter:
         return False
 
     @property
+    def align(self) -> int:
+        """Working pixels that read windows must start and end on (in slide coordinates) for the
+        backend to see every pixel at the same phase in every tile: a network padding its input
+        to a multiple of 2^poolings declares that period (:func:`window_period`); the plan
+        honours it. 1: any window."""
+        return 1
+
+    @property
     def batch_size(self) -> int:
         """Tiles the engine hands to :meth:`predict` at once."""
         return int(getattr(self.params, "batch_size", None) or 1)
@@ -133,6 +141,15 @@ class Segmenter:
         return _identity if type(self).finish is Segmenter.finish else self.finish
 
 
+def window_period(multiple: int, factor: float) -> int:
+    """The window alignment, in working pixels, for a network whose input is padded to
+    ``multiple`` pixels after tiles are scaled by ``factor`` (model px per working px): windows
+    ``multiple / factor`` working px apart put the network at the same phase. A non-integral
+    period cannot be honoured exactly (resampling mixes phases anyway): ``multiple`` then."""
+    p = multiple / factor
+    return int(round(p)) if round(p) >= 1 and abs(p - round(p)) < 1e-6 else int(multiple)
+
+
 def _identity(raw, image):
     return raw
 
@@ -149,4 +166,5 @@ from . import cellpose  # noqa: E402,F401  (registers Cellpose when installed)
 from . import mask  # noqa: E402,F401  (registers the label-image backend)
 from . import torchscript  # noqa: E402,F401  (registers exported TorchScript label models)
 
-__all__ = ["BACKENDS", "Segmenter", "BackendParams", "Scored", "get_segmenter", "register", "unscored"]
+__all__ = ["BACKENDS", "Segmenter", "BackendParams", "Scored", "get_segmenter", "register", "unscored",
+           "window_period"]

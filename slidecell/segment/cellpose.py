@@ -5,6 +5,12 @@ installed (``pip install "slidecell[cellpose]" "torch==2.13.0"``).
   such as ``cyto3``/``nuclei`` whose weights are already in ``~/.cellpose/models``
 * cellpose ≥ 4: Cellpose-SAM (``model: cpsam``); cellpose 4 cannot load Cellpose 3 weights
 
+Tile invariance: by default (``normalize: slide``) the input planes are scaled by percentiles of
+the whole slide, fitted once on the engine's calibration tiles (and optionally equalised by the
+slide's histogram), so neighbouring tiles see the same values where they overlap; cellpose's own
+per-tile scaling (``normalize: tile``) makes them disagree near seams. Brightfield input is the
+haematoxylin optical density by default.
+
 The major version installed decides which API is used. Nothing is downloaded by slidecell: a
 model name whose weights are missing locally is an error, not a download.
 """
@@ -16,11 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
-from .channels import model_input_channels
+from .channels import haematoxylin, model_input_channels
 
 
 class CellposeParams(BackendParams):
@@ -30,8 +36,22 @@ class CellposeParams(BackendParams):
     diameter_um: float | None = Field(None, gt=0)
     flow_threshold: float = Field(0.4, ge=0)
     cellprob_threshold: float = Field(0.0, ge=-10, le=10)
-    #: brightfield: segment the grey image with dark objects inverted to bright (nuclei in H&E)
+    #: brightfield input: the haematoxylin optical density (colour deconvolution; nuclei bright)
+    #: or the grey image (inverted, see ``invert``)
+    brightfield_input: Literal["haematoxylin", "grey"] = "haematoxylin"
+    #: brightfield grey input: invert it (dark nuclei → bright); None = yes for brightfield
     invert: bool | None = None
+    #: input scaling: ``slide`` maps the ``percentiles`` of the slide (fitted once, on the
+    #: engine's calibration tiles) to 0–1, so every tile is scaled alike and neighbouring tiles
+    #: agree in their shared margin; ``tile`` leaves it to cellpose, which scales each tile by
+    #: its own percentiles (tiles then disagree near seams)
+    normalize: Literal["slide", "tile"] = "slide"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    #: contrast equalisation by the slide's histogram (a look-up table fitted on the calibration
+    #: tiles, the same for every tile); needs ``normalize: slide``
+    equalize: bool = False
+    #: Gaussian smoothing of the input, sigma in µm (0: none)
+    smooth_um: float = Field(0.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1)
     min_area_um2: float = Field(2.0, ge=0)
@@ -42,6 +62,21 @@ class CellposeParams(BackendParams):
     #: cells get nucleus and cytoplasm compartments (each cell's nucleus = the nuclear objects'
     #: pixels inside it)
     nuclei: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles {list(self.percentiles)}: need 0 <= low < high <= 100")
+        if self.equalize and self.normalize != "slide":
+            raise ValueError("equalize needs normalize: slide (a per-tile equalisation would differ between tiles)")
+        return self
+
+
+#: values sampled from the calibration tiles per input plane (enough for stable percentiles)
+_CALIBRATION_VALUES = 2_000_000
+#: bins of the equalisation look-up table
+_EQ_BINS = 256
 
 
 def cellpose_major() -> int | None:
@@ -110,26 +145,83 @@ class CellposeSegmenter(Segmenter):
             return "nuclei"
         return "cells+nuclei" if self.params.nuclei else "cells"
 
-    def _prepare(self, image: np.ndarray, channels=None) -> np.ndarray:
-        # grey (brightfield: cellpose inverts it, dark nuclei → bright) or the nuclear signal
-        return np.nan_to_num(image[:, :, channels or self.channels].astype(np.float32)).mean(axis=2)
+    # -- input planes, scaled alike on every tile ------------------------------------------------------
+    def _plane(self, image: np.ndarray, role: str) -> np.ndarray:
+        """One input plane (float32): ``nuclear`` (haematoxylin, grey or the nuclear channels'
+        mean) or ``membrane`` (the ``cell_channels``' mean), before scaling."""
+        if role == "membrane":
+            return np.nan_to_num(image[:, :, self.cell_idx].astype(np.float32)).mean(axis=2)
+        if self.brightfield and self.params.brightfield_input == "haematoxylin":
+            return haematoxylin(np.nan_to_num(image[:, :, self.channels]))
+        return np.nan_to_num(image[:, :, self.channels].astype(np.float32)).mean(axis=2)
+
+    @property
+    def _invert(self) -> bool:
+        """Dark objects made bright: the grey brightfield input (haematoxylin is bright already)."""
+        if self.cell_idx or not self.brightfield or self.params.brightfield_input != "grey":
+            return False
+        return True if self.params.invert is None else self.params.invert
+
+    def _roles(self) -> list[str]:
+        return ["nuclear", "membrane"] if self.cell_idx else ["nuclear"]
+
+    def _fit(self, planes: list[np.ndarray]) -> dict:
+        """Percentile range (and equalisation table) of one plane's values over sample tiles."""
+        p = self.params
+        vals = np.concatenate([q.ravel() for q in planes]) if planes else np.zeros(0, np.float32)
+        vals = vals[np.isfinite(vals)]
+        if vals.size > _CALIBRATION_VALUES:  # a fixed, evenly spaced subsample: deterministic
+            vals = vals[:: int(np.ceil(vals.size / _CALIBRATION_VALUES))]
+        lo, hi = (np.percentile(vals, p.percentiles) if vals.size else (0.0, 1.0))
+        fit = {"range": [float(lo), float(max(hi, lo + 1e-6))]}
+        if p.equalize:
+            x = np.clip((vals - fit["range"][0]) / (fit["range"][1] - fit["range"][0]), 0, 1)
+            hist = np.histogram(x, _EQ_BINS, (0.0, 1.0))[0].astype(np.float64)
+            cdf = np.concatenate([[0.0], np.cumsum(hist)]) / max(hist.sum(), 1.0)
+            fit["cdf"] = [round(float(c), 6) for c in cdf]
+        return fit
+
+    def calibrate(self, samples):
+        """``normalize: slide``: each input plane's percentiles (and equalisation table) over
+        the slide's calibration tiles, recorded in run.json and reused on resume."""
+        if self.params.normalize == "slide" and samples:
+            self.state["planes"] = {r: self._fit([self._plane(s, r) for s in samples]) for r in self._roles()}
+        return self.state
+
+    def _scaled(self, image: np.ndarray, role: str) -> np.ndarray:
+        x = self._plane(image, role)
+        if self.params.normalize == "slide":
+            fit = self.state.get("planes", {}).get(role) or self._fit([x])  # uncalibrated: this image's own
+            lo, hi = fit["range"]
+            x = (x - lo) / (hi - lo)
+            if "cdf" in fit:
+                x = np.interp(np.clip(x, 0, 1), np.linspace(0, 1, _EQ_BINS + 1), fit["cdf"]).astype(np.float32)
+            if self._invert:
+                x = 1 - x
+        sigma = self.params.smooth_um / self.mpp
+        if sigma > 0.1:
+            from scipy.ndimage import gaussian_filter
+
+            x = gaussian_filter(x, sigma, truncate=3.0)
+        return x.astype(np.float32)
 
     def _eval(self, img: np.ndarray, two_channel: bool) -> np.ndarray:
         from .builtin.postprocess import relabel
 
         p = self.params
         diameter = p.diameter_um / self.mpp if p.diameter_um else None
-        invert = False if two_channel else (self.brightfield if p.invert is None else p.invert)
         kwargs = dict(diameter=diameter, flow_threshold=p.flow_threshold,
                       cellprob_threshold=p.cellprob_threshold, batch_size=p.batch_size)
+        slide = p.normalize == "slide"  # scaled here; cellpose must not rescale each tile
+        invert = self._invert and not slide
         if self.major < 4:  # cellpose 3: [cytoplasm channel, nuclear channel], 1-based; 0 = grey
             kwargs["channels"] = [1, 2] if two_channel else [0, 0]
             kwargs["invert"] = invert
+            kwargs["normalize"] = not slide
         else:  # cellpose 4 (Cellpose-SAM): channels as given on the last axis; inversion is a normalisation option
             if two_channel:
                 kwargs["channel_axis"] = -1
-            if invert:
-                kwargs["normalize"] = {"invert": True}
+            kwargs["normalize"] = False if slide else ({"invert": True} if invert else True)
         masks = self.model.eval(img, **kwargs)[0]
         return relabel(np.asarray(masks, np.int32), self.min_px)
 
@@ -148,12 +240,13 @@ class CellposeSegmenter(Segmenter):
         empty = np.zeros(image.shape[:2], np.int32)
         if image.shape[0] == 0 or image.shape[1] == 0:
             return (empty, empty) if self.objects == "cells+nuclei" else empty
-        nuc = self._prepare(image)
+        flat = np.ptp(self._plane(image, "nuclear")) == 0
+        nuc = None if flat else self._scaled(image, "nuclear")
         if not self.cell_idx:
-            return empty if np.ptp(nuc) == 0 else self._eval(nuc, False)
-        cyto = self._prepare(image, self.cell_idx)
-        two = np.stack([cyto, nuc], axis=-1)
-        cells = empty if np.ptp(two) == 0 else self._eval(two, True)
+            return empty if flat else self._eval(nuc, False)
+        cyto = self._scaled(image, "membrane")
+        cells = empty if flat and np.ptp(cyto) == 0 else \
+            self._eval(np.stack([cyto, nuc if nuc is not None else np.zeros_like(cyto)], axis=-1), True)
         if not self.params.nuclei:
             return cells
-        return (empty if np.ptp(nuc) == 0 else self._eval(nuc, False)), cells
+        return (empty if flat else self._eval(nuc, False)), cells

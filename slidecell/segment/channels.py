@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ..errors import ConfigError
 
 #: channel names taken as nuclear when ``segmentation.nuclear_channels`` is empty (matched whole,
@@ -56,3 +58,13 @@ def nuclear_or_all(channel_names, requested) -> list[int]:
         raise ConfigError(f"segmentation.nuclear_channels: no channel looks nuclear in {names}; "
                           "name the nuclear channel(s) in the config")
     return channels
+
+
+def haematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """Haematoxylin optical density (float32, larger = more nuclear) of an H×W×3 brightfield
+    image, by Ruifrok & Johnston colour deconvolution (the H row of the inverse stain matrix
+    of :func:`skimage.color.rgb2hed`)."""
+    from skimage.color import hed_from_rgb
+
+    od = -np.log(np.maximum(rgb[:, :, :3].astype(np.float32), 1.0) / 255.0)
+    return od @ hed_from_rgb[:, 0].astype(np.float32)

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from . import BackendParams, Segmenter, register
+from . import BackendParams, Segmenter, register, window_period
 from .builtin.inputs import resample, resample_factor
 from .builtin.model import default_batch_size
 from .channels import model_input_channels
@@ -106,6 +106,10 @@ class TorchScriptSegmenter(Segmenter):
     @property
     def batch_size(self) -> int:
         return default_batch_size(self.params.batch_size, self.device)
+
+    @property
+    def align(self) -> int:
+        return window_period(self.params.pad_multiple, self.factor)
 
     def input_files(self) -> list:
         return [Path(self.params.path).expanduser()]

@@ -14,7 +14,7 @@ from pydantic import Field
 from scipy import ndimage as ndi
 
 from . import BackendParams, Segmenter, register
-from .channels import nuclear_or_all
+from .channels import haematoxylin, nuclear_or_all
 
 class WatershedParams(BackendParams):
     #: Gaussian smoothing of the nuclear signal, in µm
@@ -57,11 +57,7 @@ class WatershedSegmenter(Segmenter):
     def signal(self, image: np.ndarray) -> np.ndarray:
         """Nuclear signal (float32, larger = more nuclear) smoothed by ``sigma_um``."""
         if self.use_hematoxylin:
-            rgb = image[:, :, :3].astype(np.float32)
-            od = -np.log(np.maximum(rgb, 1.0) / 255.0)
-            # haematoxylin by Ruifrok & Johnston colour deconvolution (the H row of the inverse
-            # stain matrix used by skimage.color.rgb2hed)
-            sig = od @ _HED_INV[:, 0].astype(np.float32)
+            sig = haematoxylin(image)
         else:
             chans = image[:, :, self.channels].astype(np.float32)
             scales = self.state.get("channel_scale")
@@ -153,7 +149,3 @@ class WatershedSegmenter(Segmenter):
         lut = np.zeros(len(areas), np.int32)
         lut[good] = np.arange(1, int(good.sum()) + 1, dtype=np.int32)
         return lut[labels]
-
-
-# haematoxylin/eosin/DAB from RGB optical density (Ruifrok & Johnston), as skimage.color.rgb2hed
-from skimage.color import hed_from_rgb as _HED_INV  # noqa: E402

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from .. import BackendParams, Scored, Segmenter, register, unscored
+from .. import BackendParams, Scored, Segmenter, register, unscored, window_period
 from ..channels import model_input_channels
 from .inputs import fit_range, model_input, nuclear_signal, resample, resample_factor
 from .model import SHIPPED, PostParams, Predictor, default_batch_size, weights_path
@@ -91,6 +91,10 @@ class BuiltinSegmenter(Segmenter):
     @property
     def confidence(self) -> bool:
         return True
+
+    @property
+    def align(self) -> int:
+        return window_period(self.predictor.meta.spec.multiple, self.factor)
 
     def input_files(self) -> list:
         return [weights_path(self.params.model)]

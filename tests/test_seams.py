@@ -1,0 +1,167 @@
+"""The seam promise for every backend: two tilings of the same real image give the same cells
+(≥ 99 % matched one-to-one at IoU ≥ 0.9) and no two output cells overlap by more than 5 %.
+Cellpose runs in its own environments (``pytest -m cellpose`` / ``-m cellpose4``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import shapely
+import tifffile
+
+import slidecell
+from slidecell.config import _deep_merge
+from slidecell.metrics import match_polygons, overlapping_pairs
+from conftest import CMU1, SHARED, need, write_ome_pyramid
+
+POINT14 = SHARED / "multiplex" / "mibi-granuloma-point14"
+SCELLSEG = SHARED.parent / "models" / "cellpose-scellseg" / "scellseg_cellpose_cellpose3.pth"
+ONLY_PARQUET = {"output": {"geojson": False, "h5ad": False, "zarr": False, "parquet": True}, "analysis": None,
+                "measure": {"compartments": ["cell"]}}
+
+
+def _config(preset: str, seg: dict | None, tiling: dict, extra: dict | None = None):
+    data = slidecell.load_config(preset).model_dump(mode="json")
+    if seg is not None:  # another backend draws the cells itself (its own parameters, no expansion)
+        data["segmentation"] = {**data["segmentation"], "cell_expansion_um": 0.0, "params": {}, **seg}
+    data = _deep_merge(_deep_merge(data, {**ONLY_PARQUET, "tiling": tiling}), extra or {})
+    return slidecell.config_from_dict(data, "seam test")
+
+
+def _cells(slide, cfg, out, mpp=None) -> np.ndarray:
+    res = slidecell.run(slide, cfg, out, mpp=mpp, progress=False)
+    geoms = pq.read_table(res.outputs["parquet"], columns=["geometry"]).column("geometry")
+    return shapely.from_wkb(geoms.to_numpy(zero_copy_only=False))
+
+
+def nested_pairs(polys: np.ndarray) -> int:
+    """Pairs of which one outline lies inside the other (a label image's object in a hole of a
+    larger one: outlines are drawn without holes)."""
+    tree = shapely.STRtree(polys)
+    i, j = tree.query(polys, predicate="contains")
+    return int((i != j).sum())
+
+
+def assert_tile_exact(slide, preset, seg, tilings, tmp_path, min_cells, mpp=None, extra=None, nested=0):
+    """Runs ``slide`` with each tiling; returns the first run's cells. ``nested``: cells the
+    input itself puts inside holes of others (the only overlaps allowed)."""
+    runs = [_cells(slide, _config(preset, seg, t, extra), tmp_path / f"t{k}", mpp) for k, t in enumerate(tilings)]
+    a = runs[0]
+    assert len(a) >= min_cells, len(a)
+    for b in runs[1:]:
+        pairs = match_polygons(a, b, 0.9)
+        assert len(pairs) >= 0.99 * max(len(a), len(b)), (len(pairs), len(a), len(b))
+    for r in runs:
+        assert overlapping_pairs(r, 0.05) == nested_pairs(r) == nested
+        assert shapely.is_valid(r).all()
+    return a
+
+
+HE_ROI = {"roi": [0, 0, 1500, 1200], "tissue": {"enabled": False}}  # seams, not which tiles hold tissue
+
+
+@pytest.mark.parametrize("backend", ["builtin", "watershed"])
+def test_brightfield_backends_are_tile_exact(backend, tmp_path):
+    """Real H&E (CMU-1, 1500×1200 at 0.5 µm/px): 256-px tiles vs one tile."""
+    seg = None if backend == "builtin" else {"backend": "watershed"}
+    assert_tile_exact(need(CMU1), "he-brightfield", seg, [{"tile_size": 256}, {"tile_size": 1536}], tmp_path,
+                      min_cells=300, extra=HE_ROI)
+
+
+def point14_mask(tmp_path):
+    """The study's whole-cell mask with its background label (1, around the cells; 0 marks
+    the boundaries) set to 0, as a label image slidecell reads."""
+    mask = tifffile.imread(need(POINT14 / "cell_mask.tif"))
+    mask[mask == 1] = 0
+    tifffile.imwrite(tmp_path / "cell_mask.tif", mask)
+    return tmp_path / "cell_mask.tif", mask
+
+
+def test_mask_backend_is_tile_exact_and_keeps_every_cell(tmp_path):
+    """The study's whole-cell mask of the real MIBI field of view: every one of its cells comes
+    out once, whole, whatever the tiling."""
+    path, mask = point14_mask(tmp_path)
+    seg = {"backend": "mask", "params": {"path": str(path)}}
+    cells = assert_tile_exact(POINT14 / "channels", "multiplex-fluorescence", seg,
+                              [{"tile_size": 256}, {"tile_size": 1024}], tmp_path, min_cells=1000, mpp=0.49,
+                              nested=3)  # three of the mask's cells lie in holes of two large ones
+    assert len(cells) == len(np.unique(mask[mask > 0])) == 1830
+
+
+class BlockLabels:
+    """A TorchScript label model whose output depends on where its input starts modulo 32, as a
+    network with five poolings does: each 32-px block of the padded input whose mean in channel 0
+    exceeds 0.5 is an object."""
+
+    @staticmethod
+    def save(path):
+        import torch
+
+        class M(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                h, w = x.shape[2], x.shape[3]
+                on = torch.nn.functional.avg_pool2d(x[:, :1], 32) > 0.5
+                on = on.repeat_interleave(32, 2).repeat_interleave(32, 3)[:, 0]
+                ys = torch.arange(h).view(h, 1) // 32
+                xs = torch.arange(w).view(1, w) // 32
+                ids = (1 + ys * ((w + 31) // 32) + xs).to(x.dtype)
+                return torch.where(on, ids, torch.zeros_like(ids))[:, None]
+
+        torch.jit.save(torch.jit.script(M()), str(path))
+
+
+def test_torchscript_backend_honours_its_alignment(tmp_path):
+    """Windows start on the model's 32-px period (its ``pad_multiple``), not just the engine's 16:
+    with 16-px overlaps a 16-aligned window would shift every block."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    img = np.full((1024, 1024), 200, np.uint16)
+    yy, xx = np.mgrid[:1024, :1024]
+    for _ in range(120):
+        cy, cx, r = rng.integers(0, 1024, 2).tolist() + [int(rng.integers(12, 40))]
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 4000
+    write_ome_pyramid(tmp_path / "blobs.ome.tif", img[None], ["DAPI"], 0.5, levels=1, tile=128)
+    BlockLabels.save(tmp_path / "blocks.pt")
+    seg = {"backend": "torchscript", "params": {"path": str(tmp_path / "blocks.pt"), "output": "nuclei"}}
+    extra = {"tissue": {"enabled": False}}
+    cells = assert_tile_exact(tmp_path / "blobs.ome.tif", "multiplex-fluorescence", seg,
+                              [{"tile_size": 256, "overlap_um": 8}, {"tile_size": 1024}], tmp_path, min_cells=100,
+                              extra=extra)
+    # every object is one whole 32-px block on the slide's 32-px grid
+    b = shapely.bounds(cells)
+    assert np.all(b % 32 == 0) and np.all(b[:, 2:] - b[:, :2] == 32)
+
+
+CP_TILINGS = [{"tile_size": 256}, {"tile_size": 512}]
+
+
+@pytest.mark.cellpose
+def test_cellpose_is_tile_exact_on_mibi_whole_cells(tmp_path):
+    """Cellpose 3 (offline weights), whole cells from HH3 + NaKATPase on the real MIBI field of
+    view (512² region): 256-px tiles vs one 512-px tile."""
+    pytest.importorskip("cellpose")
+    seg = {"backend": "cellpose", "nuclear_channels": ["HH3"],
+           "params": {"model": str(need(SCELLSEG)), "diameter_um": 8.8, "cell_channels": ["NaKATPase"],
+                      "nuclei": False}}
+    assert_tile_exact(need(POINT14) / "channels", "multiplex-fluorescence", seg, CP_TILINGS, tmp_path,
+                      min_cells=100, mpp=0.49, extra={"roi": [0, 0, 512, 512]})
+
+
+@pytest.mark.cellpose4
+def test_cellpose_sam_is_tile_exact(tmp_path):
+    """Cellpose-SAM's code path (random weights, built offline: not accuracy, the seams) on the
+    real MIBI HH3 channel."""
+    from slidecell.segment.cellpose import cellpose_major
+
+    if (cellpose_major() or 0) < 4:
+        pytest.skip("needs cellpose >= 4")
+    import torch
+    from cellpose import vit
+
+    torch.manual_seed(0)
+    weights = tmp_path / "cpsam_random.pth"
+    vit.CPSAM(dtype=torch.bfloat16).save_model(str(weights))
+    seg = {"backend": "cellpose", "nuclear_channels": ["HH3"], "params": {"model": str(weights), "diameter_um": 8.8}}
+    assert_tile_exact(need(POINT14) / "channels", "multiplex-fluorescence", seg, CP_TILINGS, tmp_path,
+                      min_cells=1, mpp=0.49, extra={"roi": [0, 0, 512, 512]})
