@@ -478,7 +478,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
             "objects": measure.objects, "whole_cells": measure.whole_cells,
         }
         # the outputs are written from the chunks, in order, while the run goes on
-        writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info, measure.schema())
+        writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info, measure.schema(),
+                               plan)
         pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
         with writer:
             for k in done:
@@ -501,14 +502,23 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                     outputs.pop("h5ad").unlink()
             timings["outputs_after_last_tile"] = time.perf_counter() - t0
     if cfg.output.label_image:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         from .io.label_image import write_run_labels
 
         t0 = time.perf_counter()
         chunk_files = [chunk_path(k) for k in range(n_chunks)]
-        outputs["labels"] = write_run_labels(out / LABELS_NAME, lambda: (pq.read_table(c) for c in chunk_files),
-                                             plan.summary(), cfg.tiling.model_dump(mode="json"))
+        dropped = pa.array(sorted(writer.dropped_ids), pa.string())
+
+        def parts():  # the chunks less the duplicates the outputs left out
+            for c in chunk_files:
+                t = pq.read_table(c)
+                yield t.filter(pc.invert(pc.is_in(t.column("cell_id"), dropped))) if len(dropped) else t
+
+        outputs["labels"] = write_run_labels(out / LABELS_NAME, parts, plan.summary(),
+                                             cfg.tiling.model_dump(mode="json"))
         timings["label_image"] = time.perf_counter() - t0
     if n_cells == 0:
         where = "the region (ROI or annotations)" if roi is not None else "the slide"
@@ -524,6 +534,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         "cells_touching_tile_edge": n_touch,
         # tiles (in this invocation) read again with more context: they own a cell larger than the overlap
         "tiles_reread_for_large_cells": pipe.retried,
+        # cells a second tile also drew (overlapping one kept by the tile owning the overlap)
+        "duplicates_dropped": writer.seams.dropped,
         "resumed_chunks": resumed,
         "outputs": {k: str(v.name) for k, v in outputs.items()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -845,19 +857,27 @@ def _write_chunk(parts: list, path: Path) -> None:
 
 class _OutputStream:
     """Writes GeoJSON, GeoParquet and h5ad from the chunk files in plan order, in a thread, as
-    the chunks are finished (:meth:`feed`), one chunk in memory at a time. Every file is written
+    the chunks are finished (:meth:`feed`), one chunk in memory at a time; cells that cross
+    their tile's core boundary are written last, once :class:`~slidecell.stitch.SeamResolver`
+    has dropped any duplicate among them. Every file is written
     under a temporary name and renamed into place only by :meth:`finish` once all chunks are in;
     if the run fails (or is killed) the partial files are removed (or swept at the next start)."""
 
-    def __init__(self, chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict, schema):
+    def __init__(self, chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict, schema,
+                 plan: TilePlan):
         import queue
         import threading
+
+        from .stitch import SeamResolver
 
         self.chunks, self.out, self.cfg, self.schema = chunks, out, cfg, schema
         self.offset = reader.bounds_offset
         self.var, self.slide_id = reader.channel_table(), slide_id(info)
         self.uns = run_uns(info, cfg.model_dump(mode="json"), __version__)
         self.outputs = output_paths(cfg, out)
+        #: the guard behind the ownership rule: no two cells of different tiles on the same spot
+        self.seams = SeamResolver(plan, chunks)
+        self.dropped_ids: set = set()
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="slidecell-outputs", daemon=True)
         self.error: BaseException | None = None
@@ -904,11 +924,16 @@ class _OutputStream:
                 ready.add(item)
                 while nxt in ready:
                     t0 = time.perf_counter()
-                    files.write(pq.read_table(self.chunks[nxt]))
+                    files.write(self.seams.split(nxt, pq.read_table(self.chunks[nxt])))
                     nxt += 1
                     self.busy += time.perf_counter() - t0
             if nxt != len(self.chunks):
                 raise OutputError(f"{self.out}: chunk {nxt} missing; outputs not written")
+            t0 = time.perf_counter()
+            kept, self.dropped_ids = self.seams.finish()  # cells crossing a core boundary, duplicates dropped
+            if kept is not None:
+                files.write(kept)
+            self.busy += time.perf_counter() - t0
         return self.outputs, files.n, files.n_touch
 
 

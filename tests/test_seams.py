@@ -165,3 +165,53 @@ def test_cellpose_sam_is_tile_exact(tmp_path):
     seg = {"backend": "cellpose", "nuclear_channels": ["HH3"], "params": {"model": str(weights), "diameter_um": 8.8}}
     assert_tile_exact(need(POINT14) / "channels", "multiplex-fluorescence", seg, CP_TILINGS, tmp_path,
                       min_cells=1, mpp=0.49, extra={"roi": [0, 0, 512, 512]})
+
+
+def test_duplicates_from_a_tile_dependent_backend_are_dropped(tmp_path):
+    """A backend that draws each object a few pixels apart depending on the tile (as a network
+    with a tile-wide style vector does) makes two tiles keep the same disc near a seam; the
+    stitching keeps one of each pair (the tile owning their overlap), counts the rest in
+    run.json, and leaves them out of every output, the label image included."""
+    import json
+
+    from scipy import ndimage as ndi
+
+    from slidecell.segment import BACKENDS, Segmenter, register
+
+    class Shifty(Segmenter):
+        name = "test-shifty"
+
+        def segment(self, image):
+            return ndi.label(image[:, :, 0] > 1000)[0].astype(np.int32)
+
+        def predict_tiles(self, tiles, images):
+            # objects drawn 5 px right in tiles of even row+col, 5 px left in the others
+            return [np.roll(self.segment(im), 5 if (t.row + t.col) % 2 == 0 else -5, axis=1)
+                    for t, im in zip(tiles, images)]
+
+    register(Shifty)
+    try:
+        img = np.full((512, 512), 100, np.uint16)
+        yy, xx = np.mgrid[:512, :512]
+        for cy in range(20, 512, 40):
+            for cx in range(20, 512, 40):
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 81] = 4000
+        write_ome_pyramid(tmp_path / "discs.ome.tif", img[None], ["DAPI"], 0.5, levels=1, tile=128)
+        cfg = _config("multiplex-fluorescence", {"backend": "test-shifty"}, {"tile_size": 128, "overlap_um": 16},
+                      {"tissue": {"enabled": False}, "output": {"label_image": True}})
+        res = slidecell.run(tmp_path / "discs.ome.tif", cfg, tmp_path / "run", progress=False)
+    finally:
+        BACKENDS.pop("test-shifty")
+    cells = shapely.from_wkb(pq.read_table(res.outputs["parquet"]).column("geometry").to_numpy(zero_copy_only=False))
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert overlapping_pairs(cells, 0.05) == 0
+    assert summary["duplicates_dropped"] > 10
+    # one object per disc: 13 x 13 discs (those at the image edge may be cut by the roll)
+    # 13 discs on seams drawn by both tiles with each copy's centroid in its own tile's core
+    # (kept twice by the ownership rule alone); 13 others drawn with each centroid in the other
+    # tile's core are lost by both, which no stitching can bring back: a backend must be
+    # tile-consistent for that
+    assert summary["duplicates_dropped"] == 13
+    assert len(cells) == 169 - 13
+    labels = tifffile.imread(res.outputs["labels"])
+    assert len(np.unique(labels[labels > 0])) == len(cells)

@@ -34,7 +34,9 @@ class CellposeParams(BackendParams):
     model: str = "cyto3"
     #: expected object diameter in µm; None = the model's default (30 px in cellpose 3)
     diameter_um: float | None = Field(None, gt=0)
-    flow_threshold: float = Field(0.4, ge=0)
+    #: defaults chosen on real IMC whole cells (benchmarks/choose_cellpose.py; cellpose's own
+    #: 0.4 rejects many good cells on tissue) and checked on the MIBI Point14 field of view
+    flow_threshold: float = Field(1.0, ge=0)
     cellprob_threshold: float = Field(0.0, ge=-10, le=10)
     #: brightfield input: the haematoxylin optical density (colour deconvolution; nuclei bright)
     #: or the grey image (inverted, see ``invert``)
@@ -50,8 +52,9 @@ class CellposeParams(BackendParams):
     #: contrast equalisation by the slide's histogram (a look-up table fitted on the calibration
     #: tiles, the same for every tile); needs ``normalize: slide``
     equalize: bool = False
-    #: Gaussian smoothing of the input, sigma in µm (0: none)
-    smooth_um: float = Field(0.0, ge=0)
+    #: Gaussian smoothing of the input, sigma in µm (0: none); None: 1 µm for fluorescence /
+    #: mass-cytometry counts (shot noise), none for brightfield
+    smooth_um: float | None = Field(None, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1)
     min_area_um2: float = Field(2.0, ge=0)
@@ -198,7 +201,10 @@ class CellposeSegmenter(Segmenter):
                 x = np.interp(np.clip(x, 0, 1), np.linspace(0, 1, _EQ_BINS + 1), fit["cdf"]).astype(np.float32)
             if self._invert:
                 x = 1 - x
-        sigma = self.params.smooth_um / self.mpp
+        smooth = self.params.smooth_um
+        if smooth is None:
+            smooth = 0.0 if self.brightfield else 1.0
+        sigma = smooth / self.mpp
         if sigma > 0.1:
             from scipy.ndimage import gaussian_filter
 
