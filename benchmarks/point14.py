@@ -39,7 +39,7 @@ DATA = HERE.parent.parent / "shared" / "data" / "multiplex" / "mibi-granuloma-po
 MPP = 0.49
 
 
-def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[str]) -> tuple[np.ndarray, float]:
+def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[str]):
     """One run of the multiplex preset with ``backend`` (its parameters merged into the preset's
     for the built-in model; replacing them for another backend, which then draws the cells
     itself: no nucleus expansion)."""
@@ -57,8 +57,42 @@ def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[
     t0 = time.perf_counter()
     res = run(DATA / "channels", cfg, work / f"t{tile}", mpp=MPP, overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
-    geoms = pq.read_table(res.outputs["parquet"], columns=["geometry"]).column("geometry").to_numpy(zero_copy_only=False)
-    return shapely.from_wkb(geoms), seconds
+    t = pq.read_table(res.outputs["parquet"], columns=["geometry", "mean:HH3"])
+    return shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False)), t.column("mean:HH3").to_numpy(), seconds
+
+
+def means_error(polys: np.ndarray, means: np.ndarray, channel: str, shape) -> dict:
+    """Each cell's reported mean of ``channel`` against numpy's mean over the pixels whose
+    centres lie inside its outline: median and max relative error (%)."""
+    img = tifffile.imread(DATA / "channels" / f"{channel}.tif").astype(np.float64)
+    lab = outlines_to_labels(polys, shape, 1.0)
+    n = len(polys) + 1
+    area = np.bincount(lab.ravel(), minlength=n)[1:]
+    ref = np.bincount(lab.ravel(), img.ravel(), minlength=n)[1:] / np.maximum(area, 1)
+    ok = (area > 0) & (ref > 0)
+    err = np.abs(means[ok] - ref[ok]) / ref[ok] * 100
+    return {"median_pct": round(float(np.median(err)), 2), "max_pct": round(float(err.max()), 1),
+            "cells_compared": int(ok.sum())}
+
+
+def score_external(folder: Path, mask: np.ndarray, json_path: Path | None) -> dict:
+    import geopandas as gpd
+
+    cells = gpd.read_parquet(folder / "sopa_cells.parquet")
+    run_info = json.loads((folder / "sopa_run.json").read_text())
+    polys = cells.geometry.to_numpy()
+    sc = SetScore()
+    sc.add(mask, outlines_to_labels(polys, mask.shape, 1.0))
+    r = sc.summary()
+    out = {"label": "sopa", **run_info, "F1_50": round(r["F1_50"], 3), "mSA": round(r["mSA"], 3),
+           "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
+           "overlapping_pairs": overlapping_pairs(polys, 0.05),
+           "HH3_mean_error": means_error(polys, cells["mean:HH3"].to_numpy(), "HH3", mask.shape)}
+    print(json.dumps(out))
+    if json_path:
+        rows = json.loads(json_path.read_text()) if json_path.exists() else []
+        json_path.write_text(json.dumps([*rows, out], indent=1))
+    return out
 
 
 def main(argv=None) -> dict:
@@ -69,23 +103,29 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiles", default="256,1024")
     ap.add_argument("--label", default=None)
     ap.add_argument("--json", type=Path, default=None, help="append the result to this JSON list")
+    ap.add_argument("--external", type=Path, default=None,
+                    help="score another tool's cells instead (a folder with sopa_cells.parquet and sopa_run.json "
+                         "from benchmarks/peers/sopa_point14.py)")
     a = ap.parse_args(argv)
     params = json.loads(a.params)
     mask = tifffile.imread(DATA / "cell_mask.tif").astype(np.int32)
     mask[mask == 1] = 0  # label 1 is the background around the cells (0 marks their boundaries)
+    if a.external:
+        return score_external(a.external, mask, a.json)
     tiles = [int(t) for t in a.tiles.split(",")]
     out = {"label": a.label or a.backend, "backend": a.backend, "params": params, "tilings": {}}
     polys = {}
     with tempfile.TemporaryDirectory() as tmp:
         for t in tiles:
-            p, sec = run_tiling(a.backend, params, t, Path(tmp), [a.nuclear])
+            p, means, sec = run_tiling(a.backend, params, t, Path(tmp), [a.nuclear])
             polys[t] = p
             sc = SetScore()
             sc.add(mask, outlines_to_labels(p, mask.shape, 1.0))
             r = sc.summary()
             out["tilings"][t] = {"cells": len(p), "F1_50": round(r["F1_50"], 3), "mSA": round(r["mSA"], 3),
                                  "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
-                                 "overlapping_pairs": overlapping_pairs(p, 0.05), "seconds": round(sec, 1)}
+                                 "overlapping_pairs": overlapping_pairs(p, 0.05), "seconds": round(sec, 1),
+                                 "HH3_mean_error": means_error(p, means, "HH3", mask.shape)}
             print(f"{out['label']} tile {t}: {out['tilings'][t]}", flush=True)
     ref = tiles[0]
     for t in tiles[1:]:
