@@ -479,7 +479,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         }
         # the outputs are written from the chunks, in order, while the run goes on
         writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info, measure.schema(),
-                               plan)
+                               plan, segmenter.tile_exact)
         pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
         with writer:
             for k in done:
@@ -535,7 +535,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         # tiles (in this invocation) read again with more context: they own a cell larger than the overlap
         "tiles_reread_for_large_cells": pipe.retried,
         # cells a second tile also drew (overlapping one kept by the tile owning the overlap)
-        "duplicates_dropped": writer.seams.dropped,
+        "duplicates_dropped": writer.seams.dropped if writer.seams is not None else None,
         "resumed_chunks": resumed,
         "outputs": {k: str(v.name) for k, v in outputs.items()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -857,14 +857,14 @@ def _write_chunk(parts: list, path: Path) -> None:
 
 class _OutputStream:
     """Writes GeoJSON, GeoParquet and h5ad from the chunk files in plan order, in a thread, as
-    the chunks are finished (:meth:`feed`), one chunk in memory at a time; cells that cross
-    their tile's core boundary are written last, once :class:`~slidecell.stitch.SeamResolver`
-    has dropped any duplicate among them. Every file is written
+    the chunks are finished (:meth:`feed`), one chunk in memory at a time. For a backend that is
+    not tile-exact they wait for the last chunk, and :class:`~slidecell.stitch.SeamResolver`
+    names the duplicates to leave out. Every file is written
     under a temporary name and renamed into place only by :meth:`finish` once all chunks are in;
     if the run fails (or is killed) the partial files are removed (or swept at the next start)."""
 
     def __init__(self, chunks: list[Path], out: Path, cfg: Config, reader: SlideReader, info: dict, schema,
-                 plan: TilePlan):
+                 plan: TilePlan, tile_exact: bool = True):
         import queue
         import threading
 
@@ -876,7 +876,7 @@ class _OutputStream:
         self.uns = run_uns(info, cfg.model_dump(mode="json"), __version__)
         self.outputs = output_paths(cfg, out)
         #: the guard behind the ownership rule: no two cells of different tiles on the same spot
-        self.seams = SeamResolver(plan, chunks)
+        self.seams = None if tile_exact else SeamResolver(plan)
         self.dropped_ids: set = set()
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="slidecell-outputs", daemon=True)
@@ -910,6 +910,8 @@ class _OutputStream:
             self.error = err
 
     def _write(self):
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         ready, nxt = set(), 0
@@ -922,18 +924,24 @@ class _OutputStream:
                 if item is None:
                     break
                 ready.add(item)
+                if self.seams is not None:  # the outputs wait for every chunk (duplicates resolved first)
+                    continue
                 while nxt in ready:
                     t0 = time.perf_counter()
-                    files.write(self.seams.split(nxt, pq.read_table(self.chunks[nxt])))
+                    files.write(pq.read_table(self.chunks[nxt]))
                     nxt += 1
                     self.busy += time.perf_counter() - t0
+            if self.seams is not None and len(ready) == len(self.chunks):
+                t0 = time.perf_counter()
+                self.dropped_ids = self.seams.resolve(self.chunks)
+                dropped = pa.array(sorted(self.dropped_ids), pa.string())
+                for nxt, path in enumerate(self.chunks):
+                    t = pq.read_table(path)
+                    files.write(t.filter(pc.invert(pc.is_in(t.column("cell_id"), dropped))) if len(dropped) else t)
+                nxt = len(self.chunks)
+                self.busy += time.perf_counter() - t0
             if nxt != len(self.chunks):
                 raise OutputError(f"{self.out}: chunk {nxt} missing; outputs not written")
-            t0 = time.perf_counter()
-            kept, self.dropped_ids = self.seams.finish()  # cells crossing a core boundary, duplicates dropped
-            if kept is not None:
-                files.write(kept)
-            self.busy += time.perf_counter() - t0
         return self.outputs, files.n, files.n_touch
 
 

@@ -9,14 +9,16 @@ is the guard behind the rule, run as the outputs are written:
 
 * a cell lying wholly inside its own tile's core is always kept (no other tile's cell can
   claim that area: cores do not overlap);
-* a cell reaching across its core's boundary is held until every chunk is in; then, for each
-  pair of cells from different tiles overlapping by more than ``fraction`` of the smaller one,
+* for a cell reaching across its core's boundary, once every chunk is in: for each pair of
+  cells from different tiles overlapping by more than ``fraction`` of the smaller one,
   the tile whose core holds the centroid of their intersection keeps its cell and the other is
   dropped (neither core: the larger cell is kept). A dropped cell is counted in run.json
   (``duplicates_dropped``) and left out of every output, the label image included.
 
-Only the crossing cells' rows are held, and a compact box per cell (24 bytes); the geometries
-of the cells a crossing cell may overlap are read back from their chunk files at the end.
+It runs only for backends that do not declare themselves tile-exact
+(:attr:`slidecell.segment.Segmenter.tile_exact`), after the last chunk and before the outputs
+are written (in plan order, less the dropped cells). It keeps a compact box per cell and the
+crossing cells' outlines; those of the cells they may overlap are read back from the chunks.
 """
 
 from __future__ import annotations
@@ -29,100 +31,81 @@ from .tiling import TilePlan
 
 
 class SeamResolver:
-    def __init__(self, plan: TilePlan, chunks: list[Path], fraction: float = 0.05):
+    def __init__(self, plan: TilePlan, fraction: float = 0.05):
         self.fraction = fraction
-        self.chunks = chunks
-        idx = np.array([t.index for t in plan.tiles], np.int64)
-        cores = np.array([t.core for t in plan.tiles], np.float64).reshape(-1, 4) * plan.scale
-        self.core_of = {int(i): c for i, c in zip(idx, cores)}
-        self.boxes: list[np.ndarray] = []  # per chunk: xmin, ymin, xmax, ymax of every cell
-        self.tiles: list[np.ndarray] = []
-        self.held: list = []  # Arrow tables of crossing cells, in chunk order
-        self.held_rows: list[np.ndarray] = []
+        self.core_of = {int(t.index): np.array(t.core, np.float64) * plan.scale for t in plan.tiles}
         self.dropped = 0
 
     def _cores(self, tiles: np.ndarray) -> np.ndarray:
         return np.array([self.core_of[int(t)] for t in tiles], np.float64).reshape(-1, 4)
 
-    def split(self, k: int, at):
-        """Chunk ``k``'s Arrow table → the rows to write now (cells inside their core); the
-        crossing ones are held for :meth:`finish`."""
-        import pyarrow as pa
-        import shapely
-
-        n = at.num_rows
-        geoms = shapely.from_wkb(at.column("geometry").to_numpy(zero_copy_only=False)) if n else np.zeros(0, object)
-        box = shapely.bounds(geoms).reshape(-1, 4) if n else np.zeros((0, 4))
-        tiles = at.column("tile").to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
-        core = self._cores(tiles)
-        inside = (box[:, 0] >= core[:, 0]) & (box[:, 1] >= core[:, 1]) & (box[:, 2] <= core[:, 2]) & \
-            (box[:, 3] <= core[:, 3])
-        assert len(self.boxes) == k, "chunks must be split in order"
-        self.boxes.append(box.astype(np.float32))
-        self.tiles.append(tiles)
-        cross = np.flatnonzero(~inside)
-        if len(cross):
-            self.held.append(at.take(pa.array(cross)))
-            self.held_rows.append(np.stack([np.full(len(cross), k), cross], 1))
-        return at.filter(pa.array(inside)) if len(cross) else at
-
-    def finish(self):
-        """The held cells that survive (one Arrow table, or None) and the ``cell_id`` s dropped."""
-        import pyarrow as pa
+    def resolve(self, chunks: list[Path]) -> set:
+        """The ``cell_id`` s to leave out of the outputs, read from the finished chunk files
+        (their outlines, tiles and ids; a compact box per cell is kept, and the crossing cells'
+        outlines)."""
         import pyarrow.parquet as pq
         import shapely
 
-        if not self.held:
-            return None, set()
-        held = pa.concat_tables(self.held, promote_options="default")
-        where = np.concatenate(self.held_rows)  # (chunk, row) of each held cell
-        hg = shapely.from_wkb(held.column("geometry").to_numpy(zero_copy_only=False))
-        htile = held.column("tile").to_numpy().astype(np.int64)
-        # every cell (held or not) whose box meets a held cell's box, by chunk
-        sizes = [len(b) for b in self.boxes]
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        allbox = np.concatenate(self.boxes) if sizes else np.zeros((0, 4), np.float32)
-        alltile = np.concatenate(self.tiles) if sizes else np.zeros(0, np.int64)
+        boxes, tiles, cross_geom, cross_id, cross_at = [], [], [], [], []
+        start = 0
+        for path in chunks:
+            t = pq.read_table(path, columns=["geometry", "tile", "cell_id"])
+            geoms = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
+            box = shapely.bounds(geoms).reshape(-1, 4)
+            tile = t.column("tile").to_numpy().astype(np.int64)
+            core = self._cores(tile)
+            inside = (box[:, 0] >= core[:, 0]) & (box[:, 1] >= core[:, 1]) & (box[:, 2] <= core[:, 2]) & \
+                (box[:, 3] <= core[:, 3])
+            c = np.flatnonzero(~inside)
+            cross_geom.append(geoms[c])
+            cross_id.extend(t.column("cell_id").take(c).to_pylist())
+            cross_at.append(start + c)
+            boxes.append(box.astype(np.float32))
+            tiles.append(tile)
+            start += len(tile)
+        if not start:
+            return set()
+        hg = np.concatenate(cross_geom)
+        if not len(hg):
+            return set()
+        hpos = np.concatenate(cross_at)  # global row of each crossing cell
+        starts = np.concatenate([[0], np.cumsum([len(b) for b in boxes])])
+        allbox, alltile = np.concatenate(boxes), np.concatenate(tiles)
+        htile = alltile[hpos]
         tree = shapely.STRtree(shapely.box(*allbox.T.astype(np.float64)))
         hi, cand = tree.query(hg, predicate="intersects")
         keep = alltile[cand] != htile[hi]
         hi, cand = hi[keep], cand[keep]
         if not len(hi):
-            return held, set()
-        # the candidates' outlines: held ones from memory, the others from their chunk files
-        held_pos = {int(starts[c] + r): i for i, (c, r) in enumerate(where)}
-        geom = {}
-        need: dict[int, list[int]] = {}
+            return set()
+        # the candidates' outlines: crossing ones from memory, the others from their chunk files
+        held_pos = {int(g): i for i, g in enumerate(hpos)}
+        geom, need = {}, {}
         for g in np.unique(cand):
             if int(g) in held_pos:
                 geom[int(g)] = hg[held_pos[int(g)]]
             else:
-                c = int(np.searchsorted(starts, g, side="right") - 1)
-                need.setdefault(c, []).append(int(g))
+                need.setdefault(int(np.searchsorted(starts, g, side="right") - 1), []).append(int(g))
         for c, gs in need.items():
-            col = pq.read_table(self.chunks[c], columns=["geometry"]).column("geometry").to_numpy(zero_copy_only=False)
+            col = pq.read_table(chunks[c], columns=["geometry"]).column("geometry").to_numpy(zero_copy_only=False)
             for g in gs:
                 geom[g] = shapely.from_wkb(col[g - starts[c]])
         other = np.array([geom[int(g)] for g in cand], object)
         inter = shapely.intersection(hg[hi], other)
-        area = shapely.area(inter)
         small = np.minimum(shapely.area(hg[hi]), shapely.area(other))
-        dup = area > self.fraction * np.maximum(small, 1e-12)
+        dup = shapely.area(inter) > self.fraction * np.maximum(small, 1e-12)
         hi, cand, inter, other = hi[dup], cand[dup], inter[dup], other[dup]
-        lose = np.zeros(len(held), bool)
+        lose = np.zeros(len(hg), bool)
         if len(hi):
             cx, cy = shapely.get_coordinates(shapely.centroid(inter)).T
-            mine = self._cores(htile[hi])
-            theirs = self._cores(alltile[cand])
+            mine, theirs = self._cores(htile[hi]), self._cores(alltile[cand])
             in_mine = (cx >= mine[:, 0]) & (cx < mine[:, 2]) & (cy >= mine[:, 1]) & (cy < mine[:, 3])
             in_theirs = (cx >= theirs[:, 0]) & (cx < theirs[:, 2]) & (cy >= theirs[:, 1]) & (cy < theirs[:, 3])
             a_mine, a_theirs = shapely.area(hg[hi]), shapely.area(other)
             bigger = (a_mine > a_theirs) | ((a_mine == a_theirs) & (htile[hi] < alltile[cand]))
-            wins = in_mine | (~in_theirs & bigger)
-            np.logical_or.at(lose, hi, ~wins)
+            np.logical_or.at(lose, hi, ~(in_mine | (~in_theirs & bigger)))
         self.dropped = int(lose.sum())
-        dropped_ids = set(held.column("cell_id").filter(pa.array(lose)).to_pylist())
-        return held.filter(pa.array(~lose)), dropped_ids
+        return {cross_id[i] for i in np.flatnonzero(lose)}
 
 
 __all__ = ["SeamResolver"]

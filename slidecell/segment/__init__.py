@@ -91,6 +91,13 @@ class Segmenter:
         return 1
 
     @property
+    def tile_exact(self) -> bool:
+        """Whether the backend draws a cell the same in every tile that sees it whole (tested
+        by tests/test_seams.py); otherwise the engine drops the copies a second tile drew
+        (:mod:`slidecell.stitch`) before writing the outputs."""
+        return False
+
+    @property
     def batch_size(self) -> int:
         """Tiles the engine hands to :meth:`predict` at once."""
         return int(getattr(self.params, "batch_size", None) or 1)

@@ -96,6 +96,10 @@ class BuiltinSegmenter(Segmenter):
     def align(self) -> int:
         return window_period(self.predictor.meta.spec.multiple, self.factor)
 
+    @property
+    def tile_exact(self) -> bool:
+        return True
+
     def input_files(self) -> list:
         return [weights_path(self.params.model)]
 
