@@ -503,21 +503,18 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
             timings["outputs_after_last_tile"] = time.perf_counter() - t0
     if cfg.output.label_image:
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         from .io.label_image import write_run_labels
+        from .stitch import without
 
         t0 = time.perf_counter()
         chunk_files = [chunk_path(k) for k in range(n_chunks)]
         dropped = pa.array(sorted(writer.dropped_ids), pa.string())
 
-        def parts():  # the chunks less the duplicates the outputs left out
-            for c in chunk_files:
-                t = pq.read_table(c)
-                yield t.filter(pc.invert(pc.is_in(t.column("cell_id"), dropped))) if len(dropped) else t
-
-        outputs["labels"] = write_run_labels(out / LABELS_NAME, parts, plan.summary(),
+        outputs["labels"] = write_run_labels(out / LABELS_NAME,  # the chunks less the duplicates left out
+                                             lambda: (without(pq.read_table(c), dropped) for c in chunk_files),
+                                             plan.summary(),
                                              cfg.tiling.model_dump(mode="json"))
         timings["label_image"] = time.perf_counter() - t0
     if n_cells == 0:
@@ -911,8 +908,9 @@ class _OutputStream:
 
     def _write(self):
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
+
+        from .stitch import without
 
         ready, nxt = set(), 0
         with CellFiles(self.outputs, self.schema, self.offset, self.cfg.output.geojson_precision, self.uns, self.var,
@@ -935,9 +933,8 @@ class _OutputStream:
                 t0 = time.perf_counter()
                 self.dropped_ids = self.seams.resolve(self.chunks)
                 dropped = pa.array(sorted(self.dropped_ids), pa.string())
-                for nxt, path in enumerate(self.chunks):
-                    t = pq.read_table(path)
-                    files.write(t.filter(pc.invert(pc.is_in(t.column("cell_id"), dropped))) if len(dropped) else t)
+                for path in self.chunks:
+                    files.write(without(pq.read_table(path), dropped))
                 nxt = len(self.chunks)
                 self.busy += time.perf_counter() - t0
             if nxt != len(self.chunks):

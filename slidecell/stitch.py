@@ -108,4 +108,11 @@ class SeamResolver:
         return {cross_id[i] for i in np.flatnonzero(lose)}
 
 
-__all__ = ["SeamResolver"]
+def without(at, dropped):
+    """An Arrow cell table less the cells whose ``cell_id`` is in ``dropped`` (an Arrow array)."""
+    import pyarrow.compute as pc
+
+    return at.filter(pc.invert(pc.is_in(at.column("cell_id"), dropped))) if len(dropped) else at
+
+
+__all__ = ["SeamResolver", "without"]
