@@ -33,11 +33,15 @@ from .tiling import TilePlan
 class SeamResolver:
     def __init__(self, plan: TilePlan, fraction: float = 0.05):
         self.fraction = fraction
-        self.core_of = {int(t.index): np.array(t.core, np.float64) * plan.scale for t in plan.tiles}
+        idx = np.array([t.index for t in plan.tiles], np.int64)
+        order = np.argsort(idx)
+        self.tile_index = idx[order]  # sorted, for a vectorised look-up of each cell's core
+        self.tile_core = np.array([t.core for t in plan.tiles], np.float64).reshape(-1, 4)[order] * plan.scale
         self.dropped = 0
 
     def _cores(self, tiles: np.ndarray) -> np.ndarray:
-        return np.array([self.core_of[int(t)] for t in tiles], np.float64).reshape(-1, 4)
+        """Level-0 core boxes (x0, y0, x1, y1) of the tiles with these indices."""
+        return self.tile_core[np.searchsorted(self.tile_index, tiles)]
 
     def resolve(self, chunks: list[Path]) -> set:
         """The ``cell_id`` s to leave out of the outputs, read from the finished chunk files
