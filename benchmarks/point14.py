@@ -39,7 +39,7 @@ DATA = HERE.parent.parent / "shared" / "data" / "multiplex" / "mibi-granuloma-po
 MPP = 0.49
 
 
-def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[str]):
+def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[str], expansion: float | None = None):
     """One run of the multiplex preset with ``backend`` (its parameters merged into the preset's
     for the built-in model; replacing them for another backend, which then draws the cells
     itself: no nucleus expansion)."""
@@ -49,6 +49,8 @@ def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[
     data["segmentation"] = {**seg, "backend": backend, "nuclear_channels": nuclear,
                             "params": {**seg["params"], **params} if same else params,
                             "cell_expansion_um": seg["cell_expansion_um"] if same else 0.0}
+    if expansion is not None:
+        data["segmentation"]["cell_expansion_um"] = expansion
     data["tiling"]["tile_size"] = tile
     data["measure"]["compartments"] = ["cell"]
     data["output"] = {**data["output"], "geojson": False, "h5ad": False, "zarr": False, "parquet": True}
@@ -99,8 +101,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", default="builtin")
     ap.add_argument("--params", default="{}", help="backend parameters as JSON")
-    ap.add_argument("--nuclear", default="HH3")
+    ap.add_argument("--nuclear", default="HH3", help="nuclear channel(s), comma-separated; \"\": the preset's choice by name")
     ap.add_argument("--tiles", default="256,1024")
+    ap.add_argument("--expansion", type=float, default=None, help="cell_expansion_um instead of the preset's")
     ap.add_argument("--label", default=None)
     ap.add_argument("--json", type=Path, default=None, help="append the result to this JSON list")
     ap.add_argument("--external", type=Path, default=None,
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
     polys = {}
     with tempfile.TemporaryDirectory() as tmp:
         for t in tiles:
-            p, means, sec = run_tiling(a.backend, params, t, Path(tmp), [a.nuclear])
+            p, means, sec = run_tiling(a.backend, params, t, Path(tmp), [c for c in a.nuclear.split(",") if c], a.expansion)
             polys[t] = p
             sc = SetScore()
             sc.add(mask, outlines_to_labels(p, mask.shape, 1.0))

@@ -133,6 +133,41 @@ def test_bad_inputs_never_crash():
     assert fl.segment(np.zeros((40, 40, 1), np.float32)).max() == 0        # constant image
 
 
+def _disks(n=6, size=160, seed=0):
+    """Nucleus-like disks (radius 6-9 px) on a dark background, values 0..1, smooth edges."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size), np.float32)
+    for _ in range(n * n):
+        cy, cx, r = rng.uniform(10, size - 10), rng.uniform(10, size - 10), rng.uniform(6, 9)
+        img = np.maximum(img, np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1))
+    return img
+
+
+def test_noisy_nuclear_channels_are_smoothed_clean_ones_are_not():
+    """The auto-smoothing's noise test: ion counts (Poisson, ~6 counts in a nucleus, as MIBI's HH3)
+    are smoothed, also when read at twice their resolution (as the multiplex preset reads IMC);
+    a clean stain is not; an explicit ``smooth_um`` wins; no samples, no crash. (That it helps:
+    tests/test_seams.py's Point14 test.)"""
+    from slidecell.io.base import resize
+    from slidecell.segment.builtin.inputs import NOISY, noise_ratio
+
+    clean = _disks() * 1000 + 50
+    counts = np.random.default_rng(1).poisson(_disks() * 6).astype(np.float32)
+    up = resize(counts[:, :, None], 320, 320)[:, :, 0]
+    assert noise_ratio([clean]) < NOISY / 5
+    assert noise_ratio([counts]) > 2 * NOISY
+    assert noise_ratio([up], source_px=2.0) > NOISY > noise_ratio([up], source_px=1.0)  # why source_px exists
+    seg = get_segmenter("builtin", {}, ["HH3"], "fluorescence", 0.5)
+    assert seg.calibrate([counts[:, :, None]])["smooth_um"] == 0.75
+    seg.state = {}
+    assert seg.calibrate([clean[:, :, None]])["smooth_um"] == 0.0
+    seg.state = {}
+    assert "value_range" in seg.calibrate([])
+    fixed = get_segmenter("builtin", {"smooth_um": 0.0}, ["HH3"], "fluorescence", 0.5)
+    assert "smooth_um" not in fixed.calibrate([counts[:, :, None]])
+
+
 @pytest.mark.cellpose
 def test_cellpose_backend_when_installed():
     pytest.importorskip("cellpose")

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
 from .channels import haematoxylin, model_input_channels
+from .channels import smooth as smooth_plane
 
 
 class CellposeParams(BackendParams):
@@ -204,12 +205,7 @@ class CellposeSegmenter(Segmenter):
         smooth = self.params.smooth_um
         if smooth is None:
             smooth = 0.0 if self.brightfield else 1.0
-        sigma = smooth / self.mpp
-        if sigma > 0.1:
-            from scipy.ndimage import gaussian_filter
-
-            x = gaussian_filter(x, sigma, truncate=3.0)
-        return x.astype(np.float32)
+        return smooth_plane(x, smooth, self.mpp).astype(np.float32)
 
     def _eval(self, img: np.ndarray, two_channel: bool) -> np.ndarray:
         from .builtin.postprocess import relabel

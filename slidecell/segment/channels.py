@@ -68,3 +68,21 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
 
     od = -np.log(np.maximum(rgb[:, :, :3].astype(np.float32), 1.0) / 255.0)
     return od @ hed_from_rgb[:, 0].astype(np.float32)
+
+
+def smooth(plane: np.ndarray, sigma_um: float, mpp: float) -> np.ndarray:
+    """A Gaussian blur of an H×W plane with sigma ``sigma_um`` µm (truncated at 3 sigma; none
+    under 0.1 px). Counting instruments (MIBI, IMC) give Poisson-noisy nuclear channels whose
+    nuclei a detector splits into fragments; a blur of under a micrometre joins them. Pixels that
+    are not finite stay so and do not spread."""
+    sigma = sigma_um / mpp
+    if sigma <= 0.1:
+        return plane
+    from scipy.ndimage import gaussian_filter
+
+    x = np.asarray(plane, np.float32)
+    bad = ~np.isfinite(x)
+    out = gaussian_filter(np.where(bad, 0.0, x) if bad.any() else x, sigma, truncate=3.0)
+    if bad.any():
+        out[bad] = np.nan
+    return out

@@ -19,8 +19,8 @@ import numpy as np
 from pydantic import Field
 
 from .. import BackendParams, Scored, Segmenter, register, unscored, window_period
-from ..channels import model_input_channels
-from .inputs import fit_range, model_input, nuclear_signal, resample, resample_factor
+from ..channels import model_input_channels, smooth
+from .inputs import NOISY, NOISY_SMOOTH_UM, fit_range, model_input, noise_ratio, nuclear_signal, resample, resample_factor
 from .model import SHIPPED, PostParams, Predictor, default_batch_size, weights_path
 from .postprocess import maps_to_labels
 
@@ -49,6 +49,11 @@ class BuiltinParams(BackendParams):
     #: µm/px the network is run at (tiles are resampled to it); None: the model's own, the one it
     #: was trained at. Like Cellpose's diameter: a smaller value shows the network larger nuclei
     model_mpp: float | None = Field(None, gt=0.05, le=10)
+    #: fluorescence: Gaussian blur of the nuclear signal, sigma in µm, before the network (0:
+    #: none). None: 0.75 µm when the slide's nuclear signal is noisy as counting instruments'
+    #: (MIBI, IMC) are, whose nuclei the network otherwise splits into fragments; else none
+    #: (measured on the slide's calibration tiles, recorded in run.json)
+    smooth_um: float | None = Field(None, ge=0, le=10)
 
 
 def get_predictor(model: str, device: str, precision: str) -> Predictor:
@@ -83,6 +88,8 @@ class BuiltinSegmenter(Segmenter):
         self.post.min_pixels = max(1, int(round(min_area / self.mpp**2)))
         self.input_modality, self.channels = model_input_channels(
             channel_names, modality, nuclear_channels, "builtin model")
+        #: working pixels per scanned pixel (set by :meth:`locate`)
+        self.source_px = 1.0
 
     @property
     def batch_size(self) -> int:
@@ -122,10 +129,24 @@ class BuiltinSegmenter(Segmenter):
     # -- slide-level calibration ----------------------------------------------------------------
     def _signal(self, image: np.ndarray) -> np.ndarray:
         sig = nuclear_signal(image[:, :, self.channels])
-        return np.where(np.isfinite(sig), sig, np.nan)
+        return smooth(np.where(np.isfinite(sig), sig, np.nan), self._smooth_um(), self.mpp)
+
+    def locate(self, plan, slide_dimensions) -> None:
+        # working pixels per scanned pixel: the noise test looks at the scan's own pixels
+        self.source_px = max(1.0, 1.0 / plan.scale)
+
+    def _smooth_um(self) -> float:
+        if self.params.smooth_um is not None:
+            return self.params.smooth_um
+        return float(self.state.get("smooth_um", 0.0))
 
     def calibrate(self, samples):
         if self.input_modality == "fluorescence":
+            if self.params.smooth_um is None:
+                noise = noise_ratio([nuclear_signal(s[:, :, self.channels]) for s in samples],
+                                    self.source_px)
+                self.state["noise"] = round(noise, 4)
+                self.state["smooth_um"] = NOISY_SMOOTH_UM if noise > NOISY else 0.0
             sigs = [self._signal(s) for s in samples]
             sigs = [s[np.isfinite(s)] for s in sigs]
             self.state["value_range"] = list(fit_range(sigs)) if any(s.size for s in sigs) else [0.0, 1.0]
