@@ -177,11 +177,13 @@ def info(
     slide: Path = typer.Argument(..., help="slide or image file"),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm"),
 ):
-    """Print what slidecell reads from SLIDE: reader, levels, pixel size, channels (JSON)."""
+    """Print what slidecell reads from SLIDE: reader, levels, pixel size, channels, and the
+    modality `run` will use (JSON)."""
     from . import open_slide
+    from .tiling import slide_modality
 
     with open_slide(slide, mpp=mpp) as reader:
-        typer.echo(json.dumps(reader.describe(), indent=1))
+        typer.echo(json.dumps({**reader.describe(), "modality": slide_modality(reader)}, indent=1))
 
 
 @app.command()

@@ -37,7 +37,7 @@ from .polygons import outline_labels
 from .runfolder import RUN_FILE, WORK_DIR, RunFolder
 from .segment import Scored, Segmenter, get_segmenter
 from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
-from .tiling import Tile, TilePlan, TileStream, detect_tissue, guess_modality, plan_tiles
+from .tiling import Tile, TilePlan, TileStream, detect_tissue, plan_tiles, slide_modality
 
 #: tile windows start on multiples of this (the built-in network pools 4 times: 2**4)
 TILE_ALIGN = 16
@@ -381,7 +381,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                                cfg.tissue.min_area_um2, cfg.tissue.threshold)
         modality = tissue.modality
     elif cfg.tissue.modality == "auto":
-        modality = guess_modality(reader.thumbnail(max(cfg.tissue.thumbnail_mpp, mpp0)), reader.channel_names)
+        modality = slide_modality(reader, cfg.tissue.thumbnail_mpp)
     else:
         modality = cfg.tissue.modality
     plan = plan_tiles(reader, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,

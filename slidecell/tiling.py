@@ -174,6 +174,16 @@ def guess_modality(thumb: np.ndarray, channel_names) -> str:
     return "fluorescence" if np.median(gray) < 100 else "brightfield"
 
 
+def slide_modality(reader, thumbnail_mpp: float = 8.0) -> str:
+    """The one modality decision ``slidecell info`` and ``slidecell run`` share: what the file
+    says (a reader that knows sets ``modality_known``), else :func:`guess_modality` on the
+    thumbnail the tissue detection reads (the reader's own default while the pixel size is
+    unknown: ``run`` needs ``--mpp`` then, and ``info`` given the same agrees)."""
+    if reader.modality_known or not reader.mpp_known:
+        return reader.modality
+    return guess_modality(reader.thumbnail(max(thumbnail_mpp, reader.mpp)), reader.channel_names)
+
+
 def tissue_signal(thumb: np.ndarray, modality: str) -> np.ndarray:
     """A per-pixel tissue score: optical density for brightfield, normalised log intensity
     (max over channels) for fluorescence."""
@@ -203,7 +213,7 @@ def detect_tissue(
     t_mpp = max(thumbnail_mpp, reader.mpp)
     thumb = reader.thumbnail(t_mpp)
     if modality == "auto":
-        modality = guess_modality(thumb, reader.channel_names)
+        modality = reader.modality if reader.modality_known else guess_modality(thumb, reader.channel_names)
     score = tissue_signal(thumb, modality)
     if threshold is None:
         thr = float(threshold_otsu(score)) if np.ptp(score) > 0 else float("inf")

@@ -233,8 +233,9 @@ def test_run_ndpi_fluorescence_region(tmp_path):
     assert info["plan"]["level"] == 1  # 0.5 µm/px from the 0.456 µm/px level, resampled
     assert r.n_cells > 20
     cells = gpd.read_parquet(tmp_path / "n" / "cells.parquet")
-    # DAPI nuclei are bright in the blue channel
-    assert cells["mean:Blue"].median() > 60
+    # the scan's filter record names its one channel: DAPI (RGB's blue)
+    assert info["segmentation"]["channels_used"] == {"nuclear": ["DAPI"]}
+    assert cells["mean:DAPI"].median() > 60
 
 
 def test_run_qptiff_multiplex_preset(tmp_path):

@@ -45,12 +45,62 @@ def test_ndpi_seven_levels():
     assert r.best_level(1.0) == 2 and r.best_level(0.5) == 1 and r.best_level(0.2) == 0
     assert r.best_level(100.0) == 6
     lv3 = r.read_region(0, 0, 62, 76, level=6)
-    assert lv3.shape == (76, 62, 3)
+    assert lv3.shape == (76, 62, 1)
     # level 1 agrees with level 0 averaged 2x2 (same scan, different JPEG pyramid level)
     a0 = r.read_region(1600, 2000, 256, 256, 0).astype(np.float32)
     a1 = r.read_region(1600, 2000, 128, 128, 1).astype(np.float32)
-    down = a0.reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
+    down = a0.reshape(128, 2, 128, 2, 1).mean(axis=(1, 3))
     assert np.abs(down - a1).mean() < 4.0
+
+
+@pytest.mark.parametrize("name, stain, rgb", [("test3-DAPI-2-(387).ndpi", "DAPI", 2),
+                                               ("test3-TRITC 2 (560).ndpi", "TRITC", 0)])
+def test_ndpi_fluorescence_is_read_as_its_stain(name, stain, rgb):
+    """A Hamamatsu RGB fluorescence scan: the filter record names the stain and the RGB channel
+    it fills; the reader gives that one channel under the stain's name, says fluorescence, and
+    `info` says what `run` will use."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from slidecell.cli import app
+    from slidecell.tiling import slide_modality
+
+    import openslide
+
+    path = need(NDPI.parent / name)
+    r = open_slide(path)
+    assert r.channel_names == (stain,) and r.modality == "fluorescence" and slide_modality(r) == "fluorescence"
+    assert r.channel_meta == ({"fluorophore": stain, "label": ("Red", "Green", "Blue")[rgb]},)
+    region = r.read_region(1600, 2000, 64, 64)
+    raw = np.asarray(openslide.OpenSlide(str(path)).read_region((1600, 2000), 0, (64, 64)))[:, :, :3]
+    np.testing.assert_array_equal(region[:, :, 0], raw[:, :, rgb])
+    assert raw[:, :, rgb].mean() > 5 * raw[:, :, [c for c in range(3) if c != rgb]].mean()
+    out = CliRunner().invoke(app, ["info", str(path)])
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.output)
+    assert info["channels"] == [stain] and info["modality"] == "fluorescence"
+
+
+def test_info_and_run_decide_the_modality_the_same_way(tmp_path):
+    """An RGB TIFF of a dark fluorescence image that does not say what it is: `info` reports the
+    modality `run` decides from the thumbnail, not the RGB reader's default."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from slidecell.cli import app
+
+    img = np.zeros((600, 600, 3), np.uint8)
+    yy, xx = np.mgrid[:600, :600]
+    for cy, cx in [(100, 100), (300, 420), (480, 200)]:
+        img[np.hypot(yy - cy, xx - cx) < 12, 2] = 220
+    path = tmp_path / "dapi_rgb.tif"
+    tifffile.imwrite(path, img, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    assert open_slide(path).modality == "brightfield"  # the reader's default for RGB
+    out = CliRunner().invoke(app, ["info", str(path)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["modality"] == "fluorescence"
 
 
 def test_qptiff_channels():

@@ -58,6 +58,9 @@ class SlideReader:
     dtype: np.dtype
     #: "brightfield" (RGB transmitted light) or "fluorescence" (dark background, one channel per marker)
     modality: str
+    #: the file says which modality it is (e.g. an NDPI's fluorescence filter record); otherwise
+    #: ``info`` and ``run`` decide from a thumbnail (:func:`slidecell.tiling.slide_modality`)
+    modality_known: bool = False
     #: (x, y) offset of the region QuPath shows as its origin, in level-0 pixels
     bounds_offset: tuple[int, int] = (0, 0)
     #: per channel, what the file says besides the name: ``metal`` (IMC/MIBI mass tag),

@@ -149,6 +149,15 @@ class OpenSlideReader(SlideReader):
         self.channel_names = RGB_NAMES
         self.dtype = np.dtype(np.uint8)
         self.modality = "brightfield"
+        #: an RGB fluorescence scan keeps only the channel its filter fills (index into RGB)
+        self._keep: list[int] | None = None
+        stain = ndpi_fluorescence(props)
+        if stain is not None:
+            name, channels = stain
+            self._keep = channels
+            self.channel_names = (name,) if len(channels) == 1 else tuple(f"{name} {RGB_NAMES[c]}" for c in channels)
+            self.channel_meta = tuple({"fluorophore": name, "label": RGB_NAMES[c]} for c in channels)
+            self.modality, self.modality_known = "fluorescence", True
         self.bounds_offset = (
             int(props.get("openslide.bounds-x", 0) or 0),
             int(props.get("openslide.bounds-y", 0) or 0),
@@ -157,7 +166,7 @@ class OpenSlideReader(SlideReader):
 
     def _read_level(self, x, y, w, h, level):
         rgba = np.asarray(self._slide.read_region((x, y), level, (w, h)))
-        rgb = rgba[:, :, :3]
+        rgb = rgba[:, :, :3] if self._keep is None else rgba[:, :, self._keep]
         alpha = rgba[:, :, 3]
         if alpha.min() == 255:
             return np.ascontiguousarray(rgb)
@@ -168,6 +177,22 @@ class OpenSlideReader(SlideReader):
 
     def close(self):
         self._slide.close()
+
+
+def ndpi_fluorescence(props) -> tuple[str, list[int]] | None:
+    """A Hamamatsu fluorescence scan's filter record (the NDPI property "NDP Shading Data",
+    ``Name=DAPI 2 (387);...;ShadingAveB_2048=200;...``): the stain's name (its first word,
+    ``DAPI``) and the RGB channel(s) the filter fills (non-zero shading average). None for a
+    brightfield NDPI or any other file."""
+    record = next((f"{k}={v}" for k, v in props.items() if "NDP Shading Data" in k), None)
+    if record is None:
+        return None
+    fields = dict(part.strip().split("=", 1) for part in record.replace("\r", "").split(";") if "=" in part)
+    name = re.match(r"\s*([A-Za-z][\w+\-]*)", fields.get("Name", ""))
+    channels = [i for i, c in enumerate("RGB") if _float_or_none(fields.get(f"ShadingAve{c}_2048")) not in (None, 0.0)]
+    if name is None or not channels:
+        return None
+    return name.group(1), channels
 
 
 class TiffSlideReader(SlideReader):
