@@ -15,7 +15,7 @@ import slidecell
 from slidecell.errors import ConfigError, SlideOpenError
 from slidecell.io import open_slide
 
-from conftest import REPO, SHARED, need
+from conftest import MIBI_PANEL, REPO, SHARED, need, write_mibitiff
 
 CYTOMAPPER = SHARED / "multiplex" / "imc-cytomapper"
 MOCK = SHARED / "multiplex" / "imc-mockdata"
@@ -151,38 +151,6 @@ def test_mibi_pages_named_from_their_json(tmp_path):
         assert r.channel_names == ("dsDNA", "CD45", "Pan-Keratin")
         assert [m["metal"] for m in r.channel_meta] == ["89", "154", "148"]
         np.testing.assert_array_equal(r.read_region(0, 0, 60, 40), np.moveaxis(data, 0, -1))
-
-
-MIBI_PANEL = [("Au", 197), ("dsDNA", 89), ("HH3", 113), ("CD45", 154), ("NaKATPase", 150), ("Pan-Keratin", 148),
-              ("Vimentin", 149), ("CD68", 159), ("CD3", 160), ("CD20", 146), ("HLA class 1 A, B, and C", 173),
-              ("SMA", 144)]
-
-
-def write_mibitiff(path, size=(96, 128), seed=0):
-    """A MIBItiff as Ionpath's software writes it: one uint16 page per channel, each with a JSON
-    description (channel.mass, channel.target, run and acquisition keys) and a PageName tag,
-    the same shape and compression on every page. With 8 or more pages tifffile reads pages 2..n
-    as TiffFrames (a "uniform" series), as it does for real 22-page files."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    yy, xx = np.mgrid[:h, :w]
-    nuclei = np.zeros(size, bool)
-    for cy, cx in [(20, 20), (20, 70), (60, 40), (70, 100), (40, 110)]:
-        nuclei |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
-    data = rng.poisson(1.0, (len(MIBI_PANEL), h, w)).astype(np.uint16)
-    for k, (target, _) in enumerate(MIBI_PANEL):
-        if target in ("dsDNA", "HH3"):
-            data[k][nuclei] += rng.poisson(30, int(nuclei.sum())).astype(np.uint16)
-    with tifffile.TiffWriter(path) as tif:
-        for (target, mass), page in zip(MIBI_PANEL, data):
-            desc = json.dumps({"mibi.run": "20200101_run", "mibi.version": "3.0", "mibi.instrument": "MIBIscope1",
-                               "mibi.slide": "1234", "mibi.fov_id": "FOV1", "mibi.folder": "FOV1/RowNumber0/Depth_Profile0",
-                               "image.type": "SIMS", "channel.mass": mass, "channel.target": target,
-                               "mibi.description": "granuloma", "mibi.dwell": 5, "mibi.scans": 1})
-            tif.write(page, description=desc, metadata=None, software="IonpathMIBIv1.0",
-                      resolution=(1e4 / 0.39, 1e4 / 0.39), resolutionunit="CENTIMETER",
-                      extratags=[(285, "s", 0, target, False)])
-    return data, nuclei
 
 
 def test_mibitiff_as_ionpath_writes_it_runs_end_to_end(tmp_path):
