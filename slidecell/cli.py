@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    from .errors import SlidecellError
+    from .errors import SlidecellError, StorageError, storage_problem
 
     _STOPPED_BY.clear()
     if threading.current_thread() is threading.main_thread():
@@ -280,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage error
             exc.show()
             return int(exc.exit_code)
+        problem = storage_problem(exc)
+        if problem is not None:  # a full or read-only disk outside a run (export, analyze, ...)
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            typer.echo(f"slidecell: error: {where}{problem}; make room and run the same command again", err=True)
+            return StorageError.exit_code
         if os.environ.get("SLIDECELL_DEBUG"):
             raise
         typer.echo(f"slidecell: internal error: {type(exc).__name__}: {exc} "

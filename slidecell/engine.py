@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from . import __version__
 from .config import Config, load_config
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, StorageError, storage_problem
 from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
 from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic,
@@ -336,11 +336,18 @@ def run(
                                    summary.get("timings_s", {}), 0, summary)
                 result.outputs.update(_analysis_stage(out, cfg, outputs))
             return result
-        with RunFolder(out, overwrite) as folder:
-            result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start)
-            folder.commit()
-            if cfg.analysis is not None:
-                result.outputs.update(_analysis_stage(out, cfg, result.outputs))
+        try:
+            with RunFolder(out, overwrite) as folder:
+                result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start)
+                folder.commit()
+                if cfg.analysis is not None:
+                    result.outputs.update(_analysis_stage(out, cfg, result.outputs))
+        except OSError as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            raise StorageError(f"{out}: {problem} while writing the run; the finished chunks are kept: make room "
+                               "and run the same command again to resume") from exc
         return result
 
 

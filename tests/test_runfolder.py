@@ -98,3 +98,52 @@ def test_two_concurrent_runs_on_one_folder(tmp_path):
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs (room for a chunk, not for the final outputs); skipped where mounting is
+    not allowed (not root, or a container without the capability)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_exit_3_and_the_run_resumes(small_disk, tmp_path, capsys):
+    """The disk fills while the final outputs are written: one line naming the run folder and
+    the problem, exit code 3 (the environment, not the input), no run.json claiming completion;
+    after room is made, the same command resumes from the kept chunk to the outputs an
+    uninterrupted run gives."""
+    import geopandas as gpd
+
+    from slidecell.cli import main
+
+    slide = need(CMU1)
+    args = ["run", str(slide), "--roi", "600,1200,768,768", "-q"]
+    out = small_disk / "run"
+    assert main([*args, "--out", str(out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"slidecell: error: {out}: no space left on the device"), err
+    assert not (out / "run.json").exists()
+    assert list((out / ".slidecell" / "chunks").glob("chunk-*.parquet"))
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert main([*args, "--out", str(out)]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    a, b = gpd.read_parquet(out / "cells.parquet"), gpd.read_parquet(tmp_path / "ref" / "cells.parquet")
+    assert len(a) == len(b) > 300
+    assert (a["cell_id"].to_numpy() == b["cell_id"].to_numpy()).all()
+    assert a.geometry.geom_equals_exact(b.geometry, 0).all()
+
+
+def test_a_read_only_folder_is_one_line(small_disk, capsys):
+    from slidecell.cli import main
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    rc = main(["run", str(need(CMU1)), "--roi", "600,1200,300,300", "-q", "--out", str(small_disk / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "Read-only file system" in err[0], err

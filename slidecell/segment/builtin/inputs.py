@@ -43,9 +43,10 @@ def fit_range(signals: list[np.ndarray]) -> tuple[float, float]:
 
 
 #: a nuclear signal whose pixel noise exceeds this fraction of its range is smoothed before the
-#: network (``smooth_um: null``): counting instruments (MIBI 0.10, IMC 0.11-0.16) lie above it,
-#: DSB2018's fluorescence train/validation images below (99th percentile 0.025); see
-#: benchmarks/choose_smoothing.py
+#: network (``smooth_um: null``): counting instruments lie above it (MIBI Point14's HH3 0.08-0.10,
+#: the IMC cytomapper crops 0.07-0.08 as the multiplex preset reads them at 0.5 µm/px), DSB2018's
+#: fluorescence train/validation images below (99th percentile 0.027); see
+#: benchmarks/choose_multiplex.py
 NOISY = 0.05
 #: the blur then applied, sigma in µm (chosen on the IMC cytomapper crops)
 NOISY_SMOOTH_UM = 0.75
