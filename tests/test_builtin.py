@@ -133,6 +133,22 @@ def test_bad_inputs_never_crash():
     assert fl.segment(np.zeros((40, 40, 1), np.float32)).max() == 0        # constant image
 
 
+def test_test_time_augmentation_is_flip_equivariant():
+    """With ``tta`` the maps are the mean over the four flips: flipping the input flips the maps
+    (a single pass is not equivariant); an input the network has to pad keeps its size."""
+    img = blobs((96, 128))
+    seg = get_segmenter("builtin", {"tta": True}, RGB, "brightfield", 0.5)
+    plain = get_segmenter("builtin", {}, RGB, "brightfield", 0.5)
+    a = seg.predict([img])[0]
+    for axis in (0, 1):
+        b = seg.predict([np.ascontiguousarray(np.flip(img, axis))])[0]
+        np.testing.assert_allclose(np.flip(b, axis + 1), a, atol=1e-5)
+    p = plain.predict([img])[0]
+    assert np.abs(np.flip(plain.predict([np.ascontiguousarray(np.flip(img, 1))])[0], 2) - p).max() > 1e-3
+    assert (seg.segment(img) > 0).sum() > 0
+    assert seg.predict([blobs((120, 150))])[0].shape == (3, 120, 150)
+
+
 def _disks(n=6, size=160, seed=0):
     """Nucleus-like disks (radius 6-9 px) on a dark background, values 0..1, smooth edges."""
     rng = np.random.default_rng(seed)

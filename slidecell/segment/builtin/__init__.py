@@ -54,6 +54,9 @@ class BuiltinParams(BackendParams):
     #: (MIBI, IMC) are, whose nuclei the network otherwise splits into fragments; else none
     #: (measured on the slide's calibration tiles, recorded in run.json)
     smooth_um: float | None = Field(None, ge=0, le=10)
+    #: test-time augmentation: the maps averaged over the input and its three flips (horizontal,
+    #: vertical, both); 4× the network's time
+    tta: bool = False
 
 
 def get_predictor(model: str, device: str, precision: str) -> Predictor:
@@ -191,10 +194,29 @@ class BuiltinSegmenter(Segmenter):
         for group in by_shape.values():
             for k in range(0, len(group), bs):
                 part = group[k:k + bs]
-                maps = self.predictor.maps(np.stack([x for _, x in part]))
+                maps = self._maps(np.stack([x for _, x in part]))
                 for (i, _), m in zip(part, maps):
                     out[i] = m
         return out
+
+    def _maps(self, batch: np.ndarray) -> np.ndarray:
+        """The network's maps for an N×H×W×3 batch; with ``tta`` the mean over the four flips.
+        The batch is first padded at its bottom and right to the network's period, as the
+        predictor pads it, so that every flip sees the pooling grid anchored where the unflipped
+        pass does (at the window's start, which the plan aligns): cells stay tile-exact."""
+        if not self.params.tta:
+            return self.predictor.maps(batch)
+        n, h, w, _ = batch.shape
+        mult = self.predictor.meta.spec.multiple
+        ph, pw = (-h) % mult, (-w) % mult
+        if ph or pw:
+            batch = np.pad(batch, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if (ph < h and pw < w) else "edge")
+        total = None
+        for axes in ((), (2,), (1,), (1, 2)):
+            m = self.predictor.maps(np.ascontiguousarray(np.flip(batch, axes)) if axes else batch)
+            m = np.flip(m, tuple(a + 1 for a in axes)) if axes else m  # N×3×H×W: H, W one axis later
+            total = m if total is None else total + m
+        return np.ascontiguousarray(total[:, :, :h, :w] / 4.0, dtype=np.float32)
 
     def finish(self, raw: np.ndarray | None, image: np.ndarray) -> np.ndarray:
         return self.finisher()(raw, image)
