@@ -3,7 +3,7 @@ through the same path as ``slidecell run`` (configs/evaluate/nuclei-validation.y
 or held-out images):
 
     python benchmarks/choose_confidence.py --model nuclei [--sets tnbc-08@40x,...] \
-        [--confidence 0,0.6,0.7,0.75,0.8,0.85] [--area 2,5,8,12]
+        [--confidence 0,0.6,0.7,0.75,0.8,0.85] [--area 2,5,8,12] [--tta]
 
 Each image is run once with no confidence or area filter; the outlines are then filtered by
 each (confidence, area) pair, filled in at the labels' native resolution and scored. Prints, per
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--sets", default=None, help="comma-separated set labels (default: all)")
     ap.add_argument("--confidence", default="0,0.55,0.6,0.65,0.7,0.75,0.8,0.85")
     ap.add_argument("--area", default="2,4,6,8,12")
+    ap.add_argument("--tta", action="store_true", help="with test-time augmentation (params.tta)")
     args = ap.parse_args()
     floats = lambda t: [float(v) for v in t.split(",")]  # noqa: E731
     cfg = load_eval_config(args.config)
@@ -42,8 +43,8 @@ def main() -> None:
                 continue
             runs[s.label] = []
             for it in load_set(Path(cfg.data_root), s):
-                polys, cols, factor, _ = run_outlines(it, s, "builtin", {"model": args.model, "min_confidence": 0.0,
-                                                                         "min_area_um2": 0.0},
+                params = {"model": args.model, "min_confidence": 0.0, "min_area_um2": 0.0, "tta": args.tta}
+                polys, cols, factor, _ = run_outlines(it, s, "builtin", params,
                                                       Path(tmp), columns=("confidence", "area_um2"))
                 runs[s.label].append((it, polys, cols, factor))
             print(f"{s.label}: {len(runs[s.label])} images run", flush=True)
