@@ -181,6 +181,8 @@ def slide_modality(reader, thumbnail_mpp: float = 8.0) -> str:
     unknown: ``run`` needs ``--mpp`` then, and ``info`` given the same agrees)."""
     if reader.modality_known or not reader.mpp_known:
         return reader.modality
+    if tuple(reader.channel_names) != ("Red", "Green", "Blue"):
+        return "fluorescence"  # (what guess_modality says of any other channels: no pixels needed)
     return guess_modality(reader.thumbnail(max(thumbnail_mpp, reader.mpp)), reader.channel_names)
 
 
