@@ -226,6 +226,40 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def memory_estimate(plan: TilePlan, reader: SlideReader, segmenter: Segmenter, cfg: Config) -> int:
+    """Bytes the run will hold at its peak, from the plan before any tile is read: the largest
+    read window × channels × bytes per sample, for every tile in flight (read ahead, in the
+    model's batch, in post-processing, being written), plus the model's input and activations for
+    a batch. An estimate, meant to refuse what cannot fit (``--mpp`` far too fine, a huge
+    ``tiling.tile_size`` or ``reader.prefetch`` on many channels), not to predict RSS."""
+    window = max((t.w * t.h for t in plan.tiles), default=0)
+    held = cfg.reader.prefetch + segmenter.batch_size + max(cfg.engine.post_workers, 1) + 1
+    per_tile = window * len(reader.channel_names) * np.dtype(reader.dtype).itemsize
+    model = window * segmenter.batch_size * (12 + segmenter.model_bytes_per_pixel)
+    return int(per_tile * held + model)
+
+
+def check_memory(plan: TilePlan, reader: SlideReader, segmenter: Segmenter, cfg: Config) -> int:
+    """:func:`memory_estimate`, refused with one line when it exceeds the memory available now."""
+    need = memory_estimate(plan, reader, segmenter, cfg)
+    free = available_memory()
+    if need > free:
+        gib = 2**30
+        raise ConfigError(
+            f"the plan needs about {need / gib:.1f} GiB of memory ({len(plan.tiles)} tiles; read windows up to "
+            f"{max(t.w for t in plan.tiles)}×{max(t.h for t in plan.tiles)} px × {len(reader.channel_names)} "
+            f"channels, reader.prefetch {cfg.reader.prefetch}, batch {segmenter.batch_size}) but "
+            f"{free / gib:.1f} GiB are available: lower tiling.tile_size or reader.prefetch (or check --mpp)")
+    return need
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this run now (psutil's ``available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def input_digests(segmenter: Segmenter, reader: SlideReader) -> dict[str, str]:
     """Content hashes of the files besides the slide that decide the cells: the segmentation's
     weights or label image and the markers file naming the channels."""
@@ -413,6 +447,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                                       source_labels=cfg.segmentation.backend == "mask", objects=objects,
                                       confidence=segmenter.confidence)
     segmenter.locate(plan, reader.dimensions)
+    need_bytes = check_memory(plan, reader, segmenter, cfg)
     fingerprint = slide_fingerprint(slide)
     manifest = {
         "slidecell_version": __version__,
@@ -480,6 +515,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
             "segmentation": segmenter.describe(),
             "segmenter_state": segmenter.state,
             "input_files": manifest["input_files"],
+            "memory_estimate_gib": round(need_bytes / 2**30, 2),
             "warnings": warnings,
             # what the objects are (names the QuPath measurements Cell: / Nucleus:)
             "objects": measure.objects, "whole_cells": measure.whole_cells,

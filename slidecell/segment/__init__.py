@@ -98,6 +98,12 @@ class Segmenter:
         return False
 
     @property
+    def model_bytes_per_pixel(self) -> int:
+        """Host memory the backend's model needs per input pixel of a tile in a batch (its
+        activations on the CPU), for the engine's pre-run memory estimate; 0: unknown/none."""
+        return 0
+
+    @property
     def batch_size(self) -> int:
         """Tiles the engine hands to :meth:`predict` at once."""
         return int(getattr(self.params, "batch_size", None) or 1)

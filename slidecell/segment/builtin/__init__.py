@@ -103,6 +103,12 @@ class BuiltinSegmenter(Segmenter):
         return True
 
     @property
+    def model_bytes_per_pixel(self) -> int:
+        # measured: ~1.9 GB peak for batches of two 1280² windows on the CPU (RESULTS.md, issue 3);
+        # on a GPU the activations live in device memory
+        return 580 if self.predictor.device.type == "cpu" else 0
+
+    @property
     def align(self) -> int:
         return window_period(self.predictor.meta.spec.multiple, self.factor)
 
