@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class SlidecellError(Exception):
     """Base class: the message is complete and meant for the user."""
@@ -48,8 +50,6 @@ STORAGE_ERRNOS = {28: "no space left on the device", 122: "disk quota exceeded",
 def storage_problem(exc: BaseException) -> str | None:
     """What storage failure an OSError is, or None. Also for errors that carry the errno only in
     their message (pyarrow: ``[errno 28] No space left on device``)."""
-    import re
-
     if not isinstance(exc, OSError):
         return None
     code = exc.errno

@@ -166,24 +166,26 @@ class TissueMask:
         return float(self.mask.mean())
 
 
-def guess_modality(thumb: np.ndarray, channel_names) -> str:
-    """Brightfield (light background) or fluorescence (dark background), from a thumbnail."""
+def guess_modality(thumb, channel_names) -> str:
+    """Brightfield (light background) or fluorescence (dark background), from a thumbnail (an
+    array, or a function giving one: only RGB images need their pixels looked at)."""
     if tuple(channel_names) != ("Red", "Green", "Blue"):
         return "fluorescence"
+    thumb = thumb() if callable(thumb) else thumb
     gray = thumb[:, :, :3].astype(np.float32).mean(axis=2)
     return "fluorescence" if np.median(gray) < 100 else "brightfield"
 
 
-def slide_modality(reader, thumbnail_mpp: float = 8.0) -> str:
-    """The one modality decision ``slidecell info`` and ``slidecell run`` share: what the file
-    says (a reader that knows sets ``modality_known``), else :func:`guess_modality` on the
-    thumbnail the tissue detection reads (the reader's own default while the pixel size is
-    unknown: ``run`` needs ``--mpp`` then, and ``info`` given the same agrees)."""
+def slide_modality(reader, thumbnail_mpp: float = 8.0, thumb=None) -> str:
+    """The one modality decision ``slidecell info``, ``slidecell run`` and the tissue detection
+    share: what the file says (a reader that knows sets ``modality_known``), else
+    :func:`guess_modality` on the thumbnail the tissue detection reads (``thumb`` if it has been
+    read already; the reader's own default while the pixel size is unknown: ``run`` needs
+    ``--mpp`` then, and ``info`` given the same agrees)."""
     if reader.modality_known or not reader.mpp_known:
         return reader.modality
-    if tuple(reader.channel_names) != ("Red", "Green", "Blue"):
-        return "fluorescence"  # (what guess_modality says of any other channels: no pixels needed)
-    return guess_modality(reader.thumbnail(max(thumbnail_mpp, reader.mpp)), reader.channel_names)
+    read = thumb if thumb is not None else (lambda: reader.thumbnail(max(thumbnail_mpp, reader.mpp)))
+    return guess_modality(read, reader.channel_names)
 
 
 def tissue_signal(thumb: np.ndarray, modality: str) -> np.ndarray:
@@ -215,7 +217,7 @@ def detect_tissue(
     t_mpp = max(thumbnail_mpp, reader.mpp)
     thumb = reader.thumbnail(t_mpp)
     if modality == "auto":
-        modality = reader.modality if reader.modality_known else guess_modality(thumb, reader.channel_names)
+        modality = slide_modality(reader, thumbnail_mpp, thumb)
     score = tissue_signal(thumb, modality)
     if threshold is None:
         thr = float(threshold_otsu(score)) if np.ptp(score) > 0 else float("inf")

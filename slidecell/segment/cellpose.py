@@ -26,8 +26,7 @@ from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from . import BackendParams, Segmenter, register
-from .channels import haematoxylin, model_input_channels
-from .channels import smooth as smooth_plane
+from .channels import haematoxylin, model_input_channels, smooth
 
 
 class CellposeParams(BackendParams):
@@ -202,10 +201,10 @@ class CellposeSegmenter(Segmenter):
                 x = np.interp(np.clip(x, 0, 1), np.linspace(0, 1, _EQ_BINS + 1), fit["cdf"]).astype(np.float32)
             if self._invert:
                 x = 1 - x
-        smooth = self.params.smooth_um
-        if smooth is None:
-            smooth = 0.0 if self.brightfield else 1.0
-        return smooth_plane(x, smooth, self.mpp).astype(np.float32)
+        sigma_um = self.params.smooth_um
+        if sigma_um is None:
+            sigma_um = 0.0 if self.brightfield else 1.0
+        return smooth(x, sigma_um, self.mpp).astype(np.float32)
 
     def _eval(self, img: np.ndarray, two_channel: bool) -> np.ndarray:
         from .builtin.postprocess import relabel

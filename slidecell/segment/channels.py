@@ -82,7 +82,8 @@ def smooth(plane: np.ndarray, sigma_um: float, mpp: float) -> np.ndarray:
 
     x = np.asarray(plane, np.float32)
     bad = ~np.isfinite(x)
-    out = gaussian_filter(np.where(bad, 0.0, x) if bad.any() else x, sigma, truncate=3.0)
-    if bad.any():
-        out[bad] = np.nan
+    if not bad.any():
+        return gaussian_filter(x, sigma, truncate=3.0)
+    out = gaussian_filter(np.where(bad, 0.0, x), sigma, truncate=3.0)
+    out[bad] = np.nan
     return out

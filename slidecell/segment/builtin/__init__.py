@@ -136,9 +136,12 @@ class BuiltinSegmenter(Segmenter):
                 "precision": self.predictor.precision}
 
     # -- slide-level calibration ----------------------------------------------------------------
-    def _signal(self, image: np.ndarray) -> np.ndarray:
+    def _raw_signal(self, image: np.ndarray) -> np.ndarray:
         sig = nuclear_signal(image[:, :, self.channels])
-        return smooth(np.where(np.isfinite(sig), sig, np.nan), self._smooth_um(), self.mpp)
+        return np.where(np.isfinite(sig), sig, np.nan)
+
+    def _signal(self, image: np.ndarray) -> np.ndarray:
+        return smooth(self._raw_signal(image), self._smooth_um(), self.mpp)
 
     def locate(self, plan, slide_dimensions) -> None:
         # working pixels per scanned pixel: the noise test looks at the scan's own pixels
@@ -151,12 +154,12 @@ class BuiltinSegmenter(Segmenter):
 
     def calibrate(self, samples):
         if self.input_modality == "fluorescence":
+            raw = [self._raw_signal(s) for s in samples]
             if self.params.smooth_um is None:
-                noise = noise_ratio([nuclear_signal(s[:, :, self.channels]) for s in samples],
-                                    self.source_px)
+                noise = noise_ratio(raw, self.source_px)
                 self.state["noise"] = round(noise, 4)
                 self.state["smooth_um"] = NOISY_SMOOTH_UM if noise > NOISY else 0.0
-            sigs = [self._signal(s) for s in samples]
+            sigs = [smooth(r, self._smooth_um(), self.mpp) for r in raw]
             sigs = [s[np.isfinite(s)] for s in sigs]
             self.state["value_range"] = list(fit_range(sigs)) if any(s.size for s in sigs) else [0.0, 1.0]
         return self.state
@@ -212,11 +215,8 @@ class BuiltinSegmenter(Segmenter):
         pass does (at the window's start, which the plan aligns): cells stay tile-exact."""
         if not self.params.tta:
             return self.predictor.maps(batch)
-        n, h, w, _ = batch.shape
-        mult = self.predictor.meta.spec.multiple
-        ph, pw = (-h) % mult, (-w) % mult
-        if ph or pw:
-            batch = np.pad(batch, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if (ph < h and pw < w) else "edge")
+        h, w = batch.shape[1:3]
+        batch = self.predictor.pad(batch)
         total = None
         for axes in ((), (2,), (1,), (1, 2)):
             m = self.predictor.maps(np.ascontiguousarray(np.flip(batch, axes)) if axes else batch)

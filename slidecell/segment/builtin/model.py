@@ -128,14 +128,21 @@ class Predictor:
         net, meta = load_weights(name_or_path)
         return cls(net, meta, device, precision)
 
-    def maps(self, batch: np.ndarray) -> np.ndarray:
-        """N×H×W×3 float32 → N×3×H×W float32 probabilities (foreground, boundary, distance)."""
-        n, h, w, _ = batch.shape
+    def pad(self, batch: np.ndarray) -> np.ndarray:
+        """An N×H×W×C batch padded at its bottom and right to the network's period (mirrored;
+        edge-repeated when the image is smaller than the padding), so that the pooling grid is
+        anchored at the window's start."""
+        h, w = batch.shape[1:3]
         m = self.meta.spec.multiple
         ph, pw = (-h) % m, (-w) % m
-        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32))
-        if ph or pw:
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
+        if not (ph or pw):
+            return batch
+        return np.pad(batch, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if (ph < h and pw < w) else "edge")
+
+    def maps(self, batch: np.ndarray) -> np.ndarray:
+        """N×H×W×3 float32 → N×3×H×W float32 probabilities (foreground, boundary, distance)."""
+        h, w = batch.shape[1:3]
+        x = torch.from_numpy(np.ascontiguousarray(self.pad(batch).transpose(0, 3, 1, 2), dtype=np.float32))
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
