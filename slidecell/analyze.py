@@ -227,6 +227,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
     summary, tables = analyze_adata(adata, cfg)
     summary["source"] = str(src.resolve())
     summary["config"] = cfg.model_dump(mode="json")
+    summary["input_files"] = analysis_inputs(cfg)
     summary["total_s"] = round(time.perf_counter() - t0, 3)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
@@ -236,6 +237,16 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
         _h5ad_safe(adata).write_h5ad(tmp)
     write_text_atomic(out / "analysis.json", json.dumps(summary, indent=1, default=str))  # last: complete
     return out
+
+
+def analysis_inputs(cfg: AnalysisConfig) -> dict[str, str]:
+    """Content hashes (SHA-256) of the files an analysis reads besides the cells: the classifier,
+    the phenotype sheet, the tumour annotations, the peer's interaction table."""
+    from .runfolder import file_digests
+
+    files = {"phenotype.model": cfg.phenotype.model, "phenotype.sheet": cfg.phenotype.sheet,
+             "tumor_annotations": cfg.tumor_annotations, "peer_interactions": cfg.peer_interactions}
+    return file_digests({f"{k}:{v}": Path(v) for k, v in files.items() if v})
 
 
 def _h5ad_safe(adata):

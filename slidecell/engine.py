@@ -34,7 +34,7 @@ from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, sli
                          write_zarr_from_h5ad)
 from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
-from .runfolder import RUN_FILE, WORK_DIR, RunFolder
+from .runfolder import RUN_FILE, WORK_DIR, RunFolder, file_digests
 from .segment import Scored, Segmenter, get_segmenter
 from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, plan_tiles, slide_modality
@@ -217,15 +217,6 @@ def slide_fingerprint(path: Path) -> dict:
     return {"name": path.name, "size": size, "sha256_head_tail": h.hexdigest()}
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's whole content (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def memory_estimate(plan: TilePlan, reader: SlideReader, segmenter: Segmenter, cfg: Config) -> int:
     """Bytes the run will hold at its peak, from the plan before any tile is read: the largest
     read window × channels × bytes per sample, for every tile in flight (read ahead, in the
@@ -260,13 +251,16 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def input_digests(segmenter: Segmenter, reader: SlideReader) -> dict[str, str]:
+def input_digests(segmenter: Segmenter, reader: SlideReader, annotations=None) -> dict[str, str]:
     """Content hashes of the files besides the slide that decide the cells: the segmentation's
-    weights or label image and the markers file naming the channels."""
+    weights or label image, the markers file naming the channels, the annotations choosing the
+    region."""
     files = {f"segmentation:{p}": p for p in map(Path, segmenter.input_files())}
     if reader.markers_file:
         files[f"markers:{reader.markers_file}"] = Path(reader.markers_file)
-    return {k: file_digest(p) for k, p in files.items() if p.is_file()}
+    if annotations is not None:
+        files[f"annotations:{annotations}"] = Path(annotations)
+    return file_digests(files)
 
 
 def _hash_head_tail(path: Path, h) -> int:
@@ -362,7 +356,7 @@ def run(
             roi = shapely.box(x, y, x + w, y + h)
         check_region(roi, reader, slide)
         if not overwrite and analysis_pending(out, cfg):
-            # a finished run whose analysis stage failed: only that stage runs again
+            # a finished run whose analysis stage is not complete: only that stage runs (again)
             with RunFolder(out, finished_ok=True):
                 summary = json.loads((out / RUN_FILE).read_text())
                 outputs = {k: out / v for k, v in summary["outputs"].items()}
@@ -372,7 +366,7 @@ def run(
             return result
         try:
             with RunFolder(out, overwrite) as folder:
-                result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start)
+                result = _run(reader, slide, cfg, out, mpp, roi, progress, t_start, annotations)
                 folder.commit()
                 if cfg.analysis is not None:
                     result.outputs.update(_analysis_stage(out, cfg, result.outputs))
@@ -386,13 +380,16 @@ def run(
 
 
 def analysis_pending(out: Path, cfg: Config) -> bool:
-    """``out`` holds a finished run of this config whose analysis stage failed."""
+    """``out`` holds a finished run of this config (the same cells) whose analysis stage is not
+    complete: it failed, was killed while running, or was never run."""
+    if cfg.analysis is None:
+        return False
     try:
         summary = json.loads((out / RUN_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return (cfg.analysis is not None and summary.get("analysis_stage", {}).get("status") == "failed"
-            and summary.get("config_fingerprint") == cfg.fingerprint())
+    return (summary.get("status") == "complete" and summary.get("config_fingerprint") == cfg.fingerprint()
+            and (summary.get("analysis_stage") or {}).get("status") != "complete")
 
 
 def check_region(roi, reader: SlideReader, slide: Path) -> None:
@@ -407,7 +404,8 @@ def check_region(roi, reader: SlideReader, slide: Path) -> None:
                           f"in level-0 pixels) lies outside the slide ({W} x {H} pixels)")
 
 
-def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, progress, t_start) -> RunResult:
+def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, progress, t_start,
+         annotations=None) -> RunResult:
     mpp0 = reader.mpp
     work = out / WORK_DIR
     timings: dict[str, float] = {"read_wait": 0.0, "model": 0.0, "post": 0.0, "write_chunks": 0.0,
@@ -460,7 +458,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         "geojson": [cfg.output.geojson, cfg.output.geojson_precision],
         # what the files the run reads hold (weights, masks, markers), not just where they are
         "channels": list(reader.channel_names),
-        "input_files": input_digests(segmenter, reader),
+        "input_files": input_digests(segmenter, reader, annotations),
     }
     manifest_path = work / "manifest.json"
     resumed = 0
@@ -581,6 +579,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         **info,
     }
+    if cfg.analysis is not None:  # the cells are complete; the analysis stage comes next
+        summary["analysis_stage"] = {"status": "pending"}
     write_text_atomic(out / "config.yaml", cfg.to_yaml())
     write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
     return RunResult(out, n_cells, len(plan.tiles), outputs, timings, resumed, summary)
@@ -589,8 +589,10 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
 def _analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
     """``slidecell analyze`` and ``report`` on the finished run (its h5ad; exported when the
     run wrote none). Its outcome is recorded in run.json (``analysis_stage``): a failed stage
-    is run again by the same command."""
+    is run again by the same command, as is one killed while running."""
     summary = json.loads((out / RUN_FILE).read_text())
+    summary["analysis_stage"] = {"status": "running"}
+    write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))
     try:
         done = _analyze_run(out, cfg, outputs)
     except BaseException as err:

@@ -25,11 +25,29 @@ import time
 from pathlib import Path
 
 from .errors import OutputError
+from .io.writers import pid_alive
 
 WORK_DIR = ".slidecell"
 RUN_FILE = "run.json"
 LOCK_FILE = ".slidecell.lock"
 PREVIOUS_DIR = ".slidecell-previous"
+
+
+def file_digests(files: dict[str, Path]) -> dict[str, str]:
+    """SHA-256 of each existing file's whole content (streamed), by key: what a run or an
+    analysis read, recorded so that a resume (or a reader of the record) compares contents, not
+    paths."""
+    import hashlib
+
+    digests = {}
+    for key, path in files.items():
+        if Path(path).is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+            digests[key] = h.hexdigest()
+    return digests
 
 
 def owned_names() -> list[str]:
@@ -43,16 +61,6 @@ def owned_names() -> list[str]:
 def _is_ours_tmp(name: str, owned) -> bool:
     m = re.fullmatch(r"\.tmp-\d+-(.+)", name)
     return bool(m) and m.group(1) in owned
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, someone else's
-        return True
-    return True
 
 
 class RunFolder:
@@ -80,7 +88,7 @@ class RunFolder:
                     held = json.loads(lock.read_text())
                 except (OSError, ValueError):
                     held = {}
-                if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
+                if held.get("host") == me["host"] and isinstance(held.get("pid"), int) and not pid_alive(held["pid"]):
                     lock.unlink(missing_ok=True)  # stale: that run is gone
                     continue
                 who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {held.get('since', '?')}"

@@ -247,6 +247,14 @@ def test_he_classifier_from_qupath_labels(tmp_path):
     apply_classifier(test, tmp_path / "model.skops", "phenotype")
     acc = (test.obs["phenotype"].astype(str).to_numpy() == truth_test).mean()
     assert acc >= 0.90, acc
+    # the analysis records what the classifier file held, not just where it was
+    import hashlib
+
+    from slidecell.analyze import analysis_inputs
+
+    model = tmp_path / "model.skops"
+    cfg = AnalysisConfig.model_validate({"phenotype": {"method": "classifier", "model": str(model)}})
+    assert analysis_inputs(cfg) == {f"phenotype.model:{model}": hashlib.sha256(model.read_bytes()).hexdigest()}
 
 
 def test_leiden_clusters_find_the_planted_types():

@@ -83,43 +83,6 @@ def test_usage_error_and_info():
     assert json.loads(info.stdout)["dimensions"] == [2220, 2967]
 
 
-def test_interrupt_and_terminate_exit_non_zero_and_resume(tmp_path):
-    """Ctrl-C (SIGINT) and SIGTERM (scancel, Snakemake) mid-run: exit 130 / 143 with one line
-    saying how to resume, finished chunks kept; the same command then completes with the same
-    cells as an uninterrupted run."""
-    import signal
-    import time
-
-    import pyarrow.parquet as pq
-
-    need(CMU1)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("tiling: {tile_size: 128, chunk_tiles: 1}\noutput: {geojson: false, h5ad: false}\n")
-    args = [sys.executable, "-m", "slidecell.cli", "run", str(CMU1), "-c", str(cfg), "--roi", "700,1700,700,700", "-q"]
-    ref = subprocess.run(args + ["-o", str(tmp_path / "ref")], capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
-    for sig, code, word in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
-        out = tmp_path / f"out-{code}"
-        proc = subprocess.Popen(args + ["-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        chunks = out / ".slidecell" / "chunks"
-        deadline = time.time() + 120
-        while time.time() < deadline and not (chunks.is_dir() and any(chunks.glob("chunk-*.parquet"))):
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == code, err
-        assert err.strip().splitlines()[-1] == f"slidecell: {word}" + (" (SIGTERM)" if code == 143 else "") + \
-            "; run the same command again to resume", err
-        assert not (out / "run.json").exists() and any(chunks.glob("chunk-*.parquet"))
-        again = subprocess.run(args + ["-o", str(out)], capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr
-        assert json.loads((out / "run.json").read_text())["resumed_chunks"] >= 1
-        a = pq.read_table(tmp_path / "ref" / "cells.parquet").drop(["geometry"]).to_pandas()
-        b = pq.read_table(out / "cells.parquet").drop(["geometry"]).to_pandas()
-        assert a.equals(b)
-
-
 def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path):
     """--mpp outside a microscope's range (or not a number) and resolution tags that are a screen
     placeholder (72 dpi → 352.8 µm/px) are refused in one line that says how to pass --mpp."""

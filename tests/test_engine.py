@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 
 import anndata as ad
@@ -182,38 +177,6 @@ def test_finished_run_is_protected(cmu1_run):
     assert (out / "cells.geojson").stat().st_mtime_ns == before
 
 
-def _cells(out):
-    t = gpd.read_parquet(out / "cells.parquet").sort_values("cell_id").reset_index(drop=True)
-    return t
-
-
-def test_killed_run_resumes_to_the_same_cells(tmp_path):
-    need(CMU1)
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text("tiling: {tile_size: 256, chunk_tiles: 2}\nreader: {workers: 1}\n")
-    ref = run(CMU1, load_config(cfg_path), tmp_path / "ref", progress=False)
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "slidecell.cli", "run", str(CMU1), "-c", str(cfg_path), "-o", str(out), "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    chunks = out / ".slidecell" / "chunks"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(chunks.glob("chunk-*.parquet")) if chunks.exists() else []) < 4:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list(chunks.glob("chunk-*.parquet")))
-    assert 4 <= done < math.ceil(ref.n_tiles / 2), "the run should be killed part-way"
-    assert not (out / "run.json").exists()
-    # a different config must not be mixed into the unfinished run
-    with pytest.raises(OutputError, match="unfinished run of a different slide or config"):
-        run(CMU1, load_config(None, {"tiling": {"tile_size": 512}}), out, progress=False)
-    resumed = run(CMU1, load_config(cfg_path), out, progress=False)
-    assert resumed.resumed_chunks >= 4
-    a, b = _cells(tmp_path / "ref"), _cells(out)
-    assert list(a["cell_id"]) == list(b["cell_id"])
-    assert all(x.equals(y) for x, y in zip(a.geometry, b.geometry))
-    pd.testing.assert_frame_equal(a.drop(columns="geometry"), b.drop(columns="geometry"))
-
 
 def test_overwrite_replaces_a_finished_run(tmp_path):
     cfg = load_config("he-brightfield", {"roi": [800, 1200, 600, 600]})
@@ -338,6 +301,28 @@ def test_resume_refuses_swapped_weights(tmp_path):
     shutil.copy(WEIGHTS_DIR / "nuclei.safetensors", weights)
     again = run(CMU1, cfg, out, progress=False)
     assert again.n_cells == first.n_cells and again.resumed_chunks == 1
+
+
+def test_resume_refuses_changed_annotations(tmp_path):
+    """The annotations choosing the region are fingerprinted by content: a file edited between a
+    stop and a resume is refused, even where its region is the same; the original resumes."""
+    feature = {"type": "Feature", "geometry": shapely.geometry.mapping(shapely.box(800, 1200, 1200, 1600)),
+               "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}
+    ann = tmp_path / "a.geojson"
+    ann.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    original = ann.read_bytes()
+    cfg = load_config("he-brightfield", {"output": {"geojson": False, "h5ad": False}})
+    out = tmp_path / "o"
+    first = run(need(CMU1), cfg, out, annotations=ann, progress=False)
+    assert f"annotations:{ann}" in json.loads((out / "run.json").read_text())["input_files"]
+    (out / "run.json").unlink()  # as if stopped after its last chunk
+    feature["properties"]["classification"]["name"] = "Stroma"
+    ann.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    with pytest.raises(OutputError, match="input_files"):
+        run(CMU1, cfg, out, annotations=ann, progress=False)
+    ann.write_bytes(original)
+    again = run(CMU1, cfg, out, annotations=ann, progress=False)
+    assert again.n_cells == first.n_cells > 50 and again.resumed_chunks == 1
 
 
 def test_confidence_column_and_threshold(cmu1_run, tmp_path):
