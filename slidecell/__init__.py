@@ -10,14 +10,25 @@ The public API (what the command line calls):
 
 __version__ = "0.1.0"
 
-from .config import Config, config_from_dict, load_config  # noqa: E402
-from .engine import RunResult, run  # noqa: E402
-from .errors import SlidecellError  # noqa: E402
-from .io import open_slide  # noqa: E402
-from .io.qupath import read_qupath_geojson  # noqa: E402
-from .tiling import TileStream, detect_tissue, plan_tiles  # noqa: E402
+# imported on first use, so that `slidecell --help` and light tools do not pay for torch
+_API = {
+    "Config": ".config", "config_from_dict": ".config", "load_config": ".config",
+    "RunResult": ".engine", "run": ".engine", "SlidecellError": ".errors", "open_slide": ".io",
+    "read_qupath_geojson": ".io.qupath", "TileStream": ".tiling", "detect_tissue": ".tiling", "plan_tiles": ".tiling",
+}
 
-__all__ = [
-    "__version__", "Config", "config_from_dict", "load_config", "RunResult", "run", "SlidecellError", "open_slide",
-    "TileStream", "detect_tissue", "plan_tiles", "read_qupath_geojson",
-]
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slidecell' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -22,6 +22,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"slidecell {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")):
+    """slidecell: every cell out of a whole-slide or multiplexed image."""
+
+
 def _parse_roi(text: str | None):
     if text is None:
         return None

@@ -80,6 +80,8 @@ class EngineConfig(Strict):
     #: threads each Dask worker gives the model (Dask starts workers with OMP_NUM_THREADS=1);
     #: null: this machine's cores / ``dask_workers`` for "local", unchanged on a remote cluster
     dask_threads: int | None = Field(None, ge=1, le=1024)
+    #: seconds between progress lines when stderr is not a terminal (a log file, SLURM, Snakemake)
+    progress_interval_s: float = Field(10.0, gt=0, le=3600)
 
 
 class TissueConfig(Strict):

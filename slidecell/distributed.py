@@ -110,8 +110,8 @@ def connect(scheduler: str, workers: int):
 
 
 def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on_chunk, progress_cb=None) -> dict:
-    """Submit every pending chunk; call ``on_chunk(k)`` as each finishes (in any order; the
-    output writer puts them in order). Returns totals."""
+    """Submit every pending chunk; call ``on_chunk(k)`` and ``progress_cb(tiles, cells)`` as each
+    finishes (in any order; the output writer puts them in order). Returns totals."""
     from distributed import as_completed
 
     futures = [client.submit(chunk_task, k, tiles, job, str(chunk_path(k)), key=f"slidecell-chunk-{job['key']}-{k}",
@@ -126,7 +126,7 @@ def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on
         totals["task_seconds"] += dt
         on_chunk(k)
         if progress_cb is not None:
-            progress_cb(sizes[k])
+            progress_cb(sizes[k], n)
     return totals
 
 

@@ -34,6 +34,7 @@ from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, sli
                          write_zarr_from_h5ad)
 from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
+from .progress import RunProgress
 from .runfolder import RUN_FILE, WORK_DIR, RunFolder, file_digests
 from .segment import Scored, Segmenter, get_segmenter
 from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
@@ -522,7 +523,11 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         writer = _OutputStream([chunk_path(k) for k in range(n_chunks)], out, cfg, reader, info, measure.schema(),
                                plan, segmenter.tile_exact)
         pipe = _Pipeline(reader, plan, segmenter, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
-        with writer:
+        bar = RunProgress(len(plan.tiles), min(resumed * chunk_size, len(plan.tiles)), enabled=progress,
+                          label="segmenting (dask)" if cfg.engine.scheduler else "segmenting",
+                          interval=cfg.engine.progress_interval_s, start=t_start)
+        bar.cells = sum(_rows(chunk_path(k)) for k in done)
+        with writer, bar:
             for k in done:
                 writer.feed(k)
             if cfg.engine.scheduler:
@@ -531,10 +536,9 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                        "modality": modality, "state": segmenter.state, "plan": plan, "ctx": ctx,
                        "max_overlap": pipe.max_overlap}
                 chunks = [(k, plan.tiles[k * chunk_size:(k + 1) * chunk_size]) for k in range(n_chunks) if k not in done]
-                pipe.retried = _run_dask(cfg, chunks, job, chunk_path, writer.feed, timings, progress,
-                                         len(plan.tiles), resumed * chunk_size)
+                pipe.retried = _run_dask(cfg, chunks, job, chunk_path, writer.feed, timings, bar)
             else:
-                pipe.run(stream, pending_tiles, progress, resumed * chunk_size)
+                pipe.run(stream, pending_tiles, bar)
             t0 = time.perf_counter()
             outputs, n_cells, n_touch = writer.finish()
             if cfg.output.zarr:
@@ -623,12 +627,9 @@ def manifest_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dict, progress, total: int,
-              done: int) -> int:
+def _run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dict, bar: RunProgress) -> int:
     """The pending chunks on a Dask cluster (:mod:`slidecell.distributed`); returns the tiles
     read again for large cells."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .distributed import connect, run_chunks
 
     t0 = time.perf_counter()
@@ -638,10 +639,7 @@ def _run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dic
     job = {**job, "threads": threads}
     client, cluster = connect(cfg.engine.scheduler, cfg.engine.dask_workers)
     try:
-        with Progress(TextColumn("[bold]segmenting (dask)"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                      TimeRemainingColumn(), disable=not progress, transient=False) as bar:
-            task = bar.add_task("tiles", total=total, completed=done)
-            totals = run_chunks(client, chunks, job, chunk_path, on_chunk, lambda n: bar.advance(task, n))
+        totals = run_chunks(client, chunks, job, chunk_path, on_chunk, bar.advance)
     finally:
         client.close()
         if cluster is not None:
@@ -694,10 +692,8 @@ class _Pipeline:
                                        initargs=(self.segmenter.finisher(), self.ctx))
         return ThreadPoolExecutor(self.workers, thread_name_prefix="slidecell-post")
 
-    def run(self, stream, tiles, progress, done) -> None:
+    def run(self, stream, tiles, bar: RunProgress) -> None:
         from concurrent.futures import Future
-
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         for t in tiles:
             k = t.index // self.chunk_size
@@ -705,51 +701,47 @@ class _Pipeline:
         pool = self._pool()
         finisher = self.segmenter.finisher()
         inflight: deque = deque()
-        with Progress(TextColumn("[bold]segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                      TimeRemainingColumn(), disable=not progress, transient=False) as bar:
-            task = bar.add_task("tiles", total=len(self.plan.tiles), completed=done)
 
-            def collect():
-                tile, fut, shm = inflight.popleft()
-                try:
-                    part, dt = fut.result()
-                finally:
-                    if shm is not None:
-                        shm.close()
-                        shm.unlink()
-                self.timings["post"] += dt
-                self._take(tile, part)
-                bar.advance(task)
-
+        def collect():
+            tile, fut, shm = inflight.popleft()
             try:
-                for batch in self._batches(stream(tiles)):
-                    t0 = time.perf_counter()
-                    raws = self.segmenter.predict_tiles([t for t, _ in batch], [im for _, im in batch])
-                    self.timings["model"] += time.perf_counter() - t0
-                    for (tile, image), raw in zip(batch, raws):
-                        shm = None
-                        if pool is None:
-                            fut = Future()
-                            fut.set_result(_post_tile(tile, image, raw, finisher, self.ctx))
-                        elif self.parallel == "processes":
-                            # pixels travel through shared memory, not pickles down a pipe
-                            shm, specs = _to_shared([image, raw])
-                            fut = pool.submit(_post_tile_shared, tile, shm.name, specs)
-                        else:
-                            fut = pool.submit(_post_tile, tile, image, raw, finisher, self.ctx)
-                        inflight.append((tile, fut, shm))
-                    del batch, raws
-                    while len(inflight) > self.queue:
-                        collect()
-                while inflight:
-                    collect()
+                part, dt = fut.result()
             finally:
-                if pool is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                for _, _, shm in inflight:
-                    if shm is not None:
-                        shm.close()
-                        shm.unlink()
+                if shm is not None:
+                    shm.close()
+                    shm.unlink()
+            self.timings["post"] += dt
+            bar.advance(1, self._take(tile, part))
+
+        try:
+            for batch in self._batches(stream(tiles)):
+                t0 = time.perf_counter()
+                raws = self.segmenter.predict_tiles([t for t, _ in batch], [im for _, im in batch])
+                self.timings["model"] += time.perf_counter() - t0
+                for (tile, image), raw in zip(batch, raws):
+                    shm = None
+                    if pool is None:
+                        fut = Future()
+                        fut.set_result(_post_tile(tile, image, raw, finisher, self.ctx))
+                    elif self.parallel == "processes":
+                        # pixels travel through shared memory, not pickles down a pipe
+                        shm, specs = _to_shared([image, raw])
+                        fut = pool.submit(_post_tile_shared, tile, shm.name, specs)
+                    else:
+                        fut = pool.submit(_post_tile, tile, image, raw, finisher, self.ctx)
+                    inflight.append((tile, fut, shm))
+                del batch, raws
+                while len(inflight) > self.queue:
+                    collect()
+            while inflight:
+                collect()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            for _, _, shm in inflight:
+                if shm is not None:
+                    shm.close()
+                    shm.unlink()
 
     def _batches(self, items):
         """Tiles of one size (edge tiles are smaller), ``batch_size`` at a time, timing the wait
@@ -766,8 +758,10 @@ class _Pipeline:
 
         return same_size_batches(timed(items), self.batch_size, lambda item: item[1].shape)
 
-    def _take(self, tile: Tile, part) -> None:
+    def _take(self, tile: Tile, part) -> int:
+        """Keep a tile's cells for its chunk (written once complete); returns their number."""
         part = self._more_context(tile, part)
+        n = len(part)
         k = tile.index // self.chunk_size
         self.current.setdefault(k, []).append(part)
         self.remaining[k] -= 1
@@ -777,6 +771,7 @@ class _Pipeline:
             self.timings["write_chunks"] += time.perf_counter() - t0
             if self.on_chunk is not None:
                 self.on_chunk(k)
+        return n
 
     def _more_context(self, tile: Tile, part):
         t0 = time.perf_counter()
@@ -884,6 +879,13 @@ def _chunk_part(table: pd.DataFrame, ctx: TileContext):
         feats = [f + "," for f in geojson_features(table, (ox, oy), prec, cells=ctx.spec.whole_cells)]
         at = at.append_column("feature", pa.array(feats, type=pa.string()))
     return at
+
+
+def _rows(path: Path) -> int:
+    """Cells in a chunk file (from its footer)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
 
 
 def _write_chunk(parts: list, path: Path) -> None:

@@ -66,7 +66,9 @@ def _case(case: dict) -> int:
 
 
 def serve() -> None:
-    import slidecell.cli  # noqa: F401  (torch, pandas, the engine: imported once, before any fork)
+    # torch, pandas, the engine, the report: imported once, before any fork
+    import slidecell.cli  # noqa: F401
+    import slidecell.engine  # noqa: F401
     import slidecell.report  # noqa: F401
 
     for line in sys.stdin:

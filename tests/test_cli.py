@@ -83,6 +83,50 @@ def test_usage_error_and_info():
     assert json.loads(info.stdout)["dimensions"] == [2220, 2967]
 
 
+def test_help_and_version_import_no_torch():
+    """`slidecell --help`, `--version` and a command's help answer without importing torch."""
+    code = ("import sys\nfrom slidecell.cli import main\n"
+            "for args in (['--help'], ['--version'], ['run', '--help'], ['export', '--help']):\n"
+            "    assert main(args) == 0, args\n"
+            "assert 'torch' not in sys.modules and 'slidecell.engine' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    from slidecell import __version__
+
+    assert f"slidecell {__version__}" in res.stdout and "Usage:" in res.stdout
+
+
+def test_progress_lines_reach_a_log_during_the_run(tmp_path):
+    """`slidecell run ... > log 2>&1` (SLURM, Snakemake): plain progress lines on stderr while the
+    run goes on (tiles, cells, rate, elapsed, time left), no terminal escapes."""
+    import re
+    import time
+
+    need(CMU1)
+    (tmp_path / "c.yaml").write_text("tiling: {tile_size: 256}\nengine: {progress_interval_s: 0.2}\n")
+    log = tmp_path / "log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "slidecell.cli", "run", str(CMU1), "-c", str(tmp_path / "c.yaml"),
+                                 "--roi", "700,1700,700,700", "-o", str(tmp_path / "o")], stdout=fh, stderr=fh)
+        seen_while_running = False
+        while proc.poll() is None:
+            if "slidecell: segmenting:" in log.read_text():
+                seen_while_running = not (tmp_path / "o" / "run.json").exists()
+                break
+            time.sleep(0.05)
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    assert seen_while_running, log.read_text()
+    text = log.read_text()
+    assert "\x1b" not in text
+    lines = [line for line in text.splitlines() if line.startswith("slidecell: segmenting:")]
+    pattern = r"slidecell: segmenting: (\d+)/(\d+) tiles \(\d+%\), [\d,]+ cells(, [\d.]+ tiles/s)?, elapsed \d:\d\d:\d\d"
+    assert all(re.match(pattern, line) for line in lines), lines
+    done, total = map(int, re.match(pattern, lines[-1]).groups()[:2])
+    assert done == total > 4 and "tiles/s" in lines[-1]
+    n_cells = json.loads((tmp_path / "o" / "run.json").read_text())["n_cells"]
+    assert f"{n_cells:,} cells" in lines[-1]
+
+
 def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path):
     """--mpp outside a microscope's range (or not a number) and resolution tags that are a screen
     placeholder (72 dpi → 352.8 µm/px) are refused in one line that says how to pass --mpp."""
