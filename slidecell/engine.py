@@ -35,7 +35,7 @@ from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, sli
 from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
 from .progress import RunProgress
-from .runfolder import RUN_FILE, WORK_DIR, RunFolder, file_digests
+from .runfolder import RUN_FILE, WORK_DIR, RunFolder, file_digests, provenance
 from .segment import Scored, Segmenter, get_segmenter
 from .table import BASE_COLUMNS, empty_table, from_arrow, to_arrow
 from .tiling import Tile, TilePlan, TileStream, detect_tissue, plan_tiles, slide_modality
@@ -582,6 +582,9 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         "outputs": {k: str(v.name) for k, v in outputs.items()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         **info,
+        "slide_fingerprint": fingerprint,
+        "roi_wkt": manifest["roi_wkt"],
+        "provenance": provenance(time.time() - (time.perf_counter() - t_start)),
     }
     if cfg.analysis is not None:  # the cells are complete; the analysis stage comes next
         summary["analysis_stage"] = {"status": "pending"}

@@ -50,6 +50,43 @@ def file_digests(files: dict[str, Path]) -> dict[str, str]:
     return digests
 
 
+#: packages whose versions a run records (those that decide its cells and files)
+RECORDED_PACKAGES = ("torch", "numpy", "scipy", "scikit-image", "opencv-python-headless", "shapely", "pyarrow",
+                     "anndata", "tifffile", "tiffslide", "openslide-python", "zarr", "dask", "cellpose")
+
+
+def provenance(started: float) -> dict:
+    """Who, where and with what a run was made: start/end times (UTC, ISO 8601; ``started`` is a
+    ``time.time()``), the command line, host, CPU, Python and package versions, and the peak
+    resident memory of this process and its children."""
+    import platform
+    import resource
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+    from importlib import metadata
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:  # the CPU's model name on Linux
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    rss = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return {"started": iso(started), "finished": iso(time.time()), "command": shlex.join(sys.argv),
+            "host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "packages": versions, "peak_rss_gib": round(max(rss) * scale / 2**30, 3)}
+
+
 def owned_names() -> list[str]:
     """The top-level entries of a run folder that slidecell writes."""
     from .io.label_image import LABELS_NAME

@@ -41,6 +41,13 @@ def test_run_outputs(cmu1_run):
     summary = json.loads((out / "run.json").read_text())
     assert summary["status"] == "complete" and summary["n_cells"] == result.n_cells
     assert (out / "config.yaml").exists()
+    # provenance: when, how, where, with what
+    prov = summary["provenance"]
+    assert prov["started"] <= prov["finished"] and prov["host"] and prov["cpu_count"] >= 1
+    assert prov["packages"]["torch"].startswith("2.") and 0.1 < prov["peak_rss_gib"] < 24
+    assert summary["slide_fingerprint"]["size"] == CMU1.stat().st_size and summary["roi_wkt"] is None
+    weights = next(iter(summary["input_files"].values()))
+    assert len(weights) == 64 and summary["segmentation"]["channels_used"]
     # nothing half-written left behind
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
