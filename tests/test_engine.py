@@ -61,6 +61,9 @@ def test_run_outputs(cmu1_run):
     assert np.allclose(adata.obsm["spatial"], parquet[["x"]].assign(y=parquet["y"]).to_numpy() * 0.499)
     assert {"area_um2", "eccentricity", "solidity", "perimeter_um"} <= set(adata.obs.columns)
     assert np.allclose(adata.X[:, 0], parquet["mean:Red"])
+    # streamed, yet as small as anndata's own compressed writer makes it
+    adata.write_h5ad(out.parent / "anndata-gzip.h5ad", compression="gzip")
+    assert (out / "cells.h5ad").stat().st_size <= 1.5 * (out.parent / "anndata-gzip.h5ad").stat().st_size
     # polygons: valid, in level-0 pixels, areas agree with the pixel-count area
     geoms = parquet.geometry.to_numpy()
     assert shapely.is_valid(geoms).all()
