@@ -67,13 +67,15 @@ def run(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="run on Dask: 'local' (a LocalCluster) or a scheduler address"),
     dask_workers: Optional[int] = typer.Option(None, "--dask-workers", help="workers of the local Dask cluster"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    keep_chunks: bool = typer.Option(False, "--keep-chunks",
+                                     help="keep the chunk cache (OUT/.slidecell) after the run completes"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ):
     """Segment and measure every nucleus of SLIDE; write cells.geojson, cells.parquet, cells.h5ad."""
     from . import load_config
     from . import run as run_pipeline
 
-    overrides: dict = {}
+    overrides: dict = {"output": {"keep_chunks": True}} if keep_chunks else {}
     if workers is not None:
         overrides["reader"] = {"workers": workers}
     if scheduler is not None or dask_workers is not None:

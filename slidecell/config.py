@@ -167,6 +167,9 @@ class OutputConfig(Strict):
     label_image: bool = False
     #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
     geojson_precision: int = Field(3, ge=0, le=6)
+    #: keep the chunk cache (OUT/.slidecell) after a finished run; by default it is removed once
+    #: the run (and its analysis stage) completed, when cells.parquet holds every cell
+    keep_chunks: bool = False
 
 
 class Config(Strict):

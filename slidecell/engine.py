@@ -364,6 +364,7 @@ def run(
                 result = RunResult(out, summary["n_cells"], summary["n_tiles"], outputs,
                                    summary.get("timings_s", {}), 0, summary)
                 result.outputs.update(_analysis_stage(out, cfg, outputs))
+                drop_chunks(out, cfg)
             return result
         try:
             with RunFolder(out, overwrite) as folder:
@@ -371,6 +372,7 @@ def run(
                 folder.commit()
                 if cfg.analysis is not None:
                     result.outputs.update(_analysis_stage(out, cfg, result.outputs))
+                drop_chunks(out, cfg)
         except OSError as exc:
             problem = storage_problem(exc)
             if problem is None:
@@ -378,6 +380,15 @@ def run(
             raise StorageError(f"{out}: {problem} while writing the run; the finished chunks are kept: make room "
                                "and run the same command again to resume") from exc
         return result
+
+
+def drop_chunks(out: Path, cfg: Config) -> None:
+    """A finished run's chunk cache goes (unless ``output.keep_chunks``) once ``cells.parquet``
+    holds every cell: nothing reads it any more (``export`` reads the parquet)."""
+    import shutil
+
+    if not cfg.output.keep_chunks and (out / OUTPUT_NAMES["parquet"]).is_file() and (out / RUN_FILE).is_file():
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
 
 
 def analysis_pending(out: Path, cfg: Config) -> bool:

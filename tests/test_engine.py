@@ -48,8 +48,9 @@ def test_run_outputs(cmu1_run):
     assert summary["slide_fingerprint"]["size"] == CMU1.stat().st_size and summary["roi_wkt"] is None
     weights = next(iter(summary["input_files"].values()))
     assert len(weights) == 64 and summary["segmentation"]["channels_used"]
-    # nothing half-written left behind
+    # nothing half-written left behind; the chunk cache goes once cells.parquet holds every cell
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert not (out / ".slidecell").exists() and not (out / ".slidecell.lock").exists()
 
     parquet = gpd.read_parquet(out / "cells.parquet")
     adata = ad.read_h5ad(out / "cells.h5ad")

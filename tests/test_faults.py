@@ -87,7 +87,9 @@ def reference(tmp_path_factory):
 
 
 def run_args(base: Path, out: Path, analysis: bool = False) -> list:
-    return ["run", CMU1, "-c", base / ("analysis.yaml" if analysis else "c.yaml"), "--roi", ROI, "-o", out, "-q"]
+    # the chunk cache kept: the cases after the last tile start from the reference's
+    return ["run", CMU1, "-c", base / ("analysis.yaml" if analysis else "c.yaml"), "--roi", ROI, "-o", out, "-q",
+            "--keep-chunks"]
 
 
 def leftovers(folder: Path) -> list[str]:
