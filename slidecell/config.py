@@ -141,6 +141,29 @@ class MeasureConfig(Strict):
     percentiles: list[float] = Field(default_factory=list)
     #: width of the membrane ring
     membrane_um: float = Field(1.0, gt=0, le=20)
+    #: brightfield stains measured as mean optical density per compartment (QuPath's
+    #: ``Nucleus: Hematoxylin OD mean``...): "auto" (H&E for an RGB brightfield slide, none
+    #: otherwise), "H&E" or "H-DAB" (QuPath's default vectors), "none", or the vectors by name,
+    #: e.g. ``{Hematoxylin: [0.63, 0.68, 0.37], Eosin: [0.18, 0.82, 0.54]}`` (QuPath's "Estimate
+    #: stain vectors" values; two or three stains)
+    stains: Literal["auto", "none", "H&E", "H-DAB"] | dict[str, list[float]] = "auto"
+    #: the slide's background (white) RGB for the optical densities; null: 255, 255, 255
+    stain_background: list[float] | None = None
+
+    @field_validator("stains")
+    @classmethod
+    def _stains(cls, v):
+        if isinstance(v, dict):
+            if not 2 <= len(v) <= 3 or any(len(x) != 3 or not all(c >= 0 for c in x) or sum(x) <= 0 for x in v.values()):
+                raise ValueError("give two or three stains, each as three non-negative numbers (r, g, b)")
+        return v
+
+    @field_validator("stain_background")
+    @classmethod
+    def _background(cls, v):
+        if v is not None and (len(v) != 3 or not all(0 < c <= 65535 for c in v)):
+            raise ValueError("three positive values (r, g, b)")
+        return v
 
     @field_validator("percentiles")
     @classmethod

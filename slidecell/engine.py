@@ -32,7 +32,7 @@ from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
 from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic,
                          write_zarr_from_h5ad)
-from .measure import MeasureSpec, ellipse_axes, expand_nuclei, label_moments
+from .measure import MeasureSpec, calipers, circularity, ellipse_axes, expand_nuclei, label_moments
 from .polygons import outline_labels
 from .progress import RunProgress
 from .runfolder import RUN_FILE, WORK_DIR, RunFolder, file_digests, provenance
@@ -127,6 +127,7 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
     solidity = np.clip(area / np.maximum(hull, 1e-12), 0, 1)
     major, minor, ecc = ellipse_axes(mu20, mu02, mu11)
     mpp = ctx.mpp
+    max_cal, min_cal = calipers(polys0)  # level-0 pixels
     x0, y0 = gx * ctx.scale, gy * ctx.scale
     columns = {
         "cell_id": cell_ids(ctx.slide_key, x0, y0),
@@ -138,21 +139,32 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         "solidity": solidity,
         "major_axis_um": major * mpp,
         "minor_axis_um": minor * mpp,
+        "circularity": circularity(area * mpp**2, perim_px * mpp),
+        "max_caliper_um": max_cal * ctx.mpp0,
+        "min_caliper_um": min_cal * ctx.mpp0,
         "touches_tile_edge": touches,
     }
     if spec.source_labels:
         columns["mask_label"] = ids.astype(np.int64)
     if spec.confidence:
         columns["confidence"] = (scores[ids] if scores is not None else np.full(len(ids), np.nan)).astype(np.float32)
-    if spec.with_nuclei:
-        columns["nucleus_area_um2"] = np.bincount(nuclei.ravel(), minlength=int(ids.max()) + 1)[ids] * mpp**2
+    nuc = None
+    if spec.with_nuclei:  # the nucleus' own shape (a segmented cell may hold no nucleus: an empty outline)
+        n_area = np.bincount(nuclei.ravel(), minlength=int(ids.max()) + 1)[ids] * mpp**2
+        has = n_area > 0
+        nuc = np.array([shapely.Polygon()] * len(ids), dtype=object)
+        n_perim = np.zeros(len(ids))
+        if has.any():
+            nuc[has], n_perim[has] = _outline(nuclei, ids[has], tile, ctx)[:2]
+        n_perim = n_perim * mpp
+        n_max, n_min = calipers(nuc)
+        columns.update({"nucleus_area_um2": n_area, "nucleus_perimeter_um": n_perim,
+                        "nucleus_circularity": circularity(n_area, n_perim),
+                        "nucleus_max_caliper_um": n_max * ctx.mpp0, "nucleus_min_caliper_um": n_min * ctx.mpp0,
+                        "nucleus_cell_area_ratio": n_area / np.maximum(area * mpp**2, 1e-12)})
     columns.update(spec.measure(nuclei, cells, image, ids))
     columns["geometry"] = polys0
-    if spec.with_nuclei:  # (a segmented cell may hold no nucleus: an empty outline)
-        has = columns["nucleus_area_um2"] > 0
-        nuc = np.array([shapely.Polygon()] * len(ids), dtype=object)
-        if has.any():
-            nuc[has] = _outline(nuclei, ids[has], tile, ctx)[0]
+    if nuc is not None:
         columns["nucleus_geometry"] = nuc
     return pd.DataFrame(columns)
 
@@ -455,7 +467,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
         objects = cfg.segmentation.objects
     measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um, plan.mpp,
                                       source_labels=cfg.segmentation.backend == "mask", objects=objects,
-                                      confidence=segmenter.confidence)
+                                      confidence=segmenter.confidence, modality=modality)
     segmenter.locate(plan, reader.dimensions)
     need_bytes = check_memory(plan, reader, segmenter, cfg)
     fingerprint = slide_fingerprint(slide)

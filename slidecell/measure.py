@@ -50,6 +50,85 @@ def ellipse_axes(mu20, mu02, mu11):
     return major, minor, ecc
 
 
+# -- shape, as QuPath measures it -------------------------------------------------------------
+def calipers(polygons) -> tuple[np.ndarray, np.ndarray]:
+    """Max and min caliper (Feret) diameters of each polygon, in its coordinates: the largest
+    distance between two points of its convex hull, and the smallest width of the hull over all
+    directions (rotating calipers: the minimum is at a direction normal to a hull edge), as
+    QuPath's ``Max caliper``/``Min caliper``. Vectorized over polygons (hulls padded)."""
+    import shapely
+
+    polygons = np.asarray(polygons, dtype=object)
+    n = len(polygons)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    if n > 512:  # bounded memory: (polygons × hull vertices²) per block
+        parts = [calipers(polygons[i:i + 512]) for i in range(0, n, 512)]
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+    hulls = shapely.convex_hull(polygons)
+    coords, which = shapely.get_coordinates(shapely.get_exterior_ring(hulls), return_index=True)
+    counts = np.bincount(which, minlength=n)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    k = max(int(counts.max()) - 1, 1)  # rings repeat their first point
+    pos = np.arange(len(which)) - start[which]
+    keep = pos < counts[which] - 1
+    pts = np.full((n, k, 2), np.nan)
+    pts[which[keep], pos[keep]] = coords[keep]
+    valid = ~np.isnan(pts[:, :, 0])
+    # max caliper: the largest distance between two hull vertices
+    d = np.linalg.norm(pts[:, :, None, :] - pts[:, None, :, :], axis=-1)
+    max_cal = np.nan_to_num(np.nanmax(np.where(np.isnan(d), -np.inf, d), axis=(1, 2)), neginf=0.0)
+    # min caliper: over each hull edge, the hull's extent along the edge's normal
+    nxt = np.where(valid, np.roll(np.arange(k), -1)[None, :], 0)
+    last = valid.sum(1) - 1
+    nxt[np.arange(n), np.maximum(last, 0)] = 0  # the last vertex closes the ring on the first
+    edge = np.take_along_axis(pts, nxt[:, :, None], axis=1) - pts
+    length = np.linalg.norm(edge, axis=-1)
+    normal = np.stack([-edge[:, :, 1], edge[:, :, 0]], -1) / np.where(length > 0, length, np.nan)[:, :, None]
+    proj = np.einsum("nek,nvk->nev", normal, pts)  # edge × vertex
+    width = np.nanmax(np.where(np.isnan(proj), -np.inf, proj), 2) - np.nanmin(np.where(np.isnan(proj), np.inf, proj), 2)
+    width = np.where(np.isfinite(width) & (length > 0), width, np.inf)
+    min_cal = np.min(width, axis=1)
+    min_cal = np.where(np.isfinite(min_cal), min_cal, 0.0)
+    return max_cal, min_cal
+
+
+def circularity(area, perimeter) -> np.ndarray:
+    """``4π area / perimeter²`` (1 for a circle), as QuPath's ``Circularity``."""
+    area, perimeter = np.asarray(area, np.float64), np.asarray(perimeter, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(perimeter > 0, np.clip(4 * np.pi * area / perimeter**2, 0, 1), np.nan)
+
+
+# -- brightfield stains: optical density by colour deconvolution, as QuPath --------------------
+#: QuPath's default stain vectors (``StainVector.DefaultStains``: Ruifrok & Johnston's
+#: haematoxylin and DAB, the AMIDA13 eosin), named as QuPath names them
+DEFAULT_STAINS = {
+    "H&E": (("Hematoxylin", (0.65, 0.70, 0.29)), ("Eosin", (0.2159, 0.8012, 0.5581))),
+    "H-DAB": (("Hematoxylin", (0.65, 0.70, 0.29)), ("DAB", (0.27, 0.57, 0.78))),
+}
+
+
+def stain_matrix(vectors) -> np.ndarray:
+    """The 3×3 matrix that maps per-channel optical densities (R, G, B) to stain amounts, as
+    QuPath's ``ColorDeconvolutionStains.getMatrixInverse``: the inverse of the matrix whose rows
+    are the unit stain vectors, the third the unit cross product of the first two when only two
+    are given (QuPath's "Residual")."""
+    rows = [np.asarray(v, np.float64) / np.linalg.norm(v) for v in vectors]
+    if len(rows) == 2:
+        c = np.cross(rows[0], rows[1])
+        rows.append(c / np.linalg.norm(c))
+    return np.linalg.inv(np.stack(rows))
+
+
+def stain_od(rgb: np.ndarray, inverse: np.ndarray, background=(255.0, 255.0, 255.0), n: int = 2) -> np.ndarray:
+    """Each pixel's amount of the first ``n`` stains (H×W×n float32), as QuPath: the optical
+    density of each channel ``max(0, -log10(max(v, 1) / background))``, then the stain matrix."""
+    bg = np.asarray(background, np.float64)
+    od = np.maximum(0.0, -np.log10(np.maximum(rgb[:, :, :3].astype(np.float64), 1.0) / bg))
+    return (od @ inverse[:, :n]).astype(np.float32)
+
+
 # -- multiplexed quantification: compartments and per-marker statistics ------------------------
 #: compartments a cell can be measured in; "cell" exists only when whole cells are formed
 COMPARTMENTS = ("cell", "nucleus", "cytoplasm", "membrane")
@@ -248,14 +327,34 @@ class MeasureSpec:
     objects: str = "nuclei"
     #: the segmentation scores its objects: kept as ``confidence``
     confidence: bool = False
+    #: brightfield stains measured as mean optical density (names; the tile's first three
+    #: channels are R, G, B), their deconvolution matrix (row-major 3×3) and the background RGB
+    stains: tuple[str, ...] = ()
+    stain_matrix: tuple[float, ...] = ()
+    stain_background: tuple[float, float, float] = (255.0, 255.0, 255.0)
 
     @classmethod
     def from_config(cls, measure, channel_names, expansion_um: float, mpp: float,
-                    source_labels: bool = False, objects: str = "nuclei", confidence: bool = False) -> "MeasureSpec":
+                    source_labels: bool = False, objects: str = "nuclei", confidence: bool = False,
+                    modality: str | None = None) -> "MeasureSpec":
         """From a :class:`slidecell.config.MeasureConfig`; errors name the offending key."""
         from .errors import ConfigError
 
         names = list(channel_names)
+        rgb = tuple(names[:3]) == ("Red", "Green", "Blue")
+        stains = measure.stains
+        if stains == "auto":
+            stains = "H&E" if rgb and modality == "brightfield" else "none"
+        if stains != "none" and not rgb:
+            raise ConfigError(f"measure.stains: stain optical densities need an RGB brightfield image; this one has "
+                              f"channels {names}")
+        vectors = () if stains == "none" else DEFAULT_STAINS[stains] if isinstance(stains, str) else \
+            tuple((k, tuple(v)) for k, v in stains.items())
+        stain_kw = {}
+        if vectors:
+            stain_kw = {"stains": tuple(k for k, _ in vectors),
+                        "stain_matrix": tuple(stain_matrix([v for _, v in vectors]).ravel()),
+                        "stain_background": tuple(map(float, measure.stain_background or (255, 255, 255)))}
         wanted = list(measure.channels) or names
         missing = [c for c in wanted if c not in names]
         if missing:
@@ -275,7 +374,7 @@ class MeasureSpec:
             comps.append("nucleus" if not whole and comp == "cell" else comp)
         return cls(tuple(names.index(c) for c in wanted), tuple(wanted), expansion_um / mpp, measure.membrane_um / mpp,
                    tuple(dict.fromkeys(comps)), tuple(dict.fromkeys(measure.statistics)),
-                   tuple(measure.percentiles), source_labels, objects, confidence)
+                   tuple(measure.percentiles), source_labels, objects, confidence, **stain_kw)
 
     @classmethod
     def means(cls, channel_names) -> "MeasureSpec":
@@ -312,16 +411,41 @@ class MeasureSpec:
             out += [f"{comp}_{s}" for s in stats + [_pct_name(q) for q in pcts] if (comp, s) != (self.primary, "mean")]
         return out
 
+    def od_compartments(self) -> tuple[str, ...]:
+        """Where the stains' optical densities are measured: the nucleus, and with whole cells
+        its cytoplasm and the cell (as QuPath's cell detection)."""
+        if not self.stains:
+            return ()
+        return ("nucleus", "cytoplasm", "cell") if self.with_nuclei else (self.primary,)
+
+    def od_columns(self) -> list[str]:
+        return [f"{comp}_od:{stain}" for comp in self.od_compartments() for stain in self.stains]
+
     def schema(self):
         from .table import CellSchema
 
         return CellSchema(self.channel_names, tuple(self.layers()), self.with_nuclei, self.source_labels,
-                          self.confidence)
+                          self.confidence, tuple(self.od_columns()))
+
+    def measure_stains(self, nuclei: np.ndarray, cells: np.ndarray | None, image: np.ndarray, ids: np.ndarray) -> dict:
+        """``{<compartment>_od:<stain>: values}``: each stain's mean optical density."""
+        if not self.stains:
+            return {}
+        inverse = np.asarray(self.stain_matrix, np.float64).reshape(3, 3)
+        od = stain_od(image, inverse, self.stain_background, len(self.stains))
+        if self.with_nuclei:
+            split = split_means(nuclei, cells, od, ids)
+            means = {comp: split[(comp, "mean")] for comp in self.od_compartments()}
+        else:
+            means = {self.primary: intensity_stats(nuclei, od, ids, ("mean",))["mean"]}
+        return {f"{comp}_od:{stain}": values[:, k] for comp, values in means.items()
+                for k, stain in enumerate(self.stains)}
 
     def measure(self, nuclei: np.ndarray, cells: np.ndarray | None, image: np.ndarray, ids: np.ndarray) -> dict:
         """``{column: values}`` for cells ``ids``: ``mean:<ch>`` and every layer's columns."""
         if image.ndim == 2:
             image = image[:, :, None]
+        stains = self.measure_stains(nuclei, cells, image, ids)
         if self.channel_index != tuple(range(image.shape[2])):
             image = image[:, :, list(self.channel_index)]
         plan = self._plan()
@@ -341,4 +465,5 @@ class MeasureSpec:
                 prefix = "mean" if (comp, stat) == (self.primary, "mean") else f"{comp}_{stat}"
                 for c, name in enumerate(self.channel_names):
                     out[f"{prefix}:{name}"] = values[:, c]
+        out.update(stains)
         return out

@@ -13,6 +13,9 @@ A :class:`pandas.DataFrame`, one row per cell, with these columns:
 ``solidity``              area / convex hull area
 ``major_axis_um``         axes of that ellipse
 ``minor_axis_um``
+``circularity``           4π area / perimeter² (QuPath's ``Circularity``)
+``max_caliper_um``        largest and smallest Feret diameters of the outline (QuPath's
+``min_caliper_um``        ``Max caliper``/``Min caliper``)
 ``touches_tile_edge``     the cell reached the edge of its tile's read window: it is larger than
                           the overlap and may be cut (increase ``tiling.overlap_um``)
 ``confidence``            when the backend scores its objects (the built-in model): the mean
@@ -22,7 +25,12 @@ A :class:`pandas.DataFrame`, one row per cell, with these columns:
 ``<layer>:<channel>``     other statistics and compartments, ``<compartment>_<statistic>``,
                           e.g. ``nucleus_mean:CD3``, ``cytoplasm_median:CD3``, ``cell_p90:CD3``
                           (AnnData ``layers``)
-``nucleus_area_um2``      with whole cells (nuclei expanded): the nucleus' area
+``nucleus_area_um2``      with whole cells (nuclei expanded): the nucleus' area, and its shape
+``nucleus_<shape>``       (``nucleus_perimeter_um``, ``nucleus_circularity``, calipers) and
+                          ``nucleus_cell_area_ratio``
+``<compartment>_od:<stain>``  brightfield: mean optical density of each stain (colour
+                          deconvolution, as QuPath), e.g. ``nucleus_od:Hematoxylin``,
+                          ``cytoplasm_od:Eosin`` (QuPath: ``Nucleus: Hematoxylin OD mean``)
 ``geometry``              shapely Polygon in level-0 pixels (the cell; the nucleus when cells
                           are the nuclei)
 ``nucleus_geometry``      with whole cells: the nucleus outline
@@ -39,7 +47,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
-MORPHOLOGY = ["area_um2", "perimeter_um", "eccentricity", "solidity", "major_axis_um", "minor_axis_um"]
+MORPHOLOGY = ["area_um2", "perimeter_um", "eccentricity", "solidity", "major_axis_um", "minor_axis_um",
+              "circularity", "max_caliper_um", "min_caliper_um"]
 BASE_COLUMNS = ["cell_id", "tile", "x", "y", "x_um", "y_um", *MORPHOLOGY, "touches_tile_edge"]
 MEAN_PREFIX = "mean:"
 
@@ -51,9 +60,23 @@ QUPATH_NAMES = {
     "solidity": "Nucleus: Solidity",
     "major_axis_um": "Nucleus: Major axis µm",
     "minor_axis_um": "Nucleus: Minor axis µm",
+    "circularity": "Nucleus: Circularity",
+    "max_caliper_um": "Nucleus: Max caliper µm",
+    "min_caliper_um": "Nucleus: Min caliper µm",
+}
+#: with whole cells: the nucleus' own shape, under QuPath's names
+NUCLEUS_SHAPE = {
+    "nucleus_area_um2": "Nucleus: Area µm^2",
+    "nucleus_perimeter_um": "Nucleus: Perimeter µm",
+    "nucleus_circularity": "Nucleus: Circularity",
+    "nucleus_max_caliper_um": "Nucleus: Max caliper µm",
+    "nucleus_min_caliper_um": "Nucleus: Min caliper µm",
+    "nucleus_cell_area_ratio": "Nucleus/Cell area ratio",
 }
 #: per-object columns that go into ``obs`` and QuPath as they are (when the table has them)
-EXTRA_OBS = ("mask_label", "confidence", "nucleus_area_um2")
+EXTRA_OBS = ("mask_label", "confidence", *NUCLEUS_SHAPE)
+#: a stain column: ``<compartment>_od:<stain>`` (mean optical density of the stain)
+OD_COLUMN = re.compile(r"^(?P<comp>cell|nucleus|cytoplasm)_od:(?P<stain>.+)$")
 CONFIDENCE_NAME = "Detection probability"  # as QuPath's StarDist detections call it
 
 
@@ -76,6 +99,8 @@ class CellSchema:
     source_labels: bool = False
     #: ``confidence``: the segmentation's score of each object
     confidence: bool = False
+    #: stain columns (``nucleus_od:Hematoxylin``...) of a brightfield image
+    od: tuple[str, ...] = ()
 
     def intensity_columns(self) -> list[str]:
         return [MEAN_PREFIX + c for c in self.channels] + [f"{lay}:{c}" for lay in self.layers for c in self.channels]
@@ -86,7 +111,8 @@ def schema_from_columns(names) -> CellSchema:
     names = list(names)
     channels = tuple(n[len(MEAN_PREFIX):] for n in names if n.startswith(MEAN_PREFIX))
     layers = tuple(dict.fromkeys(m.group("layer") for m in map(LAYER_COLUMN.match, names) if m))
-    return CellSchema(channels, layers, "nucleus_geometry" in names, "mask_label" in names, "confidence" in names)
+    return CellSchema(channels, layers, "nucleus_geometry" in names, "mask_label" in names, "confidence" in names,
+                      tuple(n for n in names if OD_COLUMN.match(n)))
 
 
 def as_schema(schema) -> CellSchema:
@@ -109,8 +135,11 @@ def qupath_measurement_name(column: str, whole_cells: bool) -> str | None:
     primary = "Cell" if whole_cells else "Nucleus"
     if column in QUPATH_NAMES:
         return QUPATH_NAMES[column].replace("Nucleus:", primary + ":", 1)
-    if column == "nucleus_area_um2":
-        return "Nucleus: Area µm^2"
+    if column in NUCLEUS_SHAPE:
+        return NUCLEUS_SHAPE[column]
+    m = OD_COLUMN.match(column)
+    if m:
+        return f"{COMPARTMENT_LABEL[m.group('comp')]}: {m.group('stain')} OD mean"
     if column == "confidence":
         return CONFIDENCE_NAME
     if column.startswith(MEAN_PREFIX):
@@ -144,8 +173,11 @@ def empty_table(schema) -> pd.DataFrame:
     if schema.confidence:
         cols["confidence"] = pd.Series(dtype="float32")
     if schema.whole_cells:
-        cols["nucleus_area_um2"] = pd.Series(dtype="float64")
+        for c in NUCLEUS_SHAPE:
+            cols[c] = pd.Series(dtype="float64")
     for c in schema.intensity_columns():
+        cols[c] = pd.Series(dtype="float32")
+    for c in schema.od:
         cols[c] = pd.Series(dtype="float32")
     cols["geometry"] = pd.Series(dtype="object")
     if schema.whole_cells:
@@ -205,7 +237,7 @@ def to_anndata(table: pd.DataFrame, uns: dict | None = None, var: pd.DataFrame |
     channels = channel_names(table)
     n = len(table)
     X = table[mean_columns(table)].to_numpy(np.float32) if n else np.zeros((0, len(channels)), np.float32)
-    cols = BASE_COLUMNS + [c for c in EXTRA_OBS if c in table.columns]
+    cols = BASE_COLUMNS + [c for c in EXTRA_OBS if c in table.columns] + [c for c in table.columns if OD_COLUMN.match(c)]
     obs = table[cols].copy()
     obs.index = obs.pop("cell_id").astype(str).to_numpy()
     obs.index.name = "cell_id"

@@ -28,6 +28,32 @@ def need(path: Path) -> Path:
     return path
 
 
+#: QuPath 0.5.1's own GeoJSON import code, as a command (../shared/tools/qupath-geojson)
+QUPATH_CHECK = Path(os.environ.get("SLIDECELL_SHARED_TOOLS", REPO.parent / "shared" / "tools")) / "qupath-geojson" / "run.sh"
+
+
+def qupath_check(path, pixel_size: float | None = None, image_size=None) -> dict:
+    """Read ``path`` (GeoJSON, .geojson.gz) with QuPath's own import code, strictly (any
+    discrepancy fails); returns the checker's summary. Skips where the checker or a Java 17
+    runtime is absent."""
+    import subprocess
+
+    if not QUPATH_CHECK.exists():
+        pytest.skip(f"QuPath checker not available: {QUPATH_CHECK}")
+    args = ["bash", str(QUPATH_CHECK), "--strict"]
+    if pixel_size is not None:
+        args += ["--pixel-size", str(pixel_size)]
+    if image_size is not None:
+        args += ["--image-size", *map(str, image_size)]
+    res = subprocess.run([*args, str(path)], capture_output=True, text=True, timeout=600)
+    if res.returncode == 127:
+        pytest.skip("no Java 17 runtime for the QuPath checker")
+    summary = json.loads(res.stdout) if res.stdout.strip().startswith("{") else {}
+    assert res.returncode == 0, (res.returncode, summary.get("discrepancies"), summary.get("exception"), res.stderr[-2000:])
+    assert summary["discrepancies"] == []
+    return summary
+
+
 def write_ome_pyramid(path, data_cyx: np.ndarray, names, mpp: float, levels: int = 3, tile: int = 128,
                       compression: str = "zlib") -> list[np.ndarray]:
     """Pyramidal OME-TIFF (sub-IFDs) with named channels; returns the arrays of each level."""

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import shapely
 
-from conftest import CMU1, NDPI, QPTIFF, need, write_ome_pyramid, write_rgb_pyramid
+from conftest import CMU1, NDPI, QPTIFF, need, qupath_check, write_ome_pyramid, write_rgb_pyramid
 from slidecell import load_config, run
 from slidecell.errors import OutputError
 from slidecell.metrics import match_polygons as matched_pairs
@@ -103,6 +103,13 @@ def test_geojson_follows_qupath_schema(cmu1_run):
         assert ring[0] == ring[-1] and len(ring) >= 4
     assert len(ids) == min(500, len(feats))
     assert len({f["id"] for f in feats}) == len(feats)
+    # QuPath's own import code reads every nucleus as a detection with every measurement
+    q = qupath_check(out / "cells.geojson", pixel_size=0.499, image_size=(2220, 2967))
+    assert q["objectsByClass"] == {"PathDetectionObject": len(feats)}
+    names = set(feats[0]["properties"]["measurements"])
+    assert {k for k, v in q["measurements"]["objectsWithMeasurement"].items() if v == len(feats)} == names
+    ratio = q["measurements"]["areaMeasurementOverRoiArea"]["'Nucleus: Area µm^2' / ROI area"]
+    assert ratio["offBy5Percent"] <= 0.01 * len(feats), ratio
 
 
 def test_same_cells_whatever_the_tiling(cmu1_run, tmp_path):
@@ -224,6 +231,12 @@ def test_run_qptiff_multiplex_preset(tmp_path):
     assert float(np.median(adata.layers["nucleus_mean"][:, 0])) > 3 * dapi.mean()
     assert (adata.layers["nucleus_mean"][:, 0] > adata.X[:, 0]).mean() > 0.95
     assert adata.uns["slidecell"]["modality"] == "fluorescence"
+    # QuPath's own import code: whole cells, each with its nucleus inside, every marker kept
+    q = qupath_check(tmp_path / "q" / "cells.geojson", pixel_size=adata.uns["slidecell"]["mpp"])
+    assert q["objectsByClass"] == {"PathCellObject": r.n_cells}
+    assert q["cells"]["withNucleusRoi"] == r.n_cells and q["cells"]["nucleusNotCoveredByCell"] == 0
+    have = q["measurements"]["objectsWithMeasurement"]
+    assert all(have.get(f"{c}: {m}: Mean") == r.n_cells for c in ("Cell", "Nucleus") for m in ("DAPI", "FITC", "Cy3"))
 
 
 def _giant_nucleus_image(path):
@@ -312,6 +325,50 @@ def test_resume_refuses_swapped_weights(tmp_path):
     shutil.copy(WEIGHTS_DIR / "nuclei.safetensors", weights)
     again = run(CMU1, cfg, out, progress=False)
     assert again.n_cells == first.n_cells and again.resumed_chunks == 1
+
+
+@pytest.mark.parametrize("expansion", [0.0, 3.0], ids=["nuclei", "cells"])
+def test_stain_od_and_shape_as_qupath(tmp_path, expansion):
+    """H&E: each object's mean Hematoxylin and Eosin optical density equals a plain numpy colour
+    deconvolution (QuPath's: OD = -log10(max(v, 1) / 255), unit stain vectors, the residual as
+    their cross product) of its pixels in the label image; QuPath reads them under its names,
+    with circularity, calipers and, for whole cells, the nucleus' shape and area ratio."""
+    import tifffile
+
+    from slidecell import open_slide
+
+    cfg = load_config("he-brightfield", {"roi": [700, 1700, 600, 600], "tiling": {"tile_size": 256},
+                                         "segmentation": {"cell_expansion_um": expansion},
+                                         "output": {"label_image": True, "h5ad": False}})
+    res = run(need(CMU1), cfg, tmp_path / "o", progress=False)
+    cells = gpd.read_parquet(tmp_path / "o" / "cells.parquet")
+    labels = tifffile.imread(tmp_path / "o" / "cells_labels.ome.tif")  # label k = row k - 1
+    rgb = open_slide(CMU1).read_region(0, 0, labels.shape[1], labels.shape[0])[:, :, :3].astype(np.float64)
+    od = np.maximum(0, -np.log10(np.maximum(rgb, 1) / 255)).reshape(-1, 3)
+    h, e = np.array([0.65, 0.70, 0.29]), np.array([0.2159, 0.8012, 0.5581])
+    h, e = h / np.linalg.norm(h), e / np.linalg.norm(e)
+    r = np.cross(h, e)
+    stains = od @ np.linalg.inv(np.stack([h, e, r / np.linalg.norm(r)]))[:, :2]
+    flat = labels.ravel()
+    count = np.bincount(flat, minlength=len(cells) + 1)[1:]
+    comp = "cell" if expansion else "nucleus"
+    for k, name in enumerate(("Hematoxylin", "Eosin")):
+        expect = np.bincount(flat, stains[:, k], minlength=len(cells) + 1)[1:] / count
+        np.testing.assert_allclose(cells[f"{comp}_od:{name}"], expect, rtol=1e-4)
+    assert (cells["nucleus_od:Hematoxylin"] > cells["nucleus_od:Eosin"]).mean() > 0.9  # nuclei are haematoxylin
+    assert cells["circularity"].between(0.1, 1).all() and (cells["max_caliper_um"] >= cells["min_caliper_um"]).all()
+    assert np.allclose(cells["circularity"], 4 * np.pi * cells["area_um2"] / cells["perimeter_um"] ** 2)
+    q = qupath_check(tmp_path / "o" / "cells.geojson", pixel_size=0.499)
+    have = {k for k, v in q["measurements"]["objectsWithMeasurement"].items() if v == res.n_cells}
+    prim = "Cell" if expansion else "Nucleus"
+    want = {f"{prim}: Circularity", f"{prim}: Max caliper µm", f"{prim}: Min caliper µm",
+            "Nucleus: Hematoxylin OD mean", "Nucleus: Eosin OD mean"}
+    if expansion:
+        want |= {"Cytoplasm: Eosin OD mean", "Cell: Eosin OD mean", "Nucleus/Cell area ratio", "Nucleus: Circularity",
+                 "Nucleus: Max caliper µm", "Nucleus: Area µm^2"}
+        assert cells["nucleus_cell_area_ratio"].between(0, 1).all()
+        assert (cells["cytoplasm_od:Eosin"] > 0).mean() > 0.9
+    assert want <= have, want - have
 
 
 def test_resume_refuses_changed_annotations(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CMU1, need
+from conftest import CMU1, need, qupath_check
 from slidecell import load_config, run
 from slidecell.errors import InputError, OutputError
 from slidecell.export import export
@@ -35,6 +35,8 @@ def test_run_writes_gzipped_geojson_and_csv(cmu1_out):
     with gzip.open(cmu1_out / "cells.geojson.gz", "rt") as fh:
         fc = json.load(fh)
     assert [f["id"] for f in fc["features"]] == list(cells["cell_id"])
+    q = qupath_check(cmu1_out / "cells.geojson.gz", pixel_size=0.499)  # QuPath reads the gzipped file
+    assert q["objectsByClass"] == {"PathDetectionObject": len(cells)}
     csv = pd.read_csv(cmu1_out / "cells.csv")
     assert list(csv.columns) == [c for c in cells.columns if c != "geometry"]
     assert list(csv["cell_id"]) == list(cells["cell_id"])
@@ -45,6 +47,7 @@ def test_export_equals_what_the_run_writes(cmu1_out, tmp_path):
     gj = export(cmu1_out, "geojson", tmp_path / "c.geojson")
     with gzip.open(cmu1_out / "cells.geojson.gz", "rb") as fh:
         assert gj.read_bytes() == fh.read()  # byte for byte: one feature writer for both
+    assert qupath_check(gj)["objectsByClass"]["PathDetectionObject"] > 100
     h = export(cmu1_out, "h5ad", tmp_path / "c.h5ad")
     a, b = ad.read_h5ad(cmu1_out / "cells.h5ad"), ad.read_h5ad(h)
     assert np.array_equal(a.X, b.X)

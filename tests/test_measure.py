@@ -107,3 +107,23 @@ def test_channel_means_exact(rng):
     means = intensity_stats(lab, img, ids)["mean"]
     for k, i in enumerate(ids):
         assert np.allclose(means[k], img[lab == i].mean(axis=0), rtol=1e-6)
+
+
+def test_calipers_match_a_brute_force_search(rng):
+    """Max caliper = the largest vertex distance; min caliper = the smallest width over every
+    direction (searched on a fine grid of angles: never below the exact value)."""
+    from slidecell.measure import calipers, circularity
+
+    polys = [shapely.MultiPoint(rng.normal(size=(rng.integers(3, 40), 2)) * rng.uniform(1, 20)).convex_hull
+             for _ in range(700)] + [shapely.box(0, 0, 4, 2), shapely.Polygon([(0, 0), (3, 0), (0, 4)]), shapely.Polygon()]
+    mx, mn = calipers(np.array(polys, dtype=object))
+    assert mx[-3:].tolist() == pytest.approx([np.hypot(4, 2), 5, 0]) and mn[-3:].tolist() == pytest.approx([2, 2.4, 0])
+    angles = np.linspace(0, np.pi, 4000, endpoint=False)
+    dirs = np.stack([np.cos(angles), np.sin(angles)])
+    for p, a, b in list(zip(polys, mx, mn))[:60]:
+        c = np.asarray(p.exterior.coords)
+        assert a == pytest.approx(np.linalg.norm(c[:, None] - c[None], axis=-1).max(), rel=1e-9)
+        proj = c @ dirs
+        brute = (proj.max(0) - proj.min(0)).min()
+        assert b <= brute + 1e-9 and b == pytest.approx(brute, rel=1e-3)
+    assert circularity([np.pi * 4], [2 * np.pi * 2])[0] == pytest.approx(1.0)

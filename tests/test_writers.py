@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import shapely
 
+from conftest import qupath_check
 from slidecell.engine import cell_ids
 from slidecell.io.writers import (GeoJSONWriter, GeoParquetWriter, H5adWriter, _compact, _decimal_text, atomic_path,
                                   geojson_features, write_h5ad, write_qupath_geojson)
@@ -147,3 +148,20 @@ def test_classes_and_cells_follow_qupath_conventions(rng, tmp_path):
     # geopandas (GDAL's GeoJSON driver) reads the classes and colours too
     g = gpd.read_file(tmp_path / "c.geojson")
     assert g["classification"][0] == {"name": "Tumor", "color": [200, 0, 0]} and g["objectType"][0] == "cell"
+    # and QuPath's own import code: cells with their nuclei, the classes with QuPath's colours
+    q = qupath_check(tmp_path / "c.geojson")
+    assert q["objectsByClass"] == {"PathCellObject": 50} and q["cells"]["withNucleusRoi"] == 50
+    assert q["cells"]["nucleusNotCoveredByCell"] == 0
+    classes = q["classifications"]["classes"]
+    assert set(classes) == {"Tumor", "CD8 T cell"} and q["classifications"]["unclassified"] == 16
+
+
+def test_class_colours_are_qupaths(tmp_path):
+    """QuPath's default classes keep QuPath's colours (its PathClass cache ignores a file's)."""
+    from slidecell.io.writers import QUPATH_CLASS_COLORS
+
+    t = cell_table(np.random.default_rng(3), len(QUPATH_CLASS_COLORS))
+    t["class"] = list(QUPATH_CLASS_COLORS)
+    write_qupath_geojson(t, tmp_path / "c.geojson")
+    q = qupath_check(tmp_path / "c.geojson")
+    assert {k: tuple(v) for k, v in q["defaultClassesCreatedFirst"].items()} == QUPATH_CLASS_COLORS

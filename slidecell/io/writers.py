@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ..table import QUPATH_NAMES, layer_columns, mean_columns, qupath_measurement_name, to_anndata
+from ..table import (NUCLEUS_SHAPE, OD_COLUMN, QUPATH_NAMES, layer_columns, mean_columns, qupath_measurement_name,
+                     to_anndata)
 
 
 def pid_alive(pid: int) -> bool:
@@ -100,8 +101,9 @@ def write_text_atomic(path, text: str) -> None:
 def _measurement_names(table: pd.DataFrame, cells: bool | None = None) -> list[tuple[str, str]]:
     if cells is None:  # whole cells when nuclei are outlined too, or when cell layers exist
         cells = "nucleus_geometry" in table.columns or any(lay.startswith("cell_") for lay in layer_columns(table))
-    cols = [c for c in QUPATH_NAMES if c in table.columns] + [c for c in ("nucleus_area_um2", "confidence")
+    cols = [c for c in QUPATH_NAMES if c in table.columns] + [c for c in (*NUCLEUS_SHAPE, "confidence")
                                                                if c in table.columns]
+    cols += [c for c in table.columns if OD_COLUMN.match(c)]
     cols += mean_columns(table) + [c for cs in layer_columns(table).values() for c in cs]
     return [(c, qupath_measurement_name(c, cells)) for c in cols]
 
@@ -191,7 +193,7 @@ def _measurements_json(values: np.ndarray, names: list[str]) -> list[str]:
 #: QuPath's own colours for its standard classes; other classes get a colour hashed from the name
 QUPATH_CLASS_COLORS = {
     "Tumor": (200, 0, 0), "Stroma": (150, 200, 150), "Immune cells": (160, 90, 160), "Necrosis": (50, 50, 50),
-    "Other": (255, 200, 0), "Region*": (0, 0, 180), "Ignore*": (180, 180, 180), "Positive": (200, 50, 50),
+    "Other": (255, 200, 0), "Region*": (0, 0, 180), "Ignore*": (180, 180, 180), "Positive": (250, 62, 62),
     "Negative": (112, 112, 225),
 }
 
