@@ -27,7 +27,9 @@ def cell_table(rng, n: int, channels=("DAPI", "CD3")) -> pd.DataFrame:
         "x_um": x * 0.25, "y_um": y * 0.25, "area_um2": rng.uniform(5, 200, n),
         "perimeter_um": rng.uniform(5, 60, n), "eccentricity": rng.uniform(0, 1, n),
         "solidity": rng.uniform(0.5, 1, n), "major_axis_um": rng.uniform(3, 20, n),
-        "minor_axis_um": rng.uniform(2, 10, n), "touches_tile_edge": rng.random(n) < 0.1,
+        "minor_axis_um": rng.uniform(2, 10, n), "circularity": rng.uniform(0.3, 1, n),
+        "max_caliper_um": rng.uniform(5, 30, n), "min_caliper_um": rng.uniform(2, 5, n),
+        "touches_tile_edge": rng.random(n) < 0.1,
     })
     for c in channels:
         t[MEAN_PREFIX + c] = rng.uniform(0, 3000, n).astype(np.float32)
