@@ -54,6 +54,7 @@ def cohort(runs: dict[str, Path], out) -> Path:
     with atomic_path(out / "cohort.h5ad") as tmp:
         ad.experimental.concat_on_disk({k: str(f) for k, f in files.items()}, str(tmp), join="outer", label="sample",
                                        index_unique=None)
+        _merge_tissue_images(files.values(), tmp)
     summary = pd.DataFrame([summarize(r, k) for k, r in runs.items()])
     with atomic_path(out / "cohort_summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
@@ -65,6 +66,23 @@ def cohort(runs: dict[str, Path], out) -> Path:
         enrich.to_csv(tmp, index=False)
     _report(summary, densities, enrich, out / "cohort_report.html")
     return out
+
+
+def _merge_tissue_images(files, out: Path) -> None:
+    """Every slide's ``uns['spatial'][slide_id]`` (the tissue images) into the cohort's AnnData,
+    so that squidpy draws each slide's cells on its tissue (``library_key='slide_id'``).
+    anndata's on-disk concatenation keeps no ``uns``; these are copied one slide at a time."""
+    import h5py
+    from anndata.io import read_elem, write_elem
+
+    spatial = {}
+    for f in files:
+        with h5py.File(f, "r") as src:
+            if "uns/spatial" in src:
+                spatial.update(read_elem(src["uns/spatial"]))
+    if spatial:
+        with h5py.File(out, "r+") as dst:
+            write_elem(dst.require_group("uns"), "spatial", spatial)
 
 
 def _gather(runs: dict[str, Path], name: str) -> pd.DataFrame:

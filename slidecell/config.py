@@ -190,6 +190,9 @@ class OutputConfig(Strict):
     label_image: bool = False
     #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
     geojson_precision: int = Field(3, ge=0, le=6)
+    #: the tissue under the cells in the AnnData (uns['spatial'], squidpy's layout: a ~2,000 px
+    #: and a ~600 px image of the slide), so that squidpy/scanpy plots draw the cells on it
+    tissue_image: bool = True
     #: keep the chunk cache (OUT/.slidecell) after a finished run; by default it is removed once
     #: the run (and its analysis stage) completed, when cells.parquet holds every cell
     keep_chunks: bool = False

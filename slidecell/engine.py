@@ -945,6 +945,11 @@ class _OutputStream:
         self.var, self.slide_id = reader.channel_table(), slide_id(info)
         self.uns = run_uns(info, cfg.model_dump(mode="json"), __version__)
         self.outputs = output_paths(cfg, out)
+        self.spatial = None
+        if cfg.output.tissue_image and "h5ad" in self.outputs:  # the tissue under squidpy's plots
+            from .io.tissue_image import nuclear_channels, tissue_images
+
+            self.spatial = tissue_images(reader, info["modality"], nuclear_channels(info, reader.channel_names))
         #: the guard behind the ownership rule: no two cells of different tiles on the same spot
         self.seams = None if tile_exact else SeamResolver(plan)
         self.dropped_ids: set = set()
@@ -987,7 +992,7 @@ class _OutputStream:
 
         ready, nxt = set(), 0
         with CellFiles(self.outputs, self.schema, self.offset, self.cfg.output.geojson_precision, self.uns, self.var,
-                       self.slide_id) as files:
+                       self.slide_id, spatial=self.spatial) as files:
             while True:
                 item = self.queue.get()
                 if item == "abort":

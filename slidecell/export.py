@@ -80,8 +80,13 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
             export(run_dir, "h5ad", tmp, overwrite=True)
             return write_zarr_from_h5ad(tmp, out)
     uns = run_uns(info, cfg, info.get("slidecell_version"))
+    spatial = None
+    if fmt == "h5ad" and ((cfg.get("output") or {}).get("tissue_image", True)):
+        from .io.tissue_image import from_run
+
+        spatial = from_run(info)  # the tissue images, as the run writes them
     with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(info),
-                   slide_id(info), info.get("whole_cells")) as files:
+                   slide_id(info), info.get("whole_cells"), spatial=spatial) as files:
         for part in parts_factory():
             files.write(part)
     return out

@@ -225,13 +225,14 @@ REGION = "cells"
 
 
 def to_anndata(table: pd.DataFrame, uns: dict | None = None, var: pd.DataFrame | None = None,
-               slide_id: str | None = None):
+               slide_id: str | None = None, spatial: dict | None = None):
     """AnnData (scverse conventions): ``X`` = mean intensity per channel over the cell;
     ``layers`` = the other statistics/compartments (``nucleus_mean``, ``cell_median``...);
     ``obs`` = cell id (index), ``slide_id``, ``region``, morphology, centroids in level-0
     pixels; ``obsm['spatial']`` = centroids in µm; ``var`` indexed by marker name with the
     channel index and what the image says of it (``var`` rows from the reader's
-    :meth:`~slidecell.io.SlideReader.channel_table`); ``uns['slidecell']`` = ``uns``."""
+    :meth:`~slidecell.io.SlideReader.channel_table`); ``uns['slidecell']`` = ``uns``;
+    ``uns['spatial'][slide_id]`` = ``spatial`` (the tissue images, :mod:`slidecell.io.tissue_image`)."""
     import anndata as ad
 
     channels = channel_names(table)
@@ -255,4 +256,6 @@ def to_anndata(table: pd.DataFrame, uns: dict | None = None, var: pd.DataFrame |
     adata = ad.AnnData(X=X, obs=obs, var=v, layers=layers)
     adata.obsm["spatial"] = table[["x_um", "y_um"]].to_numpy(np.float64)
     adata.uns["slidecell"] = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in (uns or {}).items() if v is not None}
+    if spatial is not None:
+        adata.uns["spatial"] = {slide_id or "slide": spatial}
     return adata

@@ -52,6 +52,8 @@ def test_cohort_workflow_runs(cohort_config):
     out = tmp / "out"
     c = ad.read_h5ad(out / "cohort" / "cohort.h5ad")
     assert set(c.obs["sample"].unique()) == {"cmu1", "ndpi", "vectra", "synthetic"}
+    # each slide's tissue image, under the slide's id (squidpy: library_key="slide_id")
+    assert set(c.uns["spatial"]) == set(c.obs["slide_id"].astype(str).unique()) and len(c.uns["spatial"]) == 4
     summary = pd.read_csv(out / "cohort" / "cohort_summary.csv").set_index("sample")
     for s in summary.index:
         assert summary.loc[s, "cells"] == (c.obs["sample"] == s).sum() > 50

@@ -355,13 +355,14 @@ class H5adWriter:
     ``benchmarks/bench_h5ad.py``). With ``n``, :meth:`close` checks that exactly ``n`` cells came."""
 
     def __init__(self, path, schema, uns: dict | None = None, n: int | None = None, var=None,
-                 slide_id: str | None = None, compression: str | None = "gzip", level: int | None = 1):
+                 slide_id: str | None = None, compression: str | None = "gzip", level: int | None = 1,
+                 spatial: dict | None = None):
         import h5py
 
         from ..table import empty_table
 
         self.n, self.var, self.slide_id = n, var, slide_id
-        to_anndata(empty_table(schema), uns, var, slide_id).write_h5ad(path)
+        to_anndata(empty_table(schema), uns, var, slide_id, spatial).write_h5ad(path, compression=compression)
         self.f = h5py.File(path, "r+")
         obs = self.f["obs"]
         self.keys = ["X", "obsm/spatial", "obs/" + obs.attrs["_index"]]
@@ -469,11 +470,11 @@ class CellFiles:
     and renamed into place when the ``with`` block ends without error; on error none is."""
 
     def __init__(self, paths: dict[str, Path], schema, offset=(0, 0), precision: int = 3, uns: dict | None = None,
-                 var=None, slide_id: str | None = None, whole_cells: bool | None = None):
+                 var=None, slide_id: str | None = None, whole_cells: bool | None = None, spatial: dict | None = None):
         from ..table import as_schema
 
         self.paths, self.schema, self.offset, self.precision, self.uns = paths, as_schema(schema), offset, precision, uns
-        self.var, self.slide_id, self.whole_cells = var, slide_id, whole_cells
+        self.var, self.slide_id, self.whole_cells, self.spatial = var, slide_id, whole_cells, spatial
         self.n = self.n_touch = 0
 
     def __enter__(self):
@@ -490,7 +491,7 @@ class CellFiles:
                     self.gj = GeoJSONWriter(fh, self.offset, self.precision, cells=self.whole_cells)
             if "h5ad" in self.paths:
                 self.hw = H5adWriter(self.stack.enter_context(atomic_path(self.paths["h5ad"])), self.schema, self.uns,
-                                     var=self.var, slide_id=self.slide_id)
+                                     var=self.var, slide_id=self.slide_id, spatial=self.spatial)
                 self.stack.callback(self.hw.f.close)
         except BaseException:
             self.stack.__exit__(None, None, None)
