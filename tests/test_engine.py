@@ -59,6 +59,9 @@ def test_run_outputs(cmu1_run):
     # AnnData: one row per polygon, channels in var, µm centroids in obsm
     assert list(adata.var_names) == ["Red", "Green", "Blue"]
     assert list(adata.obs_names) == list(parquet["cell_id"])
+    # the shared identifiers in every table output
+    assert (parquet["slide_id"].astype(str) == "CMU-1-Small-Region").all()
+    assert list(adata.obs["slide_id"].astype(str)) == list(parquet["slide_id"].astype(str))
     assert np.allclose(adata.obsm["spatial"], parquet[["x"]].assign(y=parquet["y"]).to_numpy() * 0.499)
     assert {"area_um2", "eccentricity", "solidity", "perimeter_um"} <= set(adata.obs.columns)
     assert np.allclose(adata.X[:, 0], parquet["mean:Red"])
@@ -285,6 +288,10 @@ def test_cells_larger_than_the_overlap(tmp_path, max_overlap_um, whole):
         assert big["area_um2"].max() < giant_px
     assert max_overlap_fraction(cells.geometry[~cells["touches_tile_edge"]].to_numpy()) <= 0.05
     assert r.n_cells == len(cells)
+
+
+def _cells(out):
+    return gpd.read_parquet(out / "cells.parquet").sort_values("cell_id").reset_index(drop=True)
 
 
 @pytest.mark.parametrize("engine", [{"post_workers": 0}, {"post_workers": 2, "post_parallel": "processes"}])

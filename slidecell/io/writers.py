@@ -501,18 +501,22 @@ class CellFiles:
     def __exit__(self, *exc):
         if exc[0] is None:
             if "parquet" in self.paths and self.pw is None:  # no cells at all
-                from ..table import empty_table
-
-                write_geoparquet(empty_table(self.schema), self.paths["parquet"])
+                write_geoparquet(self._empty(), self.paths["parquet"])
             if "csv" in self.paths and self.csv is None:
-                from ..table import empty_table
-
                 with atomic_path(self.paths["csv"]) as tmp:
-                    empty_table(self.schema).drop(columns=["geometry", "nucleus_geometry"], errors="ignore").to_csv(
+                    self._empty().drop(columns=["geometry", "nucleus_geometry"], errors="ignore").to_csv(
                         tmp, index=False)
             if self.gj is not None:
                 self.gj.close()
         return self.stack.__exit__(*exc)
+
+    def _empty(self):
+        from ..table import empty_table
+
+        table = empty_table(self.schema)
+        if self.slide_id is not None:
+            table.insert(1, "slide_id", pd.Series(dtype="object"))
+        return table
 
     def write(self, at) -> None:
         """One part, as an Arrow table."""
@@ -521,6 +525,11 @@ class CellFiles:
         if not at.num_rows:
             return
         cells = at.drop_columns([c for c in ("feature",) if c in at.column_names])
+        if self.slide_id is not None and "slide_id" not in cells.column_names:  # as in the AnnData's obs
+            import pyarrow as pa
+
+            cells = cells.add_column(1, "slide_id", pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(cells.num_rows, np.int32)), pa.array([self.slide_id])))
         self.n += at.num_rows
         self.n_touch += int(pc.sum(at.column("touches_tile_edge")).as_py() or 0)
         if "parquet" in self.paths:
