@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, short_repr
 
@@ -154,6 +154,11 @@ class MeasureConfig(Strict):
     @classmethod
     def _stains(cls, v):
         if isinstance(v, dict):
+            import re
+
+            bad = [k for k in v if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", k)]
+            if bad:
+                raise ValueError(f"stain names {bad}: letters, digits, '_', '.', '-' only (they name columns)")
             if not 2 <= len(v) <= 3 or any(len(x) != 3 or not all(c >= 0 for c in x) or sum(x) <= 0 for x in v.values()):
                 raise ValueError("give two or three stains, each as three non-negative numbers (r, g, b)")
         return v
@@ -190,12 +195,23 @@ class OutputConfig(Strict):
     label_image: bool = False
     #: decimals kept for polygon coordinates in GeoJSON (level-0 pixels)
     geojson_precision: int = Field(3, ge=0, le=6)
+    #: a SpatialData store (cells.spatialdata.zarr: the multiscale image with named channels, the
+    #: cell and nucleus shapes, the table annotating them), written from the run's h5ad and
+    #: GeoParquet (both needed) before run.json
+    spatialdata: bool = False
     #: the tissue under the cells in the AnnData (uns['spatial'], squidpy's layout: a ~2,000 px
     #: and a ~600 px image of the slide), so that squidpy/scanpy plots draw the cells on it
     tissue_image: bool = True
     #: keep the chunk cache (OUT/.slidecell) after a finished run; by default it is removed once
     #: the run (and its analysis stage) completed, when cells.parquet holds every cell
     keep_chunks: bool = False
+
+    @model_validator(mode="after")
+    def _spatialdata_sources(self):
+        if self.spatialdata and not (self.h5ad and self.parquet):
+            raise ValueError("spatialdata: the store is made from the run's h5ad and parquet; set output.h5ad and "
+                             "output.parquet to true (or export it later: slidecell export RUN --to spatialdata)")
+        return self
 
 
 class Config(Strict):

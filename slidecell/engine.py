@@ -585,6 +585,13 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                                              plan.summary(),
                                              cfg.tiling.model_dump(mode="json"))
         timings["label_image"] = time.perf_counter() - t0
+    if cfg.output.spatialdata:  # from the h5ad and GeoParquet just written
+        from .io.spatialdata import SPATIALDATA_NAME, write_spatialdata
+
+        t0 = time.perf_counter()
+        outputs["spatialdata"] = write_spatialdata(out, out / SPATIALDATA_NAME, outputs["h5ad"], outputs["parquet"],
+                                                   info={**info, "slide": str(slide)})
+        timings["spatialdata"] = time.perf_counter() - t0
     if n_cells == 0:
         where = "the region (ROI or annotations)" if roi is not None else "the slide"
         why = "no tissue was found in it" if not plan.tiles else "the segmentation found none in its tissue"

@@ -419,7 +419,7 @@ class MeasureSpec:
         return ("nucleus", "cytoplasm", "cell") if self.with_nuclei else (self.primary,)
 
     def od_columns(self) -> list[str]:
-        return [f"{comp}_od:{stain}" for comp in self.od_compartments() for stain in self.stains]
+        return [f"{comp}_od_{stain}" for comp in self.od_compartments() for stain in self.stains]
 
     def schema(self):
         from .table import CellSchema
@@ -428,7 +428,7 @@ class MeasureSpec:
                           self.confidence, tuple(self.od_columns()))
 
     def measure_stains(self, nuclei: np.ndarray, cells: np.ndarray | None, image: np.ndarray, ids: np.ndarray) -> dict:
-        """``{<compartment>_od:<stain>: values}``: each stain's mean optical density."""
+        """``{<compartment>_od_<stain>: values}``: each stain's mean optical density."""
         if not self.stains:
             return {}
         inverse = np.asarray(self.stain_matrix, np.float64).reshape(3, 3)
@@ -438,7 +438,7 @@ class MeasureSpec:
             means = {comp: split[(comp, "mean")] for comp in self.od_compartments()}
         else:
             means = {self.primary: intensity_stats(nuclei, od, ids, ("mean",))["mean"]}
-        return {f"{comp}_od:{stain}": values[:, k] for comp, values in means.items()
+        return {f"{comp}_od_{stain}": values[:, k] for comp, values in means.items()
                 for k, stain in enumerate(self.stains)}
 
     def measure(self, nuclei: np.ndarray, cells: np.ndarray | None, image: np.ndarray, ids: np.ndarray) -> dict:

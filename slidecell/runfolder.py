@@ -90,9 +90,10 @@ def provenance(started: float) -> dict:
 def owned_names() -> list[str]:
     """The top-level entries of a run folder that slidecell writes."""
     from .io.label_image import LABELS_NAME
+    from .io.spatialdata import SPATIALDATA_NAME
     from .io.writers import OUTPUT_NAMES
 
-    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), LABELS_NAME, "analysis"]
+    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), LABELS_NAME, SPATIALDATA_NAME, "analysis"]
 
 
 def _is_ours_tmp(name: str, owned) -> bool:

@@ -28,9 +28,9 @@ A :class:`pandas.DataFrame`, one row per cell, with these columns:
 ``nucleus_area_um2``      with whole cells (nuclei expanded): the nucleus' area, and its shape
 ``nucleus_<shape>``       (``nucleus_perimeter_um``, ``nucleus_circularity``, calipers) and
                           ``nucleus_cell_area_ratio``
-``<compartment>_od:<stain>``  brightfield: mean optical density of each stain (colour
-                          deconvolution, as QuPath), e.g. ``nucleus_od:Hematoxylin``,
-                          ``cytoplasm_od:Eosin`` (QuPath: ``Nucleus: Hematoxylin OD mean``)
+``<compartment>_od_<stain>``  brightfield: mean optical density of each stain (colour
+                          deconvolution, as QuPath), e.g. ``nucleus_od_Hematoxylin``,
+                          ``cytoplasm_od_Eosin`` (QuPath: ``Nucleus: Hematoxylin OD mean``)
 ``geometry``              shapely Polygon in level-0 pixels (the cell; the nucleus when cells
                           are the nuclei)
 ``nucleus_geometry``      with whole cells: the nucleus outline
@@ -75,8 +75,9 @@ NUCLEUS_SHAPE = {
 }
 #: per-object columns that go into ``obs`` and QuPath as they are (when the table has them)
 EXTRA_OBS = ("mask_label", "confidence", *NUCLEUS_SHAPE)
-#: a stain column: ``<compartment>_od:<stain>`` (mean optical density of the stain)
-OD_COLUMN = re.compile(r"^(?P<comp>cell|nucleus|cytoplasm)_od:(?P<stain>.+)$")
+#: a stain column: ``<compartment>_od_<stain>`` (mean optical density of the stain)
+#: (an ``obs`` column: letters, digits, ``_.-`` only, as SpatialData requires)
+OD_COLUMN = re.compile(r"^(?P<comp>cell|nucleus|cytoplasm)_od_(?P<stain>[A-Za-z0-9_.-]+)$")
 CONFIDENCE_NAME = "Detection probability"  # as QuPath's StarDist detections call it
 
 
@@ -99,7 +100,7 @@ class CellSchema:
     source_labels: bool = False
     #: ``confidence``: the segmentation's score of each object
     confidence: bool = False
-    #: stain columns (``nucleus_od:Hematoxylin``...) of a brightfield image
+    #: stain columns (``nucleus_od_Hematoxylin``...) of a brightfield image
     od: tuple[str, ...] = ()
 
     def intensity_columns(self) -> list[str]:

@@ -97,3 +97,35 @@ def test_label_image_pyramid(cmu1_out, tmp_path):
                                                                               "h5ad": False}})
     r = run(CMU1, cfg, tmp_path / "run", progress=False)
     assert np.array_equal(tifffile.imread(r.outputs["labels"]), lab)
+
+
+def test_run_writes_a_spatialdata_store_that_spatialdata_plot_renders(tmp_path):
+    """`output.spatialdata: true`: the run writes cells.spatialdata.zarr (a multiscale image,
+    ≥ 2 scales for a slide over 2k px, with named channels; the cell shapes; the table), which
+    `spatialdata.read_zarr` reads and spatialdata-plot draws (image under the shapes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import spatialdata as sd
+    import spatialdata_plot  # noqa: F401  (registers .pl)
+
+    from slidecell.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="spatialdata: the store is made from the run.s h5ad and parquet"):
+        load_config(None, {"output": {"spatialdata": True, "parquet": False}})
+    cfg = load_config("he-brightfield", {"roi": [700, 1700, 600, 600], "output": {"spatialdata": True, "geojson": False}})
+    res = run(need(CMU1), cfg, tmp_path / "run", progress=False)
+    assert res.outputs["spatialdata"] == tmp_path / "run" / "cells.spatialdata.zarr"
+    s = sd.read_zarr(res.outputs["spatialdata"])
+    img = s.images["image"]
+    assert list(img.keys()) == ["scale0", "scale1"]  # 2220 × 2967 px: two scales
+    assert img["scale0"]["image"].shape == (3, 2967, 2220)
+    assert list(img["scale0"]["image"].coords["c"].values) == ["Red", "Green", "Blue"]
+    assert len(s.shapes["cells"]) == res.n_cells == s.tables["table"].n_obs
+    fig, ax = plt.subplots(figsize=(4, 5))
+    s.pl.render_images("image").pl.render_shapes("cells", color="area_um2").pl.show(ax=ax)
+    assert len(ax.images) == 1 and len(ax.collections) >= 1
+    fig.savefig(tmp_path / "sdata.png")
+    plt.close(fig)
+    assert (tmp_path / "sdata.png").stat().st_size > 10_000

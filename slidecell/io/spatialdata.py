@@ -50,9 +50,9 @@ def _lazy_image(info: dict, block: int = 2048):
     return reader, da.concatenate(rows, axis=1), list(reader.channel_names), scale
 
 
-def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = True) -> Path:
-    """Write the SpatialData store ``out`` (replaced atomically) from a run's folder, its h5ad
-    table and GeoParquet outlines."""
+def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = True, info: dict | None = None) -> Path:
+    """Write the SpatialData store ``out`` (replaced atomically) from a run's folder (its
+    run.json, or ``info`` while the run writes it), its h5ad table and GeoParquet outlines."""
     import anndata as ad
     import geopandas as gpd
     from spatialdata import SpatialData
@@ -60,7 +60,7 @@ def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = Tru
     from spatialdata.transformations import Scale
 
     run_dir, out = Path(run_dir), Path(out)
-    info = json.loads((run_dir / "run.json").read_text())
+    info = info if info is not None else json.loads((run_dir / "run.json").read_text())
     adata = ad.read_h5ad(table_h5ad)
     adata.obs[INSTANCE_KEY] = np.arange(adata.n_obs, dtype=np.int64)
     gdf = gpd.read_parquet(cells_parquet)
