@@ -4,7 +4,9 @@ to an annotation, and coordinates that land on the nuclei of the real slide."""
 from __future__ import annotations
 
 import gzip
+import os
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -94,6 +96,34 @@ def test_own_output_round_trips(cmu1_cells):
     gi = shapely.area(shapely.intersection(g.geometry.to_numpy(), b)) / shapely.area(shapely.union(g.geometry.to_numpy(), b))
     assert gi.min() >= 0.999
     assert np.allclose([m["Nucleus: Area µm^2"] for m in g["measurements"]], cells["area_um2"], rtol=1e-6)
+
+
+def test_groovy_import_script(cmu1_cells):
+    """scripts/qupath_import_cells.groovy, run by Groovy on QuPath's core classes with the
+    scripting calls bound to a plain hierarchy: every cell of the run lands in it; an image of
+    another size is refused. Skipped without groovy (apt: groovy) or the QuPath classes."""
+    import shutil
+    import subprocess
+
+    from conftest import QUPATH_CHECK, REPO
+
+    groovy, java = shutil.which("groovy"), shutil.which("java")
+    jars = sorted((QUPATH_CHECK.parent / "lib").glob("*.jar"))
+    if not (groovy and java and jars):
+        pytest.skip("groovy, java or QuPath's core classes (../shared/tools/qupath-geojson/lib) not available")
+    env = {**os.environ, "JAVA_HOME": str(Path(java).resolve().parent.parent)}
+    n = len(gpd.read_parquet(cmu1_cells / "cells.parquet"))
+
+    def script(w, h):
+        return subprocess.run([groovy, "-cp", ":".join(map(str, jars)), str(REPO / "tests" / "qupath_script_harness.groovy"),
+                               str(REPO / "scripts" / "qupath_import_cells.groovy"), str(cmu1_cells), str(w), str(h)],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    ok = script(2220, 2967)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert f"Imported {n} objects" in ok.stdout and f"hierarchy: {n} detections" in ok.stdout
+    other = script(1000, 1000)
+    assert other.returncode != 0 and "The run was made on a 2220 x 2967 image" in other.stderr + other.stdout
 
 
 def test_annotation_restricts_the_run(tmp_path):
