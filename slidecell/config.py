@@ -143,10 +143,11 @@ class MeasureConfig(Strict):
     membrane_um: float = Field(1.0, gt=0, le=20)
     #: brightfield stains measured as mean optical density per compartment (QuPath's
     #: ``Nucleus: Hematoxylin OD mean``...): "auto" (H&E for an RGB brightfield slide, none
-    #: otherwise), "H&E" or "H-DAB" (QuPath's default vectors), "none", or the vectors by name,
-    #: e.g. ``{Hematoxylin: [0.63, 0.68, 0.37], Eosin: [0.18, 0.82, 0.54]}`` (QuPath's "Estimate
-    #: stain vectors" values; two or three stains)
-    stains: Literal["auto", "none", "H&E", "H-DAB"] | dict[str, list[float]] = "auto"
+    #: otherwise), "H&E" or "H-DAB" (QuPath's default vectors), "estimate" (H&E vectors estimated
+    #: on the slide's calibration tiles, as QuPath's "Estimate stain vectors"; recorded in
+    #: run.json), "none", or the vectors by name, e.g. ``{Hematoxylin: [0.63, 0.68, 0.37], Eosin:
+    #: [0.18, 0.82, 0.54]}`` (two or three stains)
+    stains: Literal["auto", "none", "H&E", "H-DAB", "estimate"] | dict[str, list[float]] = "auto"
     #: the slide's background (white) RGB for the optical densities; null: 255, 255, 255
     stain_background: list[float] | None = None
 

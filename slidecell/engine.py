@@ -32,7 +32,8 @@ from .io import SlideReader, open_slide
 from .io.label_image import LABELS_NAME
 from .io.writers import (OUTPUT_NAMES, CellFiles, geojson_features, run_uns, slide_id, write_text_atomic,
                          write_zarr_from_h5ad)
-from .measure import MeasureSpec, calipers, circularity, ellipse_axes, expand_nuclei, label_moments
+from .measure import (MeasureSpec, calipers, circularity, ellipse_axes, estimate_stains, expand_nuclei,
+                      label_moments)
 from .polygons import outline_labels
 from .progress import RunProgress
 from .runfolder import RUN_FILE, WORK_DIR, RunFolder, file_digests, provenance
@@ -497,16 +498,26 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                     f"{', '.join(diff)}); refusing to mix results: pass --overwrite or choose another --out"
                 )
             segmenter.state = old["segmenter_state"]
+            stains = old.get("stain_vectors")
         else:
             t0 = time.perf_counter()
             windows = calibration_windows(plan, tissue, roi, min_fraction=cfg.tissue.min_fraction)
             samples = [img for _, img in stream(windows)]
             segmenter.calibrate(samples)
+            stains = None
+            if cfg.measure.stains == "estimate" and measure.stains:  # the slide's own stain vectors
+                stains = estimate_stains(samples, background=measure.stain_background)
+                if stains is None:
+                    warnings.append("measure.stains: too few stained pixels to estimate the stain vectors; "
+                                    "QuPath's default H&E vectors used")
             del samples
             timings["calibrate"] = time.perf_counter() - t0
             manifest["segmenter_state"] = segmenter.state
+            manifest["stain_vectors"] = stains
             manifest["modality"] = modality
             write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
+        if stains:
+            measure = measure.with_stains(stains)
 
         ctx = TileContext(
             slide_key=fingerprint["sha256_head_tail"][:16], scale=plan.scale, mpp0=mpp0,
@@ -536,6 +547,8 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
             "segmentation_backend": cfg.segmentation.backend,
             "segmentation": segmenter.describe(),
             "segmenter_state": segmenter.state,
+            # the stains measured (QuPath's "Estimate stain vectors" values: name, unit r, g, b)
+            "stain_vectors": [[k, list(v)] for k, v in measure.stain_vectors] or None,
             "input_files": manifest["input_files"],
             "memory_estimate_gib": round(need_bytes / 2**30, 2),
             "warnings": warnings,

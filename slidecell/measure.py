@@ -121,6 +121,40 @@ def stain_matrix(vectors) -> np.ndarray:
     return np.linalg.inv(np.stack(rows))
 
 
+def estimate_stains(images, reference=DEFAULT_STAINS["H&E"], background=(255.0, 255.0, 255.0),
+                    min_od: float = 0.15, max_od: float = 2.5, percentile: float = 1.0):
+    """The slide's own two stain vectors from its pixels (H×W×3 RGB images), as QuPath's
+    *Estimate stain vectors* and Macenko et al. (2009): the optical densities of stained pixels
+    (total OD between ``min_od`` and ``max_od``) projected on the plane of their two principal
+    directions; the stains are the directions at the ``percentile`` and 100 − ``percentile`` of
+    the angle in that plane, named after the ``reference`` stain each is closest to. Returns
+    ``((name, (r, g, b)), (name, (r, g, b)))`` unit vectors, or None when too few pixels are
+    stained (under 1,000)."""
+    bg = np.asarray(background, np.float64)
+    od = np.concatenate([np.maximum(0.0, -np.log10(np.maximum(im[:, :, :3].reshape(-1, 3).astype(np.float64), 1.0) / bg))
+                         for im in images]) if len(images) else np.zeros((0, 3))
+    total = od.sum(1)
+    od = od[(total > min_od) & (total < max_od)]
+    if len(od) < 1000:
+        return None
+    _, vecs = np.linalg.eigh(np.cov(od.T))
+    plane = vecs[:, [2, 1]]  # the two largest
+    plane[:, 0] *= np.sign(plane[:, 0].sum()) or 1.0  # the main direction points into positive OD
+    proj = od @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [percentile, 100 - percentile])
+    found = []
+    for angle in (lo, hi):
+        v = plane @ np.array([np.cos(angle), np.sin(angle)])
+        v = np.abs(v) if (v < 0).sum() >= 2 else np.clip(v, 0, None)
+        found.append(v / np.linalg.norm(v))
+    refs = [np.asarray(v) / np.linalg.norm(v) for _, v in reference]
+    # the stain closer to the first reference (haematoxylin) takes its name
+    if found[0] @ refs[0] - found[0] @ refs[1] < found[1] @ refs[0] - found[1] @ refs[1]:
+        found.reverse()
+    return tuple((name, tuple(float(x) for x in v)) for (name, _), v in zip(reference, found))
+
+
 def stain_od(rgb: np.ndarray, inverse: np.ndarray, background=(255.0, 255.0, 255.0), n: int = 2) -> np.ndarray:
     """Each pixel's amount of the first ``n`` stains (H×W×n float32), as QuPath: the optical
     density of each channel ``max(0, -log10(max(v, 1) / background))``, then the stain matrix."""
@@ -327,10 +361,9 @@ class MeasureSpec:
     objects: str = "nuclei"
     #: the segmentation scores its objects: kept as ``confidence``
     confidence: bool = False
-    #: brightfield stains measured as mean optical density (names; the tile's first three
-    #: channels are R, G, B), their deconvolution matrix (row-major 3×3) and the background RGB
-    stains: tuple[str, ...] = ()
-    stain_matrix: tuple[float, ...] = ()
+    #: brightfield stains measured as mean optical density (the tile's first three channels are
+    #: R, G, B): ``((name, (r, g, b)), ...)`` and the background RGB
+    stain_vectors: tuple = ()
     stain_background: tuple[float, float, float] = (255.0, 255.0, 255.0)
 
     @classmethod
@@ -345,6 +378,8 @@ class MeasureSpec:
         stains = measure.stains
         if stains == "auto":
             stains = "H&E" if rgb and modality == "brightfield" else "none"
+        if stains == "estimate":  # H&E until the slide's own are estimated (with_stains)
+            stains = "H&E"
         if stains != "none" and not rgb:
             raise ConfigError(f"measure.stains: stain optical densities need an RGB brightfield image; this one has "
                               f"channels {names}")
@@ -352,8 +387,7 @@ class MeasureSpec:
             tuple((k, tuple(v)) for k, v in stains.items())
         stain_kw = {}
         if vectors:
-            stain_kw = {"stains": tuple(k for k, _ in vectors),
-                        "stain_matrix": tuple(stain_matrix([v for _, v in vectors]).ravel()),
+            stain_kw = {"stain_vectors": tuple((k, tuple(map(float, v))) for k, v in vectors),
                         "stain_background": tuple(map(float, measure.stain_background or (255, 255, 255)))}
         wanted = list(measure.channels) or names
         missing = [c for c in wanted if c not in names]
@@ -411,6 +445,17 @@ class MeasureSpec:
             out += [f"{comp}_{s}" for s in stats + [_pct_name(q) for q in pcts] if (comp, s) != (self.primary, "mean")]
         return out
 
+    def with_stains(self, vectors) -> "MeasureSpec":
+        """This spec measuring the stains ``((name, (r, g, b)), ...)`` (e.g. estimated on the slide)."""
+        import dataclasses
+
+        return dataclasses.replace(self, stain_vectors=tuple((k, tuple(map(float, v))) for k, v in vectors))
+
+    @property
+    def stains(self) -> tuple[str, ...]:
+        """The names of the stains measured."""
+        return tuple(k for k, _ in self.stain_vectors)
+
     def od_compartments(self) -> tuple[str, ...]:
         """Where the stains' optical densities are measured: the nucleus, and with whole cells
         its cytoplasm and the cell (as QuPath's cell detection)."""
@@ -431,7 +476,7 @@ class MeasureSpec:
         """``{<compartment>_od_<stain>: values}``: each stain's mean optical density."""
         if not self.stains:
             return {}
-        inverse = np.asarray(self.stain_matrix, np.float64).reshape(3, 3)
+        inverse = stain_matrix([v for _, v in self.stain_vectors])
         od = stain_od(image, inverse, self.stain_background, len(self.stains))
         if self.with_nuclei:
             split = split_means(nuclei, cells, od, ids)

@@ -334,26 +334,36 @@ def test_resume_refuses_swapped_weights(tmp_path):
     assert again.n_cells == first.n_cells and again.resumed_chunks == 1
 
 
-@pytest.mark.parametrize("expansion", [0.0, 3.0], ids=["nuclei", "cells"])
-def test_stain_od_and_shape_as_qupath(tmp_path, expansion):
+@pytest.mark.parametrize("expansion,stains", [(0.0, "auto"), (3.0, "auto"), (0.0, "estimate")],
+                         ids=["nuclei", "cells", "estimated-stains"])
+def test_stain_od_and_shape_as_qupath(tmp_path, expansion, stains):
     """H&E: each object's mean Hematoxylin and Eosin optical density equals a plain numpy colour
     deconvolution (QuPath's: OD = -log10(max(v, 1) / 255), unit stain vectors, the residual as
-    their cross product) of its pixels in the label image; QuPath reads them under its names,
-    with circularity, calipers and, for whole cells, the nucleus' shape and area ratio."""
+    their cross product) of its pixels in the label image, with QuPath's default vectors or the
+    slide's own (estimated, recorded in run.json, near the defaults); QuPath reads them under its
+    names, with circularity, calipers and, for whole cells, the nucleus' shape and area ratio."""
     import tifffile
 
     from slidecell import open_slide
 
     cfg = load_config("he-brightfield", {"roi": [700, 1700, 600, 600], "tiling": {"tile_size": 256},
                                          "segmentation": {"cell_expansion_um": expansion},
+                                         "measure": {"stains": stains},
                                          "output": {"label_image": True, "h5ad": False}})
     res = run(need(CMU1), cfg, tmp_path / "o", progress=False)
+    (hn, h), (en, e) = res.info["stain_vectors"]
+    default_h, default_e = np.array([0.65, 0.70, 0.29]), np.array([0.2159, 0.8012, 0.5581])
+    if stains == "auto":
+        assert (hn, en) == ("Hematoxylin", "Eosin") and np.allclose(h, default_h) and np.allclose(e, default_e)
+    else:  # the slide's own: within 15° of the defaults, not equal to them
+        for v, ref in ((h, default_h), (e, default_e)):
+            angle = np.degrees(np.arccos(np.dot(v, ref) / np.linalg.norm(v) / np.linalg.norm(ref)))
+            assert 0.5 < angle < 15, angle
     cells = gpd.read_parquet(tmp_path / "o" / "cells.parquet")
     labels = tifffile.imread(tmp_path / "o" / "cells_labels.ome.tif")  # label k = row k - 1
     rgb = open_slide(CMU1).read_region(0, 0, labels.shape[1], labels.shape[0])[:, :, :3].astype(np.float64)
     od = np.maximum(0, -np.log10(np.maximum(rgb, 1) / 255)).reshape(-1, 3)
-    h, e = np.array([0.65, 0.70, 0.29]), np.array([0.2159, 0.8012, 0.5581])
-    h, e = h / np.linalg.norm(h), e / np.linalg.norm(e)
+    h, e = np.asarray(h) / np.linalg.norm(h), np.asarray(e) / np.linalg.norm(e)
     r = np.cross(h, e)
     stains = od @ np.linalg.inv(np.stack([h, e, r / np.linalg.norm(r)]))[:, :2]
     flat = labels.ravel()
