@@ -138,6 +138,32 @@ def apply_classifier(adata, model_path, key: str = "phenotype") -> None:
     adata.obs[key + "_probability"] = proba.max(axis=1)
 
 
+CLASSIFIED_NAME = "cells_classified.geojson"
+
+
+def classify_run(run_dir, model_path, out=None, overwrite: bool = False) -> tuple[Path, dict]:
+    """Apply a classifier (:func:`train_classifier`) to a finished run's cells and write them as
+    QuPath GeoJSON with their class (``classification {name, color}``) and the class probability
+    (``Classification probability``), streamed from the run's cells; ``out`` defaults to
+    ``RUN/cells_classified.geojson``. Returns the file and the count per class."""
+    import anndata as ad
+
+    from .export import export
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file() or not (run_dir / "cells.h5ad").is_file():
+        raise InputError(f"{run_dir}: not a finished slidecell run with cells.h5ad (run `slidecell run` first, "
+                         "or `slidecell export RUN --to h5ad`)")
+    adata = ad.read_h5ad(run_dir / "cells.h5ad")
+    apply_classifier(adata, model_path, "class")
+    out = Path(out) if out is not None else run_dir / CLASSIFIED_NAME
+    extra = pd.DataFrame({"class": adata.obs["class"].astype(str).to_numpy(),
+                          "class_probability": adata.obs["class_probability"].to_numpy(np.float32)},
+                         index=adata.obs_names)
+    written = export(run_dir, "geojson", out, overwrite=overwrite, extra=extra)
+    return written, {str(k): int(v) for k, v in adata.obs["class"].value_counts().items()}
+
+
 def load_classifier(model_path) -> dict:
     """A classifier file written by :func:`train_classifier`, loaded without running any code
     from it: a pickle/joblib file, a damaged file or one holding other types is refused."""

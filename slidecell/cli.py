@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 
 
+#: the held-out evaluation shipped with the repository (not relative to the working directory)
+EVALUATE_DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "evaluate" / "nuclei-heldout.yaml"
+
+
 def _print_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -31,7 +35,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, metavar="",
                                           help="print the version and exit")):
     """slidecell: every cell out of a whole-slide or multiplexed image."""
 
@@ -56,20 +60,28 @@ def _parse_roi(text: str | None):
 
 @app.command()
 def run(
-    slide: Path = typer.Argument(..., help="slide or image file"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config file or preset name (configs/)"),
-    out: Path = typer.Option(Path("slidecell-out"), "--out", "-o", help="output directory"),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm (required when the slide does not record it)"),
-    roi: Optional[str] = typer.Option(None, "--roi", help="region of interest x,y,width,height in level-0 pixels"),
-    annotations: Optional[Path] = typer.Option(None, "--annotations", help="QuPath GeoJSON: run only inside its annotations"),
-    annotation_class: Optional[list[str]] = typer.Option(None, "--annotation-class", help="only annotations of this class (repeatable)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="parallel tile readers (overrides the config)"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="run on Dask: 'local' (a LocalCluster) or a scheduler address"),
-    dask_workers: Optional[int] = typer.Option(None, "--dask-workers", help="workers of the local Dask cluster"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
-    keep_chunks: bool = typer.Option(False, "--keep-chunks",
+    slide: Path = typer.Argument(..., metavar="SLIDE", help="slide or image file"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", metavar="PRESET|YAML",
+                                         help="YAML config file or preset name (configs/)"),
+    out: Path = typer.Option(Path("slidecell-out"), "--out", "-o", metavar="DIR", help="output directory"),
+    mpp: Optional[float] = typer.Option(None, "--mpp", metavar="µm/px",
+                                        help="level-0 pixel size in µm (required when the slide does not record it)"),
+    roi: Optional[str] = typer.Option(None, "--roi", metavar="X,Y,W,H",
+                                      help="region of interest x,y,width,height in level-0 pixels"),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", metavar="GEOJSON",
+                                               help="QuPath GeoJSON: run only inside its annotations"),
+    annotation_class: Optional[list[str]] = typer.Option(None, "--annotation-class", metavar="CLASS",
+                                                         help="only annotations of this class (repeatable)"),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N",
+                                          help="parallel tile readers (overrides the config)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="local|ADDRESS",
+                                            help="run on Dask: 'local' (a LocalCluster) or a scheduler address"),
+    dask_workers: Optional[int] = typer.Option(None, "--dask-workers", metavar="N",
+                                               help="workers of the local Dask cluster"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="replace a finished run in --out"),
+    keep_chunks: bool = typer.Option(False, "--keep-chunks", metavar="",
                                      help="keep the chunk cache (OUT/.slidecell) after the run completes"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="no progress"),
 ):
     """Segment and measure every nucleus of SLIDE; write cells.geojson, cells.parquet, cells.h5ad."""
     from . import load_config
@@ -100,12 +112,14 @@ def run(
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="output directory of a finished `slidecell run`"),
-    to: str = typer.Option(..., "--to", help="geojson, geojson.gz, parquet, h5ad, csv, zarr (AnnData), labels "
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output directory of a finished `slidecell run`"),
+    to: str = typer.Option(..., "--to", metavar="FORMAT",
+                           help="geojson, geojson.gz, parquet, h5ad, csv, zarr (AnnData), labels "
                                              "(OME-TIFF label pyramid) or spatialdata (image + shapes + table)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="file to write (default: in RUN_DIR)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing file"),
-    image: bool = typer.Option(True, "--image/--no-image", help="spatialdata: include the image (multiscale)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="file to write (default: in RUN_DIR)"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="replace an existing file"),
+    image: bool = typer.Option(True, "--image/--no-image", metavar="",
+                               help="spatialdata: include the image (multiscale)"),
 ):
     """Write the cells of a finished run in another format (streamed, bounded memory; zarr and
     spatialdata hold the cell table in memory)."""
@@ -116,11 +130,14 @@ def export(
 
 @app.command()
 def analyze(
-    source: Path = typer.Argument(..., help="a run folder (its cells.h5ad) or any AnnData (.h5ad/.zarr) with obsm['spatial'] in µm"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="analysis YAML (its 'analysis:' section or the whole file)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: SOURCE_FOLDER/analysis)"),
-    report: bool = typer.Option(True, "--report/--no-report", help="also write report.html"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing analysis"),
+    source: Path = typer.Argument(..., metavar="SOURCE",
+                                  help="a run folder (its cells.h5ad) or any AnnData (.h5ad/.zarr) with obsm['spatial'] in µm"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="YAML",
+                                          help="analysis YAML (its 'analysis:' section or the whole file)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="output folder (default: SOURCE_FOLDER/analysis)"),
+    report: bool = typer.Option(True, "--report/--no-report", metavar="", help="also write report.html"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="replace an existing analysis"),
 ):
     """Phenotypes, spatial statistics and tumour–immune metrics; tidy CSVs, cells_analyzed.h5ad."""
     from .analyze import analyze as do_analyze
@@ -136,9 +153,11 @@ def analyze(
 
 @app.command(name="report")
 def report_cmd(
-    analysis_dir: Path = typer.Argument(..., help="folder written by slidecell analyze"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: ANALYSIS_DIR/report.html)"),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="the run folder (default: where the analysed cells came from)"),
+    analysis_dir: Path = typer.Argument(..., metavar="ANALYSIS_DIR", help="folder written by slidecell analyze"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                       help="HTML file (default: ANALYSIS_DIR/report.html)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run", metavar="DIR",
+                                           help="the run folder (default: where the analysed cells came from)"),
 ):
     """A self-contained HTML report of an analysis (and its run)."""
     from .report import build_report
@@ -148,8 +167,9 @@ def report_cmd(
 
 @app.command(name="cohort")
 def cohort_cmd(
-    runs: list[str] = typer.Argument(..., help="run folders, as SAMPLE=FOLDER or FOLDER (sample = folder name)"),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    runs: list[str] = typer.Argument(..., metavar="RUNS",
+                                     help="run folders, as SAMPLE=FOLDER or FOLDER (sample = folder name)"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="output folder"),
 ):
     """Concatenate runs into cohort.h5ad (obs['sample']) with per-slide summaries and a report."""
     from .cohort import cohort
@@ -168,9 +188,11 @@ app.add_typer(classify_app, name="classify")
 
 @classify_app.command("train")
 def classify_train(
-    run_dir: Path = typer.Argument(..., help="a finished run folder (cells.h5ad)"),
-    labels: Path = typer.Option(..., "--labels", help="QuPath GeoJSON with classified cells/detections/annotations"),
-    out: Path = typer.Option(..., "--out", "-o", help="model file to write (.skops: loads without running code)"),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a finished run folder (cells.h5ad)"),
+    labels: Path = typer.Option(..., "--labels", metavar="GEOJSON",
+                                help="QuPath GeoJSON with classified cells/detections/annotations"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE",
+                             help="model file to write (.skops: loads without running code)"),
 ):
     """Train a random forest on the cells a user classified in QuPath."""
     import anndata as ad
@@ -188,10 +210,25 @@ def classify_train(
     typer.echo(json.dumps(train_classifier(adata, lab, out), indent=1))
 
 
+@classify_app.command("apply")
+def classify_apply(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a finished run folder (cells.h5ad)"),
+    model: Path = typer.Option(..., "--model", "-m", metavar="FILE", help="classifier from `slidecell classify train`"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                       help="GeoJSON to write (default: RUN_DIR/cells_classified.geojson)"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="replace an existing file"),
+):
+    """Classify a run's cells; write them as QuPath GeoJSON with their classes."""
+    from .classify import classify_run
+
+    path, counts = classify_run(run_dir, model, out, overwrite=overwrite)
+    typer.echo(json.dumps({"out": str(path), "classes": counts}, indent=1))
+
+
 @app.command()
 def info(
-    slide: Path = typer.Argument(..., help="slide or image file"),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 pixel size in µm"),
+    slide: Path = typer.Argument(..., metavar="SLIDE", help="slide or image file"),
+    mpp: Optional[float] = typer.Option(None, "--mpp", metavar="µm/px", help="level-0 pixel size in µm"),
 ):
     """Print what slidecell reads from SLIDE: reader, levels, pixel size, channels, and the
     modality `run` will use (JSON)."""
@@ -204,13 +241,19 @@ def info(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="training config (YAML), e.g. configs/train/nuclei.yaml"),
-    out: Path = typer.Option(..., "--out", "-o", help="run folder: checkpoints, metrics.jsonl, model.safetensors"),
-    data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
-    ship: bool = typer.Option(False, "--ship", help="copy the best model into the package with its model card"),
-    evaluation: Optional[Path] = typer.Option(None, "--evaluation", help="evaluation.json to cite in the model card"),
-    min_confidence: float = typer.Option(0.0, "--min-confidence", help="with --ship: the model's confidence threshold (choose it on validation images: benchmarks/choose_confidence.py)"),
-    min_area_um2: float = typer.Option(2.0, "--min-area-um2", help="with --ship: the model's smallest nucleus in µm²"),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="training config (YAML), e.g. configs/train/nuclei.yaml"),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
+                             help="run folder: checkpoints, metrics.jsonl, model.safetensors"),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR",
+                                        help="folder of annotated sets (overrides data_root)"),
+    ship: bool = typer.Option(False, "--ship", metavar="",
+                              help="copy the best model into the package with its model card"),
+    evaluation: Optional[Path] = typer.Option(None, "--evaluation", metavar="JSON",
+                                              help="evaluation.json to cite in the model card"),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", metavar="P",
+                                         help="with --ship: the model's confidence threshold (choose it on validation images: benchmarks/choose_confidence.py)"),
+    min_area_um2: float = typer.Option(2.0, "--min-area-um2", metavar="µm²",
+                                       help="with --ship: the model's smallest nucleus in µm²"),
 ):
     """Train the built-in nucleus model; rerun the same command to resume after an interruption."""
     from .train import ship as ship_model
@@ -225,12 +268,16 @@ def train(
 
 @app.command()
 def evaluate(
-    config: Path = typer.Argument(Path("configs/evaluate/nuclei-heldout.yaml"), help="evaluation config (YAML)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write evaluation.json and evaluation.md here"),
-    data: Optional[Path] = typer.Option(None, "--data", help="folder of annotated sets (overrides data_root)"),
-    backend: Optional[list[str]] = typer.Option(None, "--backend", "-b", help="only these backends (labels)"),
-    sets: Optional[list[str]] = typer.Option(None, "--set", "-s", help="only these sets (labels)"),
-    append: bool = typer.Option(False, "--append", help="keep results already in --out for what is not scored now"),
+    config: Path = typer.Argument(EVALUATE_DEFAULT, metavar="CONFIG", help="evaluation config (YAML)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="write evaluation.json and evaluation.md here"),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR",
+                                        help="folder of annotated sets (overrides data_root)"),
+    backend: Optional[list[str]] = typer.Option(None, "--backend", "-b", metavar="NAME",
+                                                help="only these backends (labels)"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", "-s", metavar="NAME", help="only these sets (labels)"),
+    append: bool = typer.Option(False, "--append", metavar="",
+                                help="keep results already in --out for what is not scored now"),
 ):
     """Score every configured backend on labelled images: mSA, F1@0.5, PQ, AJI, s/MP."""
     from .evaluate import evaluate as run_eval

@@ -33,11 +33,13 @@ def _read_schema(path: Path):
         raise InputError(f"{path}: not a readable Parquet file (truncated or damaged: {str(err)[:120]})") from None
 
 
-def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = True) -> Path:
+def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = True, extra=None) -> Path:
     """Write the cells of the finished run in ``run_dir`` as ``fmt`` (one of
     :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv, zarr; labels (OME-TIFF label
     pyramid) or spatialdata (image + shapes + table; ``image=False`` leaves the image out)) to ``out`` (default: the
-    format's file name in ``run_dir``). Returns the path written."""
+    format's file name in ``run_dir``). ``extra``: columns to add to the table files, a DataFrame
+    indexed by cell id (e.g. ``class``, which GeoJSON writes as the QuPath classification).
+    Returns the path written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -88,6 +90,10 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
     with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(info),
                    slide_id(info), info.get("whole_cells"), spatial=spatial) as files:
         for part in parts_factory():
+            if extra is not None:
+                ids = part.column("cell_id").to_pandas()
+                for col in extra.columns:
+                    part = part.append_column(col, pa.array(extra[col].reindex(ids).to_numpy()))
             files.write(part)
     return out
 

@@ -141,7 +141,9 @@ def gate(adata, config: GatingConfig | dict, key: str = "phenotype") -> pd.DataF
     Returns the gates table (marker, gate, how it was found, cofactor, fraction positive)."""
     cfg = config if isinstance(config, GatingConfig) else GatingConfig.model_validate(config)
     if not cfg.phenotypes:
-        raise ConfigError("gating: no phenotypes given")
+        raise ConfigError("gating: no phenotypes given: pass an analysis config (-c) with phenotype.gating.phenotypes "
+                          "(e.g. configs/analysis/tumor-immune.yaml, marker names as in the run), or phenotype.method: "
+                          "leiden (clusters named after their markers) or existing (a column already in obs)")
     names = list(adata.var_names)
     used = list(dict.fromkeys(m for r in cfg.phenotypes for m in r.markers()))
     missing = [m for m in used + list(cfg.gates) if m not in names]

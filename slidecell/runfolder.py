@@ -93,7 +93,8 @@ def owned_names() -> list[str]:
     from .io.spatialdata import SPATIALDATA_NAME
     from .io.writers import OUTPUT_NAMES
 
-    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), LABELS_NAME, SPATIALDATA_NAME, "analysis"]
+    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), LABELS_NAME, SPATIALDATA_NAME, "cells_classified.geojson",
+            "analysis"]
 
 
 def _is_ours_tmp(name: str, owned) -> bool:

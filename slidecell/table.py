@@ -143,6 +143,8 @@ def qupath_measurement_name(column: str, whole_cells: bool) -> str | None:
         return f"{COMPARTMENT_LABEL[m.group('comp')]}: {m.group('stain')} OD mean"
     if column == "confidence":
         return CONFIDENCE_NAME
+    if column == "class_probability":  # of the class a classifier gave (slidecell classify apply)
+        return "Classification probability"
     if column.startswith(MEAN_PREFIX):
         return f"{primary}: {column[len(MEAN_PREFIX):]}: Mean"
     m = LAYER_COLUMN.match(column)

@@ -14,7 +14,7 @@ import pytest
 import shapely
 from skimage.draw import polygon as draw_polygon
 
-from conftest import CMU1, NDPI, SHARED, need
+from conftest import CMU1, NDPI, SHARED, need, qupath_check
 from slidecell import load_config, open_slide, read_qupath_geojson, run
 from slidecell.errors import InputError
 
@@ -124,6 +124,34 @@ def test_groovy_import_script(cmu1_cells):
     assert f"Imported {n} objects" in ok.stdout and f"hierarchy: {n} detections" in ok.stdout
     other = script(1000, 1000)
     assert other.returncode != 0 and "The run was made on a 2220 x 2967 image" in other.stderr + other.stdout
+
+
+def test_classify_apply_writes_classes_qupath_reads(cmu1_cells, tmp_path, capsys):
+    """`slidecell classify train` on cells labelled in QuPath, then `classify apply`: the run's
+    cells as QuPath GeoJSON with their classes (QuPath's colours for its own), read by QuPath's
+    own import code with every class and probability; the classes follow the labels' rule."""
+    from slidecell.cli import main
+
+    cells = gpd.read_parquet(cmu1_cells / "cells.parquet")
+    truth = np.where(cells["area_um2"] > cells["area_um2"].median(), "Tumor", "Stroma")
+    pick = np.random.default_rng(0).choice(len(cells), 300, replace=False)
+    feats = [{"type": "Feature", "geometry": shapely.geometry.mapping(shapely.Point(cells["x"].iloc[i], cells["y"].iloc[i]).buffer(2)),
+              "properties": {"objectType": "detection", "classification": {"name": str(truth[i])}}} for i in pick]
+    (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    assert main(["classify", "train", str(cmu1_cells), "--labels", str(tmp_path / "labels.geojson"),
+                 "-o", str(tmp_path / "m.skops")]) == 0
+    capsys.readouterr()
+    assert main(["classify", "apply", str(cmu1_cells), "--model", str(tmp_path / "m.skops")]) == 0
+    counts = json.loads(capsys.readouterr().out)["classes"]
+    out = cmu1_cells / "cells_classified.geojson"
+    q = qupath_check(out, pixel_size=0.499)
+    assert q["objectsByClass"] == {"PathDetectionObject": len(cells)}
+    assert q["classifications"]["unclassified"] == 0
+    assert {k: v["count"] if isinstance(v, dict) else v for k, v in q["classifications"]["classes"].items()} == counts
+    assert q["measurements"]["objectsWithMeasurement"]["Classification probability"] == len(cells)
+    got = [f["properties"]["classification"]["name"] for f in json.loads(out.read_text())["features"]]
+    assert np.mean(np.array(got) == truth) > 0.85
+    assert main(["classify", "apply", str(cmu1_cells), "--model", str(tmp_path / "m.skops")]) == 2  # exists
 
 
 def test_annotation_restricts_the_run(tmp_path):

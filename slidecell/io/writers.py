@@ -101,7 +101,7 @@ def write_text_atomic(path, text: str) -> None:
 def _measurement_names(table: pd.DataFrame, cells: bool | None = None) -> list[tuple[str, str]]:
     if cells is None:  # whole cells when nuclei are outlined too, or when cell layers exist
         cells = "nucleus_geometry" in table.columns or any(lay.startswith("cell_") for lay in layer_columns(table))
-    cols = [c for c in QUPATH_NAMES if c in table.columns] + [c for c in (*NUCLEUS_SHAPE, "confidence")
+    cols = [c for c in QUPATH_NAMES if c in table.columns] + [c for c in (*NUCLEUS_SHAPE, "confidence", "class_probability")
                                                                if c in table.columns]
     cols += [c for c in table.columns if OD_COLUMN.match(c)]
     cols += mean_columns(table) + [c for cs in layer_columns(table).values() for c in cs]
