@@ -1,17 +1,42 @@
 #!/usr/bin/env bash
 # Run the test suite (sets up .venv first). Extra arguments go to pytest.
-# Without arguments, the Cellpose backend's tests then run in their own environments
-# (.venv-cellpose for cellpose 3, .venv-cellpose4 for Cellpose-SAM; see benchmarks/peers/
-# setup_cellpose*.sh); SLIDECELL_SKIP_PEERS=1 skips them.
+# Without arguments, the Cellpose backend's tests then run in their own environments:
+# cellpose 3 (.venv-cellpose) only where its offline weights are (../shared/models, or
+# SLIDECELL_PEERS=1 to build it anyway), Cellpose-SAM (.venv-cellpose4) always (its tests build a
+# network offline); see benchmarks/peers/setup_cellpose*.sh. SLIDECELL_SKIP_PEERS=1 skips them.
+# The last line printed is the summary of every part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # the cohort workflow's tests call Snakemake from its own environment
 bash workflows/setup.sh
-.venv/bin/python -m pytest -q "$@"
+
+logs=$(mktemp -d)
+summary=()
+status=0
+part() {  # part NAME PYTHON PYTEST-ARGS...: run one pytest, keep its summary line and exit code
+  local name=$1 python=$2
+  shift 2
+  local rc=0
+  "$python" -m pytest "$@" 2>&1 | tee "$logs/$name.log" || rc=$?
+  local last
+  last=$(grep -E "^(=+ )?([0-9]+ (passed|failed|skipped|errors?|deselected|xfailed|xpassed)|no tests ran)" \
+         "$logs/$name.log" | tail -1 | sed -E 's/^=+ //; s/ =+$//' || true)
+  summary+=("$name: ${last:-no summary} (exit $rc)")
+  [ "$rc" -eq 0 ] || status=$rc
+}
+
+part "main suite" .venv/bin/python -q "$@"
 if [ $# -eq 0 ] && [ -z "${SLIDECELL_SKIP_PEERS:-}" ]; then
-  bash benchmarks/peers/setup_cellpose.sh
-  .venv-cellpose/bin/python -m pytest -q -p no:cacheprovider -m cellpose
+  if compgen -G "../shared/models/cellpose*" > /dev/null || [ -n "${SLIDECELL_PEERS:-}" ]; then
+    bash benchmarks/peers/setup_cellpose.sh
+    part "cellpose 3" .venv-cellpose/bin/python -q -p no:cacheprovider -m cellpose
+  else
+    summary+=("cellpose 3: not run (no weights in ../shared/models; SLIDECELL_PEERS=1 runs it)")
+  fi
   bash benchmarks/peers/setup_cellpose4.sh
-  .venv-cellpose4/bin/python -m pytest -q -p no:cacheprovider -m cellpose4
+  part "cellpose 4" .venv-cellpose4/bin/python -q -p no:cacheprovider -m cellpose4
 fi
+echo
+echo "slidecell tests: $(IFS=';'; echo "${summary[*]}" | sed 's/;/; /g')"
+exit "$status"

@@ -430,3 +430,16 @@ def test_squidpy_draws_the_cells_on_the_tissue(tmp_path, which):
     assert (tmp_path / "scatter.png").stat().st_size > 10_000
     b = ad.read_h5ad(export(tmp_path / "run", "h5ad", tmp_path / "exported.h5ad"))
     assert np.array_equal(b.uns["spatial"][lib]["images"]["lowres"], a.uns["spatial"][lib]["images"]["lowres"])
+
+
+def test_analyze_without_phenotypes_says_what_to_give(tmp_path, capsys):
+    """`slidecell analyze` with no config on cells without phenotypes: one line naming the
+    config keys and the shipped example, exit 2, nothing written."""
+    from slidecell.cli import main
+
+    a, _ = tissue("mixed", size_um=600, seed=3)
+    a.write_h5ad(tmp_path / "cells.h5ad")
+    assert main(["analyze", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "an")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "phenotype.gating.phenotypes" in err[0] and "configs/analysis/tumor-immune.yaml" in err[0]
+    assert "leiden" in err[0] and not (tmp_path / "an" / "analysis.json").exists()
