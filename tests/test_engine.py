@@ -319,7 +319,8 @@ def test_resume_refuses_swapped_weights(tmp_path):
 
     weights = tmp_path / "w.safetensors"
     shutil.copy(WEIGHTS_DIR / "nuclei.safetensors", weights)
-    cfg = load_config("he-brightfield", {"roi": [800, 1200, 400, 400], "output": {"geojson": False, "h5ad": False},
+    cfg = load_config("he-brightfield", {"roi": [800, 1200, 400, 400],
+                                         "output": {"geojson": False, "h5ad": False, "keep_chunks": True},
                                          "segmentation": {"params": {"model": str(weights)}}})
     out = tmp_path / "o"
     first = run(need(CMU1), cfg, out, progress=False)
@@ -396,7 +397,7 @@ def test_resume_refuses_changed_annotations(tmp_path):
     ann = tmp_path / "a.geojson"
     ann.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     original = ann.read_bytes()
-    cfg = load_config("he-brightfield", {"output": {"geojson": False, "h5ad": False}})
+    cfg = load_config("he-brightfield", {"output": {"geojson": False, "h5ad": False, "keep_chunks": True}})
     out = tmp_path / "o"
     first = run(need(CMU1), cfg, out, annotations=ann, progress=False)
     assert f"annotations:{ann}" in json.loads((out / "run.json").read_text())["input_files"]

@@ -462,11 +462,12 @@ def test_resume_refuses_a_changed_markers_file(tmp_path):
     (tmp_path / "markers.csv").write_text(csv_text(names))
     with open_slide(tmp_path / "img.ome.tif") as r:
         assert list(r.channel_names) == names
-    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "geojson": False, "h5ad": False},
+    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "geojson": False, "h5ad": False,
+                                                                       "keep_chunks": True},
                                                             "tissue": {"enabled": False}})
     out = tmp_path / "o"
     slidecell.run(tmp_path / "img.ome.tif", cfg, out, progress=False)
-    (out / "run.json").unlink()
+    (out / "run.json").unlink()  # as if stopped after its last chunk
     swapped = list(names)  # dsDNA and HH3 swapped: the same names on other channels
     swapped[1], swapped[2] = names[2], names[1]
     (tmp_path / "markers.csv").write_text(csv_text(swapped))
