@@ -361,9 +361,60 @@ class H5adWriter:
 
         from ..table import empty_table
 
-        self.n, self.var, self.slide_id = n, var, slide_id
-        to_anndata(empty_table(schema), uns, var, slide_id, spatial).write_h5ad(path, compression=compression)
-        self.f = h5py.File(path, "r+")
+        self.n, self.var, self.slide_id, self.path, self.f = n, var, slide_id, Path(path), None
+        images = sum(v.nbytes for v in ((spatial or {}).get("images") or {}).values())
+        self._check_room(images)
+        with self._failing():
+            to_anndata(empty_table(schema), uns, var, slide_id, spatial).write_h5ad(path, compression=compression)
+            self.f = h5py.File(path, "r+")
+            self._resizable(compression, level)
+        self.pos = 0
+
+    #: free space kept beyond what a write needs: HDF5 must never meet a full disk (HDF5 2.0
+    #: leaves the process unusable, and crashing at exit, after a write that failed for want of
+    #: space), so a full disk is reported before it writes (ENOSPC, one line, resumable)
+    HEADROOM = 64 << 20
+
+    def _check_room(self, nbytes: int) -> None:
+        import errno
+        import shutil
+
+        free = shutil.disk_usage(self.path.parent).free
+        if free < nbytes + self.HEADROOM:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free >> 20} MiB free; the h5ad needs "
+                                        f"{(nbytes + self.HEADROOM) >> 20} MiB of room)", str(self.path))
+
+    @contextlib.contextmanager
+    def _failing(self):
+        """HDF5 work that may fail (a full disk): on failure the file is closed here and now, its
+        objects collected, HDF5's complaints while doing so kept off stderr (the caller reports
+        the failure in one line), and a plain OSError naming the file raised without references
+        to HDF5 objects. A file left open behind a failure is closed later by whichever thread
+        collects it, and HDF5 2.0 has crashed in the next file's work after that."""
+        import gc
+        import io
+
+        failure = None
+        try:
+            yield
+        except OSError as err:
+            failure = (err.errno, err.strerror or str(err).split("(")[0].strip())
+        if failure is None:
+            return
+        with contextlib.redirect_stderr(io.StringIO()):
+            if self.f is not None:
+                try:
+                    self.f.close()
+                except Exception:  # noqa: BLE001  (the disk is full: closing reports it again)
+                    pass
+                self.f = None
+            gc.collect()
+        raise OSError(failure[0], failure[1], str(self.path))
+
+    def _resizable(self, compression, level) -> None:
+        """The per-cell arrays anndata wrote empty, made again resizable (and compressed)."""
+        import h5py
+
         obs = self.f["obs"]
         self.keys = ["X", "obsm/spatial", "obs/" + obs.attrs["_index"]]
         self.keys += ["layers/" + k for k in self.f.get("layers", {}).keys()]
@@ -379,7 +430,6 @@ class H5adWriter:
                                         chunks=(max(1024, 65536 // max(1, int(np.prod(shape[1:])))), *shape[1:]),
                                         **packed)
             new.attrs.update(attrs)
-        self.pos = 0
 
     def _values(self, a, key: str):
         if key == "X":
@@ -401,14 +451,19 @@ class H5adWriter:
         if self.n is not None and self.pos + k > self.n:
             raise ValueError(f"more cells than announced ({self.n})")
         a = to_anndata(table, None, self.var, self.slide_id)
+        self._check_room(2 * (a.X.nbytes + sum(v.nbytes for v in a.layers.values()) + 64 * k * a.obs.shape[1]))
         sl = slice(self.pos, self.pos + k)
-        for key in self.keys:
-            self.f[key].resize(self.pos + k, axis=0)
-            self.f[key][sl] = self._values(a, key)
+        with self._failing():
+            for key in self.keys:
+                self.f[key].resize(self.pos + k, axis=0)
+                self.f[key][sl] = self._values(a, key)
         self.pos += k
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            with self._failing():
+                self.f.close()
+            self.f = None
         if self.n is not None and self.pos != self.n:
             raise ValueError(f"wrote {self.pos} cells, announced {self.n}")
 
@@ -492,9 +547,11 @@ class CellFiles:
             if "h5ad" in self.paths:
                 self.hw = H5adWriter(self.stack.enter_context(atomic_path(self.paths["h5ad"])), self.schema, self.uns,
                                      var=self.var, slide_id=self.slide_id, spatial=self.spatial)
-                self.stack.callback(self.hw.f.close)
+                self.stack.callback(self.hw.close)
         except BaseException:
-            self.stack.__exit__(None, None, None)
+            import sys
+
+            self.stack.__exit__(*sys.exc_info())  # as a failure: nothing renamed into place
             raise
         return self
 
