@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/make_venv.sh .venv-cellpose4 "cellpose 4" pyproject.toml "$0" -- "cellpose>=4,<5" "torch==2.13.0" -e ".[test]"
 site="$(.venv-cellpose4/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-if [ ! -f "$site/torchvision/_unavailable.py" ]; then
+# a reinstall (the stamp changed) brings PyPI's torchvision back over the stand-in: its metadata
+# says so even when the stand-in's own files are still there
+if [ ! -f "$site/torchvision/_unavailable.py" ] || compgen -G "$site/torchvision-*.dist-info" > /dev/null; then
   .venv-cellpose4/bin/python -m pip uninstall -q -y torchvision || true
   rm -rf "$site/torchvision"
   cp -r benchmarks/peers/torchvision_standin/torchvision "$site/"
