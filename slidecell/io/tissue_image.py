@@ -36,13 +36,18 @@ def _as_rgb(image: np.ndarray, modality: str, channels: list[int]) -> np.ndarray
 def tissue_images(reader, modality: str, channels: list[int] | None = None) -> dict:
     """``{"images": {hires, lowres}, "scalefactors": {...}, "metadata": {...}}`` for one slide
     (``channels``: the nuclear channels of a fluorescence image)."""
+    import math
+
+    from .base import resize
+
     w0, h0 = reader.dimensions
     side = max(w0, h0)
-    images, scales = {}, {}
-    for name, target in (("hires", HIRES), ("lowres", LOWRES)):
-        mpp = reader.mpp * max(side / target, 1.0)
-        images[name] = _as_rgb(reader.thumbnail(mpp), modality, list(channels or []))
-        scales[f"tissue_{name}_scalef"] = 1.0 / mpp  # image pixels per µm
+    hi_mpp, lo_mpp = (reader.mpp * max(side / target, 1.0) for target in (HIRES, LOWRES))
+    hires = _as_rgb(reader.thumbnail(hi_mpp), modality, list(channels or []))  # the slide read once
+    lo_scale = lo_mpp / reader.mpp
+    lowres = resize(hires, max(1, math.ceil(w0 / lo_scale)), max(1, math.ceil(h0 / lo_scale)))
+    images = {"hires": hires, "lowres": lowres}
+    scales = {"tissue_hires_scalef": 1.0 / hi_mpp, "tissue_lowres_scalef": 1.0 / lo_mpp}  # image pixels per µm
     return {"images": images,
             "scalefactors": {**scales, "spot_diameter_fullres": 10.0},
             "metadata": {"coordinates": "obsm['spatial'] in µm from the slide's level-0 origin",
