@@ -32,7 +32,7 @@ if [ $# -eq 0 ] && [ -z "${SLIDECELL_SKIP_PEERS:-}" ]; then
     bash benchmarks/peers/setup_cellpose.sh
     part "cellpose 3" .venv-cellpose/bin/python -q -p no:cacheprovider -m cellpose
   else
-    summary+=("cellpose 3: not run (no weights in ../shared/models; SLIDECELL_PEERS=1 runs it)")
+    summary+=("cellpose 3: not run (no weights in ../shared/models, SLIDECELL_PEERS=1 runs it)")
   fi
   bash benchmarks/peers/setup_cellpose4.sh
   part "cellpose 4" .venv-cellpose4/bin/python -q -p no:cacheprovider -m cellpose4
