@@ -140,13 +140,13 @@ def analyze(
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="replace an existing analysis"),
 ):
     """Phenotypes, spatial statistics and tumour–immune metrics; tidy CSVs, cells_analyzed.h5ad."""
-    from .analyze import analyze as do_analyze
+    from .analysis.analyze import analyze as do_analyze
 
     out = out or ((source if source.is_dir() else source.parent) / "analysis")
     done = do_analyze(source, out, config, overwrite=overwrite)
     typer.echo(str(done))
     if report:
-        from .report import build_report
+        from .analysis.report import build_report
 
         typer.echo(str(build_report(done)))
 
@@ -160,7 +160,7 @@ def report_cmd(
                                            help="the run folder (default: where the analysed cells came from)"),
 ):
     """A self-contained HTML report of an analysis (and its run)."""
-    from .report import build_report
+    from .analysis.report import build_report
 
     typer.echo(str(build_report(analysis_dir, out, run_dir)))
 
@@ -172,7 +172,7 @@ def cohort_cmd(
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="output folder"),
 ):
     """Concatenate runs into cohort.h5ad (obs['sample']) with per-slide summaries and a report."""
-    from .cohort import cohort
+    from .analysis.cohort import cohort
 
     pairs = {}
     for r in runs:
@@ -197,7 +197,7 @@ def classify_train(
     """Train a random forest on the cells a user classified in QuPath."""
     import anndata as ad
 
-    from .classify import labels_from_geojson, train_classifier
+    from .analysis.classify import labels_from_geojson, train_classifier
 
     from .errors import InputError
 
@@ -219,7 +219,7 @@ def classify_apply(
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="replace an existing file"),
 ):
     """Classify a run's cells; write them as QuPath GeoJSON with their classes."""
-    from .classify import classify_run
+    from .analysis.classify import classify_run
 
     path, counts = classify_run(run_dir, model, out, overwrite=overwrite)
     typer.echo(json.dumps({"out": str(path), "classes": counts}, indent=1))

@@ -12,15 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .errors import ConfigError, short_repr
+from .errors import ConfigError
+from .schema import Strict, deep_merge, read_yaml, validate
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ReaderConfig(Strict):
@@ -251,37 +248,9 @@ class Config(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-from .analyze import AnalysisConfig  # noqa: E402  (the analysis stage's settings)
+from .analysis.config import AnalysisConfig  # noqa: E402  (the analysis stage's settings)
 
 Config.model_rebuild()
-
-
-def safe_yaml(text: str):
-    """``yaml.safe_load`` of a config, refusing anchors/aliases first: a config never needs
-    them, and nested aliases expand exponentially (a "billion laughs" file takes minutes and
-    gigabytes). The event scan reads the text without building anything."""
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in slidecell configs "
-                                 f"(line {event.start_mark.line + 1})")
-    return yaml.safe_load(text)
-
-
-def _format_errors(source: str, err: ValidationError) -> str:
-    parts = []
-    errors = err.errors()
-    for e in errors[:10]:
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = short_repr(e.get("input"))
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}' (value {value})")
-        elif e["type"] == "missing":
-            parts.append(f"'{loc}' is required")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"'{loc}' = {value}: {msg}")
-    more = f"; and {len(errors) - 10} more" if len(errors) > 10 else ""
-    return f"config {source}: " + "; ".join(parts) + more
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -299,10 +268,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config {source}: expected a mapping of keys to values, got {type(data).__name__}")
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+    return validate(Config, data, source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
@@ -312,23 +278,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None:
         p = resolve_config_path(path)
         source = str(p)
-        try:
-            loaded = safe_yaml(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {source}: not valid YAML: {' '.join(str(exc).split())}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config {source}: cannot read it: {exc}") from None
+        loaded = read_yaml(p)
         data = loaded if loaded is not None else {}
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     return config_from_dict(data, source)
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base) if isinstance(base, dict) else {}
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out

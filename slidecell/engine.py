@@ -467,7 +467,7 @@ def _run(reader: SlideReader, slide: Path, cfg: Config, out: Path, mpp, roi, pro
                               "leave it at auto")
         objects = cfg.segmentation.objects
     measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um, plan.mpp,
-                                      source_labels=cfg.segmentation.backend == "mask", objects=objects,
+                                      source_labels=segmenter.labels_are_ids, objects=objects,
                                       confidence=segmenter.confidence, modality=modality)
     segmenter.locate(plan, reader.dimensions)
     need_bytes = check_memory(plan, reader, segmenter, cfg)
@@ -655,8 +655,8 @@ def _analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
 
 
 def _analyze_run(out: Path, cfg: Config, outputs: dict) -> dict:
-    from .analyze import analyze
-    from .report import build_report
+    from .analysis.analyze import analyze
+    from .analysis.report import build_report
 
     if "h5ad" not in outputs:
         from .export import export

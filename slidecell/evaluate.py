@@ -23,24 +23,20 @@ images of a set, the best by mSA is then run on the whole set and reported with 
 from __future__ import annotations
 
 import itertools
-import tempfile
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from .errors import ConfigError
+from .schema import Strict, deep_merge, read_yaml, validate
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EvalSet(_Strict):
+class EvalSet(Strict):
     label: str
     #: folder under ``data_root``: an annotated set (index.csv, images/, labels/) or a folder of
     #: ImageJ-ROI zips (CryoNuSeg: each zip holds the tile and ``RoiSet.zip``)
@@ -70,7 +66,7 @@ class EvalSet(_Strict):
         return self
 
 
-class EvalBackend(_Strict):
+class EvalBackend(Strict):
     label: str
     backend: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -82,7 +78,7 @@ class EvalBackend(_Strict):
     optional: bool = False
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     data_root: str = "../shared/data/nuclei"
     sets: list[EvalSet]
     backends: list[EvalBackend]
@@ -90,20 +86,7 @@ class EvalConfig(_Strict):
 
 
 def load_eval_config(path: str | Path) -> EvalConfig:
-    path = Path(path)
-    try:
-        from .config import safe_yaml
-
-        data = safe_yaml(path.read_text()) or {}
-        return EvalConfig.model_validate(data)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such evaluation config") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    except ValidationError as err:
-        from .config import _format_errors
-
-        raise ConfigError(_format_errors(str(path), err)) from None
+    return validate(EvalConfig, read_yaml(path, "evaluation config") or {}, str(path), "evaluation config")
 
 
 def load_set(root: Path, s: EvalSet) -> list[dict]:
@@ -214,7 +197,7 @@ def run_config(s: EvalSet, modality: str, backend: str, params: dict, overrides:
     """The run config an image of set ``s`` goes through with ``backend``: the set's preset
     (the backend's parameters merged into the preset's when it names the same backend), only
     the GeoParquet written, no analysis."""
-    from .config import _deep_merge, config_from_dict, load_config
+    from .config import config_from_dict, load_config
 
     if s.config:
         base = load_config(s.config)
@@ -224,7 +207,7 @@ def run_config(s: EvalSet, modality: str, backend: str, params: dict, overrides:
                                                      "measure": {"compartments": ["cell"]}})
     else:
         base = load_config("he-brightfield")
-    data = _deep_merge(_deep_merge(base.model_dump(mode="json"), s.overrides), overrides or {})
+    data = deep_merge(deep_merge(base.model_dump(mode="json"), s.overrides), overrides or {})
     seg = data["segmentation"]
     merged = {**seg["params"], **params} if seg["backend"] == backend else dict(params)
     data["segmentation"] = {**seg, "backend": backend, "params": merged}

@@ -69,7 +69,7 @@ def serve() -> None:
     # torch, pandas, the engine, the report: imported once, before any fork
     import slidecell.cli  # noqa: F401
     import slidecell.engine  # noqa: F401
-    import slidecell.report  # noqa: F401
+    import slidecell.analysis.report  # noqa: F401
 
     for line in sys.stdin:
         case = json.loads(line)

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, SHARED, need
-from slidecell.analyze import AnalysisConfig, analyze, analyze_adata
+from slidecell.analysis.config import AnalysisConfig
+from slidecell.analysis.analyze import analyze, analyze_adata
 from slidecell.errors import ConfigError
-from slidecell.phenotype import find_gate, gate, read_phenotype_sheet
-from slidecell.spatial import (TumorConfig, compartment_densities, mixing_score, tumor_compartments)
+from slidecell.analysis.phenotype import find_gate, gate, read_phenotype_sheet
+from slidecell.analysis.spatial import TumorConfig, compartment_densities, mixing_score, tumor_compartments
 from slidecell.testing import RULES, margin_tissue, tissue
 
 EXEMPLAR = SHARED / "cells" / "cycif-exemplar001"
@@ -153,7 +154,7 @@ def test_interaction_calls_agree_with_scimap():
     """scimap 2.3.6's spatial_interaction (kNN, k = 10; recorded by
     benchmarks/peers/run_scimap.sh) and slidecell's neighbourhood enrichment on the same kNN
     graph: for the pairs both call significant, the direction (enriched / depleted) agrees."""
-    from slidecell.spatial import interaction_agreement
+    from slidecell.analysis.spatial import interaction_agreement
 
     rec = pd.read_csv(SCIMAP / "spatial_interaction_knn10.csv")
     a = _exemplar()
@@ -174,7 +175,7 @@ def test_run_with_analysis_and_report(tmp_path):
 
     import slidecell
     from conftest import QPTIFF
-    from slidecell.report import SECTIONS
+    from slidecell.analysis.report import SECTIONS
 
     cfg = slidecell.load_config("multiplex-fluorescence", {
         "output": {"zarr": False, "geojson": False},
@@ -228,7 +229,7 @@ def test_he_classifier_from_qupath_labels(tmp_path):
     coordinates) train a classifier that reaches ≥ 90% on held-out cells."""
     import shapely
 
-    from slidecell.classify import apply_classifier, labels_from_geojson, train_classifier
+    from slidecell.analysis.classify import apply_classifier, labels_from_geojson, train_classifier
 
     rng = np.random.default_rng(7)
     train, truth = _he_cells(3000, rng)
@@ -250,7 +251,7 @@ def test_he_classifier_from_qupath_labels(tmp_path):
     # the analysis records what the classifier file held, not just where it was
     import hashlib
 
-    from slidecell.analyze import analysis_inputs
+    from slidecell.analysis.analyze import analysis_inputs
 
     model = tmp_path / "model.skops"
     cfg = AnalysisConfig.model_validate({"phenotype": {"method": "classifier", "model": str(model)}})
@@ -262,7 +263,7 @@ def test_leiden_clusters_find_the_planted_types():
     names its type's markers."""
     from sklearn.metrics import adjusted_rand_score
 
-    from slidecell.phenotype import cluster
+    from slidecell.analysis.phenotype import cluster
     from slidecell.testing import PANEL
 
     a, _ = tissue("mixed", size_um=1500, seed=6)
@@ -279,7 +280,7 @@ def test_leiden_clusters_find_the_planted_types():
 
 
 def test_report_when_the_subsample_misses_a_rare_phenotype(tmp_path):
-    from slidecell.report import build_report
+    from slidecell.analysis.report import build_report
 
     a, _ = tissue("mixed", size_um=1500, seed=8)
     a.obs["phenotype"] = a.obs["true_type"].astype(str)
@@ -329,7 +330,7 @@ def test_classifier_files_never_run_code(tmp_path):
 
     import skops.io as sio
 
-    from slidecell.classify import apply_classifier
+    from slidecell.analysis.classify import apply_classifier
     from slidecell.errors import InputError
 
     marker = tmp_path / "pwned"

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from slidecell.metrics import SetScore
-from slidecell.segment.builtin.postprocess import maps_to_labels, relabel
+from slidecell.segment.builtin.postprocess import maps_to_labels
+from slidecell.segment.models import relabel
 from slidecell.train.data import targets
 
 

@@ -14,7 +14,7 @@ import shapely
 import tifffile
 
 import slidecell
-from slidecell.config import _deep_merge
+from slidecell.schema import deep_merge as _deep_merge
 from slidecell.metrics import match_polygons, overlapping_pairs
 from conftest import CMU1, SHARED, need, write_ome_pyramid
 

@@ -25,8 +25,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from . import BackendParams, Segmenter, register
+from .base import BackendParams, Segmenter, register
 from .channels import haematoxylin, model_input_channels, smooth
+from .models import relabel
 
 
 class CellposeParams(BackendParams):
@@ -207,7 +208,6 @@ class CellposeSegmenter(Segmenter):
         return smooth(x, sigma_um, self.mpp).astype(np.float32)
 
     def _eval(self, img: np.ndarray, two_channel: bool) -> np.ndarray:
-        from .builtin.postprocess import relabel
 
         p = self.params
         diameter = p.diameter_um / self.mpp if p.diameter_um else None

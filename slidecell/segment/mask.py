@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from . import BackendParams, Segmenter, register
+from .base import BackendParams, Segmenter, register
 
 
 class MaskParams(BackendParams):
@@ -62,6 +62,10 @@ class MaskSegmenter(Segmenter):
         ys = np.minimum(((np.arange(tile.h) + 0.5) * scale).astype(np.int64), h0 - 1)
         xs = np.minimum(((np.arange(tile.w) + 0.5) * scale).astype(np.int64), w0 - 1)
         return region[np.ix_(ys, xs)].astype(np.int32)
+
+    @property
+    def labels_are_ids(self) -> bool:  # the other tool's cell ids are kept (mask_label)
+        return True
 
     @property
     def tile_exact(self) -> bool:  # tests/test_seams.py

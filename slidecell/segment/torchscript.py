@@ -19,7 +19,6 @@ are this backend's defaults.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Literal
 
@@ -28,13 +27,11 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from . import BackendParams, Segmenter, register, window_period
-from .builtin.inputs import resample, resample_factor
-from .builtin.model import default_batch_size
+from .base import BackendParams, Segmenter, register, window_period
+from .models import ModelCache, default_batch_size, pick_device, relabel, resample, resample_factor
 from .channels import model_input_channels
 
-_CACHE: dict[tuple, object] = {}
-_LOCK = threading.Lock()
+_MODULES = ModelCache()
 
 
 class TorchScriptParams(BackendParams):
@@ -61,16 +58,15 @@ class TorchScriptParams(BackendParams):
 def load_module(path: Path, device):
     import torch
 
-    key = (str(path), str(device))
-    with _LOCK:
-        if key not in _CACHE:
-            try:
-                module = torch.jit.load(str(path), map_location=device)
-            except (RuntimeError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ConfigError(f"{path}: not a TorchScript model ({first})") from None
-            _CACHE[key] = module.eval()
-        return _CACHE[key]
+    def load():
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{path}: not a TorchScript model ({first})") from None
+        return module.eval()
+
+    return _MODULES.get((str(path), str(device)), load)
 
 
 @register
@@ -80,7 +76,6 @@ class TorchScriptSegmenter(Segmenter):
 
     def __init__(self, params, channel_names, modality, mpp, nuclear_channels=()):
         super().__init__(params, channel_names, modality, mpp, nuclear_channels)
-        from .builtin.model import pick_device
 
         p = self.params
         path = Path(p.path).expanduser()
@@ -206,7 +201,6 @@ class LabelsBack:
         self.output, self.nuclei_index, self.cells_index, self.min_px = output, nuclei_index, cells_index, min_px
 
     def _one(self, raw: np.ndarray | None, index: int, shape) -> np.ndarray:
-        from .builtin.postprocess import relabel
 
         if raw is None:
             return np.zeros(shape, np.int32)

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage as ndi
 
-from . import BackendParams, Segmenter, register
+from .base import BackendParams, Segmenter, register
 from .channels import haematoxylin, nuclear_or_all
 
 class WatershedParams(BackendParams):

@@ -16,16 +16,14 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from ..errors import ConfigError
+from .. import schema
+from ..schema import Strict, read_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SetSpec(_Strict):
+class SetSpec(Strict):
     #: folder under ``data_root``
     name: str
     #: regular expressions on index.csv columns choosing the training images
@@ -40,7 +38,7 @@ class SetSpec(_Strict):
     license: str = "unknown"
 
 
-class AugmentSpec(_Strict):
+class AugmentSpec(Strict):
     patch: int = Field(192, ge=32, le=1024)
     scale: tuple[float, float] = (0.5, 2.0)
     hed: float = Field(0.25, ge=0, le=1)
@@ -51,7 +49,7 @@ class AugmentSpec(_Strict):
     ink: float = Field(0.0, ge=0, le=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     name: str
     description: str = ""
     research_only: bool = False
@@ -80,21 +78,9 @@ class TrainConfig(_Strict):
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
-    try:
-        from ..config import safe_yaml
-
-        data = safe_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such training config") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path, "training config") or {}
     data.update(overrides or {})
-    try:
-        cfg = TrainConfig.model_validate(data)
-    except ValidationError as err:
-        from ..config import _format_errors
-
-        raise ConfigError(_format_errors(str(path), err)) from None
+    cfg = schema.validate(TrainConfig, data, str(path), "training config")
     for s in cfg.sets:
         split = s.train.get("split")
         if split is not None and __import__("re").fullmatch(split, "test"):
@@ -131,7 +117,8 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
           overrides: dict | None = None, log=print) -> Path:
     import torch
 
-    from ..segment.builtin.model import ModelMeta, Predictor, pick_device, save_weights
+    from ..segment.builtin.model import ModelMeta, Predictor, save_weights
+    from ..segment.models import pick_device
     from ..segment.builtin.net import NetSpec, UNet
     from .data import Augment, sample_batch
 

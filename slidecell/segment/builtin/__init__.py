@@ -11,21 +11,20 @@ and post-processed at the tile's resolution.
 
 from __future__ import annotations
 
-import threading
 from typing import Literal
 
 import cv2
 import numpy as np
 from pydantic import Field
 
-from .. import BackendParams, Scored, Segmenter, register, unscored, window_period
+from ..base import BackendParams, Scored, Segmenter, register, unscored, window_period
 from ..channels import model_input_channels, smooth
-from .inputs import NOISY, NOISY_SMOOTH_UM, fit_range, model_input, noise_ratio, nuclear_signal, resample, resample_factor
-from .model import SHIPPED, PostParams, Predictor, default_batch_size, weights_path
+from ..models import ModelCache, default_batch_size, resample, resample_factor
+from .inputs import NOISY, NOISY_SMOOTH_UM, fit_range, model_input, noise_ratio, nuclear_signal
+from .model import SHIPPED, PostParams, Predictor, weights_path
 from .postprocess import maps_to_labels
 
-_CACHE: dict[tuple, Predictor] = {}
-_LOCK = threading.Lock()
+_PREDICTORS = ModelCache()
 
 
 class BuiltinParams(BackendParams):
@@ -61,10 +60,7 @@ class BuiltinParams(BackendParams):
 
 def get_predictor(model: str, device: str, precision: str) -> Predictor:
     key = (model, device, precision)
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = Predictor.load(model, device, precision)
-        return _CACHE[key]
+    return _PREDICTORS.get(key, lambda: Predictor.load(model, device, precision))
 
 
 @register

@@ -92,20 +92,3 @@ def model_input(image: np.ndarray, modality: str, value_range: tuple[float, floa
     return np.clip(scale_to_unit(image), 0.0, 1.0)
 
 
-def resample_factor(tile_mpp: float, model_mpp: float | None) -> float:
-    """How much a tile is scaled to reach the model's µm/px (>1: tile pixels are larger than the
-    model's); 1 within 5%, where resampling would only blur."""
-    factor = 1.0 if model_mpp is None else tile_mpp / model_mpp
-    return 1.0 if abs(factor - 1) < 0.05 else factor
-
-
-def resample(x: np.ndarray, factor: float) -> np.ndarray:
-    """An H×W×C model input scaled by ``factor`` (area-averaged down, bilinear up)."""
-    if factor == 1.0:
-        return x
-    import cv2
-
-    h, w = x.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    out = cv2.resize(x, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    return out[:, :, None] if out.ndim == 2 else out

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError
+from ..models import pick_device
 from .net import NetSpec, UNet, fuse_batchnorm
 from .postprocess import maps_to_labels
 
@@ -90,20 +91,6 @@ def load_weights(name_or_path: str | Path) -> tuple[UNet, ModelMeta]:
     except RuntimeError as err:
         raise ConfigError(f"model {path}: weights do not fit the network: {err}") from None
     return net.eval(), meta
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def default_batch_size(requested: int | None, device: torch.device) -> int:
-    """Tiles per forward pass: as asked, else 2 on a CPU (as fast per pixel as 4, half the
-    memory) and 8 on a GPU."""
-    if requested is not None:
-        return requested
-    return 2 if device.type == "cpu" else 8
 
 
 class Predictor:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..models import relabel
+
 _CROSS = ndi.generate_binary_structure(2, 1)
 
 
@@ -144,22 +146,3 @@ def fill_holes(labels: np.ndarray, holes: np.ndarray | None = None, n: int | Non
     return out
 
 
-def relabel(labels: np.ndarray, min_pixels: int = 1, return_old: bool = False):
-    """Drop labels smaller than ``min_pixels``; number the rest 1..n in raster order. With
-    ``return_old`` also the old id of each new label (``old[k]`` for new label k, ``old[0] = 0``)."""
-    flat = labels.ravel()
-    if flat.size == 0 or flat.max() == 0:
-        empty = np.zeros(labels.shape, np.int32)
-        return (empty, np.zeros(1, np.int64)) if return_old else empty
-    areas = np.bincount(flat)
-    keep = areas >= min_pixels
-    keep[0] = False
-    # raster order of first appearance
-    uniq, first = np.unique(flat, return_index=True)
-    order = uniq[np.argsort(first)]
-    order = order[keep[order]]
-    lut = np.zeros(len(areas), np.int32)
-    lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-    if return_old:
-        return lut[labels], np.r_[0, order].astype(np.int64)
-    return lut[labels]

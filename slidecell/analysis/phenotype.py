@@ -16,18 +16,15 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..schema import Strict
 
 UNASSIGNED = "Unknown"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PhenotypeRule(_Strict):
+class PhenotypeRule(Strict):
     """One phenotype: the cells of ``parent`` whose markers satisfy every rule."""
 
     name: str = Field(..., min_length=1)
@@ -44,7 +41,7 @@ class PhenotypeRule(_Strict):
         return list(dict.fromkeys(self.pos + self.neg + self.anypos + self.anyneg))
 
 
-class GatingConfig(_Strict):
+class GatingConfig(Strict):
     #: intensity transform before gating: arcsinh(x / cofactor), log1p, or none
     transform: Literal["arcsinh", "log1p", "none"] = "arcsinh"
     #: arcsinh cofactor; None: each marker's 20th percentile of positive values (robust to

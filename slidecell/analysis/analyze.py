@@ -11,82 +11,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError, InputError, OutputError
+from ..errors import ConfigError, InputError, OutputError
+from .config import AnalysisConfig, PhenotypeConfig, load_analysis_config  # noqa: F401  (load_analysis_config: API)
 from .phenotype import GatingConfig, cluster, gate, read_phenotype_sheet
-from .spatial import (GraphConfig, StatsConfig, TumorConfig, cellular_neighbourhoods, compartment_densities,
-                      enrichment_table, graph_statistics, mixing_score, nearest_tumor_distance, spatial_graph,
-                      tumor_compartments)
+from .spatial import (TumorConfig, cellular_neighbourhoods, compartment_densities, enrichment_table, graph_statistics, mixing_score,
+                      nearest_tumor_distance, spatial_graph, tumor_compartments)
 
 ANALYZED_NAME = "cells_analyzed.h5ad"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClusterConfig(_Strict):
-    markers: list[str] = Field(default_factory=list)
-    resolution: float = Field(1.0, gt=0)
-    n_neighbors: int = Field(15, ge=2)
-
-
-class PhenotypeConfig(_Strict):
-    #: how cells get phenotypes: gating (marker hierarchy), leiden (clusters), a column already
-    #: in ``obs`` (``key``), or a classifier model trained with ``slidecell classify train``
-    method: Literal["gating", "leiden", "existing", "classifier"] = "gating"
-    #: the obs column holding the phenotype
-    key: str = "phenotype"
-    gating: GatingConfig | None = None
-    #: a scimap phenotype sheet (CSV) instead of ``gating.phenotypes``
-    sheet: str | None = None
-    leiden: ClusterConfig = Field(default_factory=ClusterConfig)
-    #: a classifier model file (.skops, from `slidecell classify train`) for ``method: classifier``
-    model: str | None = None
-
-
-class AnalysisConfig(_Strict):
-    phenotype: PhenotypeConfig = Field(default_factory=PhenotypeConfig)
-    graph: GraphConfig = Field(default_factory=GraphConfig)
-    stats: StatsConfig = Field(default_factory=StatsConfig)
-    tumor: TumorConfig = Field(default_factory=TumorConfig)
-    #: tumour regions from these QuPath annotations (GeoJSON, classification = one of
-    #: ``tumor_annotation_classes``) instead of tumour-cell density
-    tumor_annotations: str | None = None
-    tumor_annotation_classes: list[str] = Field(default_factory=lambda: ["Tumor"])
-    #: a scimap spatial_interaction table (CSV) to compare the interaction calls with; the
-    #: agreement and every disagreeing pair go into analysis.json and the report
-    peer_interactions: str | None = None
-
-
-def load_analysis_config(path=None, overrides: dict | None = None) -> AnalysisConfig:
-    """An analysis config: a YAML file (its ``analysis:`` section, or the whole file) or None."""
-    from .config import _deep_merge, _format_errors, safe_yaml
-
-    data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"analysis config {p}: file not found")
-        try:
-            data = safe_yaml(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"analysis config {p}: not valid YAML: {' '.join(str(exc).split())}") from None
-        data = data.get("analysis", data) if isinstance(data, dict) else data
-        source = str(p)
-    if overrides:
-        data = _deep_merge(data, overrides)
-    try:
-        return AnalysisConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
 
 
 def _phenotype(adata, cfg: PhenotypeConfig, summary: dict) -> str:
@@ -134,7 +69,7 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
     t0 = time.perf_counter()
     regions = None
     if cfg.tumor_annotations:
-        from .io.qupath import annotation_region
+        from ..io.qupath import annotation_region
 
         mpp, offset = _pixel_frame(adata)
         regions = annotation_region(cfg.tumor_annotations, offset, cfg.tumor_annotation_classes)
@@ -208,7 +143,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
     folder ``out``. Returns ``out``."""
     import anndata as ad
 
-    from .io.writers import atomic_path, write_text_atomic
+    from ..io.writers import atomic_path, write_text_atomic
 
     src = Path(source)
     if src.is_dir() and (src / "cells.h5ad").exists():
@@ -242,7 +177,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
 def analysis_inputs(cfg: AnalysisConfig) -> dict[str, str]:
     """Content hashes (SHA-256) of the files an analysis reads besides the cells: the classifier,
     the phenotype sheet, the tumour annotations, the peer's interaction table."""
-    from .runfolder import file_digests
+    from ..runfolder import file_digests
 
     files = {"phenotype.model": cfg.phenotype.model, "phenotype.sheet": cfg.phenotype.sheet,
              "tumor_annotations": cfg.tumor_annotations, "peer_interactions": cfg.peer_interactions}

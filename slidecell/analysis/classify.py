@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 MORPHOLOGY = ["area_um2", "perimeter_um", "eccentricity", "solidity", "major_axis_um", "minor_axis_um"]
 
@@ -61,7 +61,7 @@ def labels_from_geojson(adata, path, offset=(0, 0), max_distance_px: float = 10.
     unlabelled). Cells are matched by their level-0 centroid (``obs['x']``, ``obs['y']``)."""
     import shapely
 
-    from .io.qupath import read_qupath_geojson
+    from ..io.qupath import read_qupath_geojson
 
     objs = read_qupath_geojson(path, offset)
     objs = objs[objs["classification"].notna()]
@@ -107,7 +107,7 @@ def train_classifier(adata, labels: pd.Series, out, seed: int = 0, n_estimators:
     import skops.io as sio
     from sklearn.ensemble import RandomForestClassifier
 
-    from .io.writers import atomic_path
+    from ..io.writers import atomic_path
 
     feats = cell_features(adata)
     known = labels.notna().to_numpy()
@@ -148,7 +148,7 @@ def classify_run(run_dir, model_path, out=None, overwrite: bool = False) -> tupl
     ``RUN/cells_classified.geojson``. Returns the file and the count per class."""
     import anndata as ad
 
-    from .export import export
+    from ..export import export
 
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "cells.h5ad").is_file():

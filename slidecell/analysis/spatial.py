@@ -19,16 +19,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from ..errors import ConfigError
+from ..schema import Strict
 
 
-class GraphConfig(_Strict):
+class GraphConfig(Strict):
     #: delaunay (edges longer than ``max_edge_um`` dropped), radius, or knn
     method: Literal["delaunay", "radius", "knn"] = "delaunay"
     max_edge_um: float = Field(30.0, gt=0)
@@ -36,7 +33,7 @@ class GraphConfig(_Strict):
     k: int = Field(10, ge=1, le=100)
 
 
-class StatsConfig(_Strict):
+class StatsConfig(Strict):
     #: permutations of the neighbourhood-enrichment null
     n_perms: int = Field(200, ge=10, le=10000)
     #: co-occurrence, Ripley's L and closeness centrality are quadratic: at most this many
@@ -47,7 +44,7 @@ class StatsConfig(_Strict):
     seed: int = 0
 
 
-class TumorConfig(_Strict):
+class TumorConfig(Strict):
     #: the phenotype(s) that are tumour cells
     tumor: list[str] = Field(default_factory=lambda: ["Tumor"])
     #: phenotypes counted as immune cells (empty: every phenotype that is neither tumour nor in

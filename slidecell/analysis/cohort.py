@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def _cells_file(run: Path) -> Path:
@@ -45,7 +45,7 @@ def cohort(runs: dict[str, Path], out) -> Path:
     ``cohort_densities.csv`` and ``cohort_report.html`` into ``out``."""
     import anndata as ad
 
-    from .io.writers import atomic_path
+    from ..io.writers import atomic_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,15 +103,15 @@ def _report(summary: pd.DataFrame, densities: pd.DataFrame, enrich: pd.DataFrame
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io.writers import atomic_path
-    from .report import CSS, _img, _table
+    from ..io.writers import atomic_path
+    from .report.page import CSS, img, table
 
-    parts = [("overview", "Slides", _table(summary[[c for c in summary.columns if not c.startswith("fraction:")]], 2))]
+    parts = [("overview", "Slides", table(summary[[c for c in summary.columns if not c.startswith("fraction:")]], 2))]
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(summary), 3.2))
     ax.bar(summary["sample"], summary["cells"].fillna(0), color="#4575b4")
     ax.set_ylabel("cells")
     ax.tick_params(axis="x", rotation=30)
-    parts.append(("cells", "Cells per slide", _img(fig, "cells per slide")))
+    parts.append(("cells", "Cells per slide", img(fig, "cells per slide")))
     frac = summary[["sample"] + [c for c in summary.columns if c.startswith("fraction:")]].set_index("sample")
     if frac.shape[1]:
         frac.columns = [c[len("fraction:"):] for c in frac.columns]
@@ -120,10 +120,10 @@ def _report(summary: pd.DataFrame, densities: pd.DataFrame, enrich: pd.DataFrame
         ax.set_ylabel("fraction of cells")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
         ax.tick_params(axis="x", rotation=30)
-        parts.append(("phenotypes", "Phenotype composition", _img(fig, "phenotype composition per slide")))
+        parts.append(("phenotypes", "Phenotype composition", img(fig, "phenotype composition per slide")))
     if "mixing_class" in summary:
         cls = summary[["sample", "mixing_class", "mixing_score", "immune_per_mm2"]].dropna()
-        parts.append(("mixing", "Mixing score per slide", _table(cls, 3)))
+        parts.append(("mixing", "Mixing score per slide", table(cls, 3)))
     if len(densities):
         imm = densities[densities["immune"]]
         piv = imm.pivot_table(index="sample", columns="compartment", values="density_per_mm2", aggfunc="sum")
@@ -132,16 +132,16 @@ def _report(summary: pd.DataFrame, densities: pd.DataFrame, enrich: pd.DataFrame
         ax.set_ylabel("immune cells / mm²")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=8, frameon=False)
-        parts.append(("compartments", "Immune density by compartment", _img(fig, "immune density per compartment per slide")))
+        parts.append(("compartments", "Immune density by compartment", img(fig, "immune density per compartment per slide")))
     if len(enrich):
-        from .report import _heatmap
+        from .report.figures import heatmap
 
         z = enrich.groupby(["a", "b"])["zscore"].mean().unstack()
         cats = list(z.index)
-        fig = _heatmap(z.loc[cats, cats].to_numpy(), cats, "mean neighbourhood-enrichment z-score over slides")
+        fig = heatmap(z.loc[cats, cats].to_numpy(), cats, "mean neighbourhood-enrichment z-score over slides")
         n = enrich.groupby(["a", "b"])["sample"].nunique().max()
         parts.append(("enrichment", "Who neighbours whom, across slides",
-                      _img(fig, "cohort neighbourhood enrichment")
+                      img(fig, "cohort neighbourhood enrichment")
                       + f'<p class="caption">Mean of the per-slide z-scores (pairs present in up to {n} slides); '
                         'per-slide values in cohort_enrichment.csv.</p>'))
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{c}</section>' for sid, h, c in parts)

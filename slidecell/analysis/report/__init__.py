@@ -1,0 +1,149 @@
+"""``slidecell report``: one self-contained HTML page (plots embedded as PNG) from an analysis
+folder (``slidecell analyze``) and, when given, the run folder it came from.
+
+Sections: overview and QC (cells, tiles, tissue area, cells/mm², run time), the slide with its
+cells coloured by phenotype, phenotype densities, neighbourhood enrichment, co-occurrence,
+compartments (tumour core / invasive margin / stroma) with immune densities, the mixing
+score and its class, cellular neighbourhoods, and how the statistics were computed (what was
+subsampled, and how squidpy's permutation test differs from scimap's).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...errors import InputError
+from . import figures
+from .page import CSS, cards, img, table
+
+#: the sections every report has, in order (ids of the page's <section> elements)
+SECTIONS = ["overview", "slide", "densities", "enrichment", "cooccurrence", "compartments", "mixing",
+            "neighbourhoods", "methods"]
+def build_report(analysis_dir, out=None, run_dir=None) -> Path:
+    """Write ``report.html`` (or ``out``) for the analysis in ``analysis_dir``; ``run_dir``
+    (default: the run the analysed h5ad came from, when it is a run's) adds QC and the slide."""
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ...io.writers import atomic_path
+
+    adir = Path(analysis_dir)
+    if not (adir / "analysis.json").exists():
+        raise InputError(f"{adir}: not a slidecell analysis folder (no analysis.json); run slidecell analyze first")
+    summary = json.loads((adir / "analysis.json").read_text())
+    adata = ad.read_h5ad(adir / "cells_analyzed.h5ad")
+    key = summary["config"]["phenotype"]["key"]
+    adata.obs[key] = adata.obs[key].astype("category")
+    if run_dir is None:
+        cand = Path(summary.get("source", "")).parent
+        run_dir = cand if (cand / "run.json").exists() else None
+    run = json.loads((Path(run_dir) / "run.json").read_text()) if run_dir else None
+    dens = pd.read_csv(adir / "compartment_densities.csv")
+    cn = pd.read_csv(adir / "neighbourhoods.csv")
+    cn["neighbourhood"] = cn["neighbourhood"].astype(str)
+    cats = list(adata.obs[key].cat.categories)
+    areas = summary["areas_mm2"]
+    mix = summary["mixing"]
+    tumor = summary["config"]["tumor"]["tumor"]
+    parts = []
+
+    # overview / QC
+    items = [("cells", f"{adata.n_obs:,}"), ("tissue area", f"{areas['tissue']:.2f} mm²"),
+             ("cells / mm² tissue", f"{adata.n_obs / max(areas['tissue'], 1e-9):,.0f}"),
+             ("tumour area", f"{areas['tumor']:.2f} mm²"), ("phenotypes", len(cats))]
+    if run:
+        items += [("tiles", f"{run.get('n_tiles', 0):,}"), ("run time", f"{run['timings_s']['total']:.0f} s"),
+                  ("segmentation", run.get("segmentation_backend", "")),
+                  ("working µm/px", f"{run['plan']['mpp']:.3f}")]
+    items.append(("analysis time", f"{summary.get('total_s', 0):.0f} s"))
+    counts = pd.DataFrame({"phenotype": list(summary["phenotype_counts"]),
+                           "cells": list(summary["phenotype_counts"].values())})
+    counts["fraction"] = counts["cells"] / counts["cells"].sum()
+    parts.append(("overview", "Overview and quality control", cards(items) + table(counts, 3)))
+
+    fig, note = figures.slide_figure(adata, key, run)
+    parts.append(("slide", "Cells by phenotype",
+                  img(fig, "cells coloured by phenotype") + f'<p class="caption">Each dot is a cell at its centroid{note}.</p>'))
+    fig, bin_um = figures.density_figure(adata, key)
+    parts.append(("densities", "Where each phenotype is",
+                  img(fig, "phenotype density heatmaps") + f'<p class="caption">Cells per mm² in {bin_um:.0f} µm squares.</p>'))
+    z = np.asarray(adata.uns[f"{key}_nhood_enrichment"]["zscore"])
+    parts.append(("enrichment", "Who neighbours whom",
+                  img(figures.heatmap(z, cats, "neighbourhood enrichment (z-score)"), "neighbourhood enrichment heatmap")
+                  + '<p class="caption">Positive: the two phenotypes are neighbours more often than if phenotypes '
+                    'were shuffled over the same cells; negative: less often. |z| > 1.96 ≈ p < 0.05.</p>'))
+    parts.append(("cooccurrence", "Co-occurrence with distance",
+                  img(figures.cooccurrence_figure(adata, key, tumor + [c for c in cats if c not in tumor]), "co-occurrence curves")
+                  + '<p class="caption">Above 1: the phenotype is more frequent at that distance from the given cell '
+                    'than in the tissue overall.</p>'))
+    comp_html = '<div class="row">' + img(figures.compartment_figure(dens), "immune densities per compartment") + \
+        img(figures.compartment_map(adata), "compartment map") + "</div>"
+    comp_html += cards([(k.replace("_", " ") + " area", f"{areas[k]:.2f} mm²") for k in ("tumor_core", "invasive_margin", "stroma")])
+    dist_path = adir / "immune_distances.csv"
+    if dist_path.exists() and dist_path.stat().st_size > 1:
+        dist = pd.read_csv(dist_path)
+        if len(dist):
+            comp_html += "<p class='caption'>Distance from each immune cell to the nearest tumour cell:</p>" + table(dist, 2)
+    margin = summary["config"]["tumor"]["margin_um"]
+    parts.append(("compartments", "Tumour core, invasive margin, stroma",
+                  comp_html + f'<p class="caption">Invasive margin: {margin:.0f} µm on each side of the tumour boundary '
+                              f'(tumour regions from {"annotations" if summary["config"].get("tumor_annotations") else "tumour-cell density"}).</p>'))
+    parts.append(("mixing", "Mixing score",
+                  f'<span class="badge {html.escape(mix["class"])}">{html.escape(mix["class"])}</span>'
+                  + cards([("mixing score", f"{mix['mixing_score']:.3f}"), ("immune cells", f"{mix['immune_cells']:,}"),
+                            ("immune / mm²", f"{mix['immune_per_mm2']:.0f}"),
+                            ("immune–tumour contacts", f"{mix['immune_tumor_interactions']:,}"),
+                            ("immune–immune contacts", f"{mix['immune_immune_interactions']:,}")])
+                  + f'<p class="caption">Keren et al. (Cell 2018): immune–tumour / immune–immune cell pairs closer than '
+                    f'{mix["interaction_um"]:.0f} µm. Cold: under {mix["cold_immune_per_mm2"]:.0f} immune cells/mm²; '
+                    f'compartmentalized: score under {mix["threshold"]}; mixed otherwise.</p>'))
+    f1, f2 = figures.neighbourhood_figures(adata, cn)
+    parts.append(("neighbourhoods", "Cellular neighbourhoods",
+                  '<div class="row">' + img(f1, "cellular neighbourhood map") + img(f2, "neighbourhood composition") + "</div>"
+                  + f'<p class="caption">Schürch et al. (Cell 2020): each cell\'s {summary["config"]["tumor"]["cn_k"]} nearest '
+                    'cells, their phenotype mix clustered by k-means.</p>'))
+    gs = summary.get("graph_statistics", {})
+    sub = gs.get("subsampled_to")
+    g = summary["config"]["graph"]
+    graph_text = {"delaunay": f"Delaunay triangulation, edges longer than {g['max_edge_um']} µm dropped",
+                  "radius": f"all cells within {g['radius_um']} µm", "knn": f"each cell's {g['k']} nearest cells"}[g["method"]]
+    methods = (f"<p>Spatial graph: {graph_text}. Neighbourhood enrichment: squidpy, "
+               f"{summary['config']['stats']['n_perms']} permutations of the phenotype labels over the cells.</p>"
+               + (f"<p>Co-occurrence, Ripley's L and closeness centrality grow with the square of the number of cells: "
+                  f"they were computed on {sub:,} cells drawn at random of {gs.get('cells', 0):,}.</p>" if sub else
+                  "<p>Every statistic was computed on all cells.</p>")
+               + "<p>Why scimap can disagree: scimap's <code>spatial_interaction</code> permutes the labels of each "
+                 "cell's neighbours, squidpy the labels of all cells; pairs near the significance threshold can be "
+                 "called differently, more so on radius graphs (whose neighbour counts vary) than on kNN graphs.</p>")
+    agree = summary.get("peer_agreement")
+    if agree:
+        methods += (f"<p>Against the recorded scimap table: {agree['same_call_all_pairs']:.0%} of {agree['pairs']} pairs get "
+                    f"the same call; of the {agree['both_significant']} pairs both call significant, "
+                    f"{agree['same_direction_of_both_significant']:.0%} agree on the direction.</p>")
+        if agree["disagreements"]:
+            methods += table(pd.DataFrame(agree["disagreements"]), 3)
+    if "gates" in summary:
+        methods += "<p>Gates:</p>" + table(pd.DataFrame(summary["gates"]), 3)
+    parts.append(("methods", "How this was computed", methods))
+
+    title = Path(run["slide"]).name if run else Path(summary.get("source", "cells")).name
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{content}</section>' for sid, h, content in parts)
+    from ... import __version__
+
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>slidecell report: {html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            f"<p>slidecell {__version__} · {adata.n_obs:,} cells · phenotypes from {html.escape(summary['config']['phenotype']['method'])}</p>"
+            f"</header><main>{body}</main></body></html>")
+    out = Path(out) if out else adir / "report.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+__all__ = ["build_report", "SECTIONS"]
