@@ -73,7 +73,7 @@ def model_post_alone(slide: Path, config: str, n: int = 8) -> float:
 
 
     from slidecell import load_config, open_slide
-    from slidecell.engine import TILE_ALIGN
+    from slidecell.tiling import WINDOW_ALIGN
     from slidecell.segment import get_segmenter
     from slidecell.tiling import detect_tissue, plan_tiles
 
@@ -81,7 +81,7 @@ def model_post_alone(slide: Path, config: str, n: int = 8) -> float:
     with open_slide(slide) as r:
         tissue = detect_tissue(r, cfg.tissue.thumbnail_mpp, "brightfield", cfg.tissue.min_area_um2)
         plan = plan_tiles(r, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um,
-                          cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, align=TILE_ALIGN)
+                          cfg.tiling.snap_tolerance, tissue, cfg.tissue.min_fraction, align=WINDOW_ALIGN)
         size = max(t.w for t in plan.tiles)
         full = [t for t in plan.tiles if t.w == t.h == size]
         full = [full[i] for i in np.linspace(0, len(full) - 1, n).round().astype(int)]  # spread over the plan

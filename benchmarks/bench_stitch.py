@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_stitch.py [--cells 1000000] [--post-workers 2]
 
-Runs the engine's own pipeline (slidecell.engine._Pipeline: ownership, outlines, measurements in
+Runs the engine's own pipeline (slidecell.engine.pipeline.Pipeline: ownership, outlines, measurements in
 the post-processing pool, chunk files) and final output writing (GeoJSON + GeoParquet + h5ad)
 on a virtual slide made of N×N copies of a 4096² real H&E canvas (CMU-1-Small-Region mirrored,
 0.5 µm/px) whose label image was computed once by the built-in model (cached in
@@ -32,9 +32,11 @@ sys.path.insert(0, str(HERE))
 from synthetic_slides import CANVAS, he_canvas  # noqa: E402
 
 from slidecell import load_config  # noqa: E402
-from slidecell.engine import TILE_ALIGN, TileContext, _OutputStream, _Pipeline  # noqa: E402
+from slidecell.engine import TileContext  # noqa: E402
+from slidecell.engine.outputs import OutputStream  # noqa: E402
+from slidecell.engine.pipeline import Pipeline  # noqa: E402
 from slidecell.segment import Segmenter  # noqa: E402
-from slidecell.tiling import plan_tiles  # noqa: E402
+from slidecell.tiling import WINDOW_ALIGN, plan_tiles  # noqa: E402
 
 
 class VirtualSlide:
@@ -104,7 +106,7 @@ def main() -> None:
     if args.tile_size:
         cfg.tiling.tile_size = args.tile_size
     slide = VirtualSlide(size)
-    plan = plan_tiles(slide, 0.5, cfg.tiling.tile_size, cfg.tiling.overlap_um, align=TILE_ALIGN)
+    plan = plan_tiles(slide, 0.5, cfg.tiling.tile_size, cfg.tiling.overlap_um, align=WINDOW_ALIGN)
     seg = Replay()
     ctx = TileContext("bench", 1.0, 0.5, size, size, VirtualSlide.channel_names,
                       geojson=(0, 0, cfg.output.geojson_precision))
@@ -129,8 +131,8 @@ def main() -> None:
     info = {"slide": "virtual", "plan": plan.summary(), "modality": "brightfield", "reader": {}}
     t0 = time.perf_counter()
     # as engine.run: outputs are written from the chunks while the pipeline goes on
-    with _OutputStream(chunks, out, cfg, slide, info) as writer:
-        pipe = _Pipeline(None, plan, seg, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
+    with OutputStream(chunks, out, cfg, slide, info) as writer:
+        pipe = Pipeline(None, plan, seg, ctx, cfg, chunk_path, timings, on_chunk=writer.feed)
         pipe.run(stream, plan.tiles, False, 0)
         t_pipe = time.perf_counter() - t0
         outputs, n_cells, n_touch = writer.finish()

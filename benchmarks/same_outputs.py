@@ -8,7 +8,8 @@
     python benchmarks/same_outputs.py compare /tmp/same/before /tmp/same/after
 
 The inputs: CMU-1-Small-Region.svs (H&E, default preset), the Vectra QPTIFF (multiplex preset) and a
-24-channel OME-TIFF written here from the MIBI Point14 channel TIFFs (multiplex preset, --mpp 0.49).
+24-channel OME-TIFF written once (beside the records) from the MIBI Point14 channel TIFFs (multiplex
+preset, --mpp 0.49).
 `compare` prints, per input, whether `cells.geojson` is byte-identical and whether every column of
 `cells.parquet` is equal (geometry as WKB bytes), and exits 1 on any difference.
 """
@@ -54,7 +55,8 @@ def record(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     import slidecell
     print(f"slidecell from {Path(slidecell.__file__).parent}")
-    for name, args in inputs(out).items():
+    # the OME-TIFF is written once beside the records (tifffile writes a new UUID into each file)
+    for name, args in inputs(out.parent).items():
         dest = out / name
         cmd = [sys.executable, "-m", "slidecell.cli", "run", *args, "--out", str(dest)]
         print(" ".join(cmd), flush=True)

@@ -21,6 +21,10 @@ from scipy import ndimage as ndi
 
 from .io import ReaderSpec, SlideReader, open_spec
 
+#: read windows start and end on multiples of this many working pixels, whatever the backend (a
+#: backend whose network needs a coarser period declares it: ``Segmenter.align``); 16 = 2**4, the
+#: built-in network's four poolings, kept for every backend so that plans do not change with it
+WINDOW_ALIGN = 16
 
 @dataclass(frozen=True)
 class Tile:

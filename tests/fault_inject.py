@@ -9,7 +9,7 @@ from this one (the imports every case shares are paid once) and answers one line
 (JSON: ``rc``, the exit code, -9 for SIGKILL).
 
 ``target`` is ``module:attribute`` (a function or ``Class.method``), patched where the code looks
-it up (``slidecell.engine:plan_tiles``, ``os:replace``); on its ``nth`` call (counting only calls
+it up (``slidecell.engine.run:plan_tiles``, ``os:replace``); on its ``nth`` call (counting only calls
 whose arguments mention ``match``) the process sends itself ``signal`` (KILL, INT or TERM)
 ``before`` the call runs or ``after`` it returned. Used by ``test_faults.py``.
 """

@@ -122,7 +122,7 @@ def test_local_cluster_binds_nothing_it_does_not_need():
 
     import psutil
 
-    from slidecell.distributed import connect
+    from slidecell.engine.cluster import connect
 
     client, cluster = connect("local", 1)
     try:

@@ -462,15 +462,16 @@ def test_memory_estimate_refuses_what_cannot_fit(cmu1_run, tmp_path, monkeypatch
     """The run estimates its peak memory from the plan before reading a tile (recorded in
     run.json) and refuses, with one line naming the knobs, a plan that needs more than is
     available."""
-    import slidecell.engine as engine
+    import slidecell.engine.plan as engine_plan
     from slidecell.errors import ConfigError
+    from slidecell.tiling import TileStream
 
     _, out = cmu1_run
     est = json.loads((out / "run.json").read_text())["memory_estimate_gib"]
     assert 1.0 < est < 4.0  # 1280² RGB windows, batch 2 on the CPU: ~2 GiB, mostly the model
     reads = []
-    monkeypatch.setattr(engine, "available_memory", lambda: 512 * 2**20)
-    monkeypatch.setattr(engine.TileStream, "__enter__", lambda self: reads.append(1) or self)
+    monkeypatch.setattr(engine_plan, "available_memory", lambda: 512 * 2**20)
+    monkeypatch.setattr(TileStream, "__enter__", lambda self: reads.append(1) or self)
     cfg = load_config("he-brightfield", {"reader": {"prefetch": 64}, "roi": [0, 0, 2048, 2048]})
     with pytest.raises(ConfigError, match=r"needs about .* GiB of memory .* reader.prefetch 64.* 0.5 GiB are "
                                           r"available: lower tiling.tile_size or reader.prefetch"):

@@ -130,15 +130,15 @@ def assert_stopped(proc, sig: str) -> None:
 
 # (stage, target, nth call, before/after, the argument naming the file)
 RUN_POINTS = {
-    "planning": ("slidecell.engine:plan_tiles", 1, "before", ""),
-    "calibration": ("slidecell.engine:write_text_atomic", 1, "before", "manifest.json"),
-    "chunks": ("slidecell.engine:_write_chunk", 4, "after", ""),
+    "planning": ("slidecell.engine.run:plan_tiles", 1, "before", ""),
+    "calibration": ("slidecell.engine.run:write_text_atomic", 1, "before", "manifest.json"),
+    "chunks": ("slidecell.engine.pipeline:write_chunk", 4, "after", ""),
     # after the last tile: cells.parquet renamed into place, the other outputs not yet
     "outputs": ("os:replace", 1, "after", "cells.parquet"),
     "zarr": ("os:replace", 1, "before", "cells.zarr"),
     "label image": ("os:replace", 1, "before", "cells_labels.ome.tif"),
     "run.json": ("os:replace", 1, "before", "run.json"),
-    "analysis": ("slidecell.report:build_report", 1, "before", ""),
+    "analysis": ("slidecell.analysis.report:build_report", 1, "before", ""),
 }
 AFTER_LAST_TILE = {"outputs", "zarr", "label image", "run.json", "analysis"}
 RUN_CASES = [("planning", "KILL"), ("planning", "INT"), ("calibration", "KILL"), ("chunks", "KILL"),

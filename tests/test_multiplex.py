@@ -192,7 +192,7 @@ def test_channel_folder_runs_end_to_end(tmp_path):
     assert res.n_cells == 5
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["segmentation"]["channels_used"] == {"nuclear": ["HH3", "dsDNA"]}  # file-name order
-    from slidecell.engine import slide_fingerprint
+    from slidecell.fingerprint import slide_fingerprint
 
     before = slide_fingerprint(folder)
     assert before == slide_fingerprint(folder)

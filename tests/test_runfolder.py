@@ -16,7 +16,7 @@ import tifffile
 from conftest import CMU1, need
 from slidecell import load_config, run
 from slidecell.errors import OutputError
-from slidecell.runfolder import LOCK_FILE, PREVIOUS_DIR
+from slidecell.engine.runfolder import LOCK_FILE, PREVIOUS_DIR
 
 ROI = {"roi": [800, 1200, 300, 300], "output": {"h5ad": False}}
 

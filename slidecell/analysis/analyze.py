@@ -177,7 +177,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
 def analysis_inputs(cfg: AnalysisConfig) -> dict[str, str]:
     """Content hashes (SHA-256) of the files an analysis reads besides the cells: the classifier,
     the phenotype sheet, the tumour annotations, the peer's interaction table."""
-    from ..runfolder import file_digests
+    from ..fingerprint import file_digests
 
     files = {"phenotype.model": cfg.phenotype.model, "phenotype.sheet": cfg.phenotype.sheet,
              "tumor_annotations": cfg.tumor_annotations, "peer_interactions": cfg.peer_interactions}

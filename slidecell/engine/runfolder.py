@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,8 +25,9 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import OutputError
-from .io.writers import pid_alive
+from ..config import Config
+from ..errors import OutputError
+from ..io.writers import OUTPUT_NAMES, pid_alive
 
 WORK_DIR = ".slidecell"
 RUN_FILE = "run.json"
@@ -33,24 +35,6 @@ LOCK_FILE = ".slidecell.lock"
 PREVIOUS_DIR = ".slidecell-previous"
 
 
-def file_digests(files: dict[str, Path]) -> dict[str, str]:
-    """SHA-256 of each existing file's whole content (streamed), by key: what a run or an
-    analysis read, recorded so that a resume (or a reader of the record) compares contents, not
-    paths."""
-    import hashlib
-
-    digests = {}
-    for key, path in files.items():
-        if Path(path).is_file():
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-            digests[key] = h.hexdigest()
-    return digests
-
-
-#: packages whose versions a run records (those that decide its cells and files)
 RECORDED_PACKAGES = ("torch", "numpy", "scipy", "scikit-image", "opencv-python-headless", "shapely", "pyarrow",
                      "anndata", "tifffile", "tiffslide", "openslide-python", "zarr", "dask", "cellpose")
 
@@ -89,9 +73,8 @@ def provenance(started: float) -> dict:
 
 def owned_names() -> list[str]:
     """The top-level entries of a run folder that slidecell writes."""
-    from .io.label_image import LABELS_NAME
-    from .io.spatialdata import SPATIALDATA_NAME
-    from .io.writers import OUTPUT_NAMES
+    from ..io.label_image import LABELS_NAME
+    from ..io.spatialdata import SPATIALDATA_NAME
 
     return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), LABELS_NAME, SPATIALDATA_NAME, "cells_classified.geojson",
             "analysis"]
@@ -223,3 +206,29 @@ class RunFolder:
                     self._restore(self.previous)
         finally:
             self._release()
+
+
+def manifest_key(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def drop_chunks(out: Path, cfg: Config) -> None:
+    """A finished run's chunk cache goes (unless ``output.keep_chunks``) once ``cells.parquet``
+    holds every cell: nothing reads it any more (``export`` reads the parquet)."""
+    import shutil
+
+    if not cfg.output.keep_chunks and (out / OUTPUT_NAMES["parquet"]).is_file() and (out / RUN_FILE).is_file():
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+
+
+def analysis_pending(out: Path, cfg: Config) -> bool:
+    """``out`` holds a finished run of this config (the same cells) whose analysis stage is not
+    complete: it failed, was killed while running, or was never run."""
+    if cfg.analysis is None:
+        return False
+    try:
+        summary = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (summary.get("status") == "complete" and summary.get("config_fingerprint") == cfg.fingerprint()
+            and (summary.get("analysis_stage") or {}).get("status") != "complete")

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..progress import RunProgress
 
 _WORKER: dict = {}  # in a worker process: the slide reader and segmenter of the current run
 
@@ -41,8 +46,8 @@ def _tools(job: dict):
     """The worker's reader and segmenter for this run, made once per worker and run."""
     key = job["key"]
     if _WORKER.get("key") != key:
-        from .io import open_spec
-        from .segment import get_segmenter
+        from ..io import open_spec
+        from ..segment import get_segmenter
 
         old = _WORKER.pop("reader", None)
         if old is not None:
@@ -67,7 +72,9 @@ def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int
     import sys
     from pathlib import Path
 
-    from .engine import _chunk_part, _write_chunk, finish_tile, more_context, same_size_batches
+    from .cells import finish_tile
+    from .chunks import chunk_part, write_chunk
+    from .pipeline import more_context, same_size_batches
 
     t0 = time.perf_counter()
     reader, seg = _tools(job)
@@ -77,11 +84,11 @@ def chunk_task(k: int, tiles: list, job: dict, path: str) -> tuple[int, int, int
         images = [reader.read(*plan.level0_origin(t), t.w, t.h, plan.mpp) for t in batch]
         raws = seg.predict_tiles(batch, images)
         for t, im, raw in zip(batch, images, raws):
-            part, n = more_context(t, _chunk_part(finish_tile(t, im, raw, seg, ctx), ctx), reader, plan, seg, ctx,
+            part, n = more_context(t, chunk_part(finish_tile(t, im, raw, seg, ctx), ctx), reader, plan, seg, ctx,
                                    job["max_overlap"])
             retried += n
             parts.append(part)
-    _write_chunk(parts, Path(path))
+    write_chunk(parts, Path(path))
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0
     return k, int(sum(p.num_rows for p in parts)), retried, time.perf_counter() - t0, threads
 
@@ -130,4 +137,25 @@ def run_chunks(client, chunks: list[tuple[int, list]], job: dict, chunk_path, on
     return totals
 
 
-__all__ = ["chunk_task", "connect", "run_chunks"]
+def run_dask(cfg: Config, chunks, job: dict, chunk_path, on_chunk, timings: dict, bar: RunProgress) -> int:
+    """The pending chunks on the config's Dask cluster; returns the tiles read again for large
+    cells."""
+    t0 = time.perf_counter()
+    threads = cfg.engine.dask_threads
+    if threads is None and cfg.engine.scheduler == "local":
+        threads = max(1, (os.cpu_count() or 1) // cfg.engine.dask_workers)
+    job = {**job, "threads": threads}
+    client, cluster = connect(cfg.engine.scheduler, cfg.engine.dask_workers)
+    try:
+        totals = run_chunks(client, chunks, job, chunk_path, on_chunk, bar.advance)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    timings["dask"] = time.perf_counter() - t0
+    timings["dask_task_seconds"] = totals["task_seconds"]
+    timings["dask_model_threads"] = totals["threads"]
+    return totals["retried"]
+
+
+__all__ = ["chunk_task", "connect", "run_chunks", "run_dask"]
