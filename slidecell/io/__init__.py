@@ -1,136 +1,17 @@
-"""Reading slides: :func:`open_slide` picks the reader for a file."""
+"""Reading slides: :func:`open_slide` picks the reader for a file (:mod:`.registry`).
+
+Readers register themselves when their module is imported; one line per module here."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from .base import MPP_RANGE, ReaderSpec, SlideReader, plausible_mpp, resize  # noqa: F401
+from .markers import apply_markers
+from .registry import READERS, SUPPORTED, open_slide, open_spec, register_reader
+from .tiff import tiff_problems  # noqa: F401
 
-from ..errors import SlideOpenError
-from .base import MPP_RANGE, ReaderSpec, SlideReader, plausible_mpp, resize
-from .multiplex import ChannelFolderReader, IMCTextReader, apply_markers
-from .readers import ImageReader, OpenSlideReader, TiffFileReader, TiffSlideReader, tiff_problems
+from . import readers  # noqa: E402,F401  (OpenSlide, tiffslide, Pillow)
+from . import tifffile_reader  # noqa: E402,F401  (OME-TIFF, QPTIFF, MIBI, plain TIFF)
+from . import multiplex  # noqa: E402,F401  (IMC .txt, channel folders)
 
-READERS: dict[str, type[SlideReader]] = {
-    "openslide": OpenSlideReader,
-    "tiffslide": TiffSlideReader,
-    "tifffile": TiffFileReader,
-    "image": ImageReader,
-    "imc-txt": IMCTextReader,
-    "channel-folder": ChannelFolderReader,
-}
-
-#: formats only OpenSlide reads
-OPENSLIDE_SUFFIXES = {".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}
-TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".qptiff", ".btf", ".tf2", ".tf8"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-
-SUPPORTED = (
-    "Aperio SVS, Hamamatsu NDPI, MIRAX MRXS, Leica SCN, Ventana BIF, generic tiled TIFF, "
-    "OME-TIFF, Vectra QPTIFF, MIBI multipage TIFF, IMC .txt, plain TIFF, PNG, JPEG, "
-    "a folder of single-channel images"
-)
-#: a markers file beside the image renames its channels (MCMICRO convention)
-MARKERS_NAME = "markers.csv"
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith((".ome.tif", ".ome.tiff", ".ome.btf")):
-        return ".ome.tif"
-    return path.suffix.lower()
-
-
-def _magic(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(8)
-
-
-def open_slide(path, mpp: float | None = None, reader: str = "auto", markers=None, **options) -> SlideReader:
-    """Open a slide or image and return a :class:`SlideReader`.
-
-    ``mpp`` overrides (or supplies) the level-0 pixel size in µm. ``reader`` forces one of
-    :data:`READERS`; ``"auto"`` chooses by format: tiffslide for SVS and generic pyramidal TIFF
-    (faster decoding), OpenSlide for the vendor formats only it reads, tifffile for OME-TIFF,
-    QPTIFF, MIBI and plain TIFF, readimc for IMC ``.txt``, Pillow for PNG/JPEG; a folder is read
-    as one single-channel image per marker.
-
-    ``markers``: a ``markers.csv`` (MCMICRO) or ``panel.csv`` (steinbock) that renames the
-    channels; ``None`` uses a ``markers.csv`` beside a multi-channel image (or inside a channel
-    folder) if there is one; ``False`` never renames."""
-    r = _open(Path(path), mpp, reader, **options)
-    try:
-        if markers is None and r.n_channels > 1 and r.modality == "fluorescence":
-            beside = (r.path if r.path.is_dir() else r.path.parent) / MARKERS_NAME
-            markers = beside if beside.is_file() else None
-        if markers:
-            apply_markers(r, markers)
-    except BaseException:
-        r.close()
-        raise
-    return r
-
-
-def _open(path: Path, mpp, reader: str, **options) -> SlideReader:
-    path = Path(path)
-    if mpp is not None and not plausible_mpp(mpp):
-        raise SlideOpenError(f"{path}: --mpp {mpp}: not a microscope pixel size (expected {MPP_RANGE[0]} to "
-                             f"{MPP_RANGE[1]} µm per pixel at full resolution)")
-    if not path.exists():
-        raise SlideOpenError(f"{path}: file not found")
-    if path.is_dir():
-        if reader in ("auto", "channel-folder"):
-            return ChannelFolderReader(path, mpp=mpp, **options)
-        raise SlideOpenError(f"{path}: is a directory, not a slide file (supported: {SUPPORTED})")
-    if path.stat().st_size == 0:
-        raise SlideOpenError(f"{path}: the file is empty")
-    if reader != "auto":
-        if reader not in READERS:
-            raise SlideOpenError(f"unknown reader {reader!r}; choose one of {sorted(READERS)}")
-        return READERS[reader](path, mpp=mpp, **options)
-
-    suffix = _suffix(path)
-    if suffix == ".txt":
-        return IMCTextReader(path, mpp=mpp, **options)
-    if suffix in OPENSLIDE_SUFFIXES:
-        return OpenSlideReader(path, mpp=mpp, **options)
-    if suffix in IMAGE_SUFFIXES:
-        return ImageReader(path, mpp=mpp, **options)
-    if suffix in TIFF_SUFFIXES or suffix == ".ome.tif":
-        magic = _magic(path)
-        if magic[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            raise SlideOpenError(f"{path}: not a TIFF file (bad header); supported: {SUPPORTED}")
-        return _open_tiff(path, mpp, **options)
-    raise SlideOpenError(f"{path}: unsupported format {path.suffix or '(no extension)'!r}; supported: {SUPPORTED}")
-
-
-def _open_tiff(path: Path, mpp, **options) -> SlideReader:
-    import tifffile
-
-    with tiff_problems() as problems:
-        try:
-            with tifffile.TiffFile(str(path)) as tif:
-                if not len(tif.pages) or not tif.series:
-                    detail = f" ({problems[0]})" if problems else ""
-                    raise SlideOpenError(f"{path}: the file is truncated or corrupt: no readable image{detail}")
-                multichannel = tif.is_ome or tif.is_qpi
-                tiled_rgb = False
-                if not multichannel:
-                    s = tif.series[0]
-                    # 8-bit only: tifffile's reader scales 16-bit/float RGB to 8 bits
-                    tiled_rgb = s.axes.endswith("S") and s.shape[-1] in (3, 4) and tif.pages[0].is_tiled \
-                        and s.dtype == "uint8"
-        except SlideOpenError:
-            raise
-        except Exception as exc:
-            raise SlideOpenError(f"{path}: not a readable TIFF: {exc}") from exc
-    if tiled_rgb:
-        # Aperio / generic pyramidal RGB: tiffslide decodes faster than OpenSlide
-        return TiffSlideReader(path, mpp=mpp, **options)
-    return TiffFileReader(path, mpp=mpp, **options)
-
-
-def open_spec(spec: ReaderSpec) -> SlideReader:
-    """Re-open a slide from :meth:`SlideReader.spec` (used by worker processes)."""
-    return READERS[spec.reader](spec.path, mpp=spec.mpp, **spec.options)
-
-
-__all__ = ["open_slide", "open_spec", "apply_markers", "SlideReader", "ReaderSpec", "READERS", "SUPPORTED", "resize"]
+__all__ = ["open_slide", "open_spec", "apply_markers", "register_reader", "SlideReader", "ReaderSpec", "READERS",
+           "SUPPORTED", "resize"]

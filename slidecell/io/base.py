@@ -257,3 +257,53 @@ def pad_to(region: np.ndarray, w: int, h: int, ox: int, oy: int, fill: float) ->
     out = np.full((h, w, region.shape[2]), fill, dtype=region.dtype)
     out[oy : oy + region.shape[0], ox : ox + region.shape[1]] = region
     return out
+
+
+def clip_box(x: int, y: int, w: int, h: int, level_w: int, level_h: int, ds: float):
+    """Intersect a level-``ds`` box with origin at level-0 ``(x, y)`` with the level bounds.
+
+    Returns ``(lx, ly, cw, ch, ox, oy)``: origin and size of the part inside the level (level
+    pixels) and where it goes in the requested box, or ``None`` when nothing overlaps."""
+    lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
+    x0, y0 = max(lx, 0), max(ly, 0)
+    x1, y1 = min(lx + w, level_w), min(ly + h, level_h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1 - x0, y1 - y0, x0 - lx, y0 - ly
+
+
+def read_clipped(x: int, y: int, w: int, h: int, level_w: int, level_h: int, ds: float, fill, dtype, channels: int,
+                 read) -> np.ndarray:
+    """A ``h``×``w`` block of a level (downsample ``ds``) whose origin is level-0 ``(x, y)``: the
+    part inside the level from ``read(lx, ly, cw, ch)`` (level pixels, an array of ``ch``×``cw``×C),
+    the rest filled with ``fill``: the clip-then-pad step every reader shares."""
+    box = clip_box(x, y, w, h, level_w, level_h, ds)
+    if box is None:
+        return np.full((h, w, channels), fill, dtype=dtype)
+    lx, ly, cw, ch, ox, oy = box
+    region = read(lx, ly, cw, ch)
+    return region if (cw, ch) == (w, h) else pad_to(region, w, h, ox, oy, fill)
+
+
+def float_or_none(value) -> float | None:
+    """A positive finite float from a metadata value, else None."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def dedupe_names(names) -> list[str]:
+    """Channel names made unique (``CD3``, ``CD3_1``...); blank ones become ``Channel``."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        n = str(n).strip() or "Channel"
+        if n in seen:
+            seen[n] += 1
+            n = f"{n}_{seen[n]}"
+        else:
+            seen[n] = 0
+        out.append(n)
+    return out

@@ -7,15 +7,15 @@ channel labels, file names) or from a markers file, never guessed from their pos
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideOpenError, short_repr
-from .base import SlideReader, pad_to
-from .readers import _clip_box
+from ..errors import SlideOpenError
+from .base import SlideReader, dedupe_names, read_clipped
+from .markers import read_markers
+from .registry import open_slide, register_reader
 
 #: an IMC channel label: ``Target_clone((panel id))Metal``, e.g. ``Cytoker_651((3356))Pr141``
 _IMC_LABEL = re.compile(r"^(?P<target>.*?)\(\([^()]*\)\)(?P<metal>[A-Z][a-z]?\d+)$")
@@ -35,6 +35,7 @@ def imc_channel_name(label: str, metal: str) -> str:
     return label
 
 
+@register_reader("imc-txt", suffixes=(".txt",))
 class IMCTextReader(SlideReader):
     """Imaging mass cytometry ``.txt`` acquisitions (Fluidigm / Standard BioTools), read with
     readimc. One acquisition is small (≤ a few thousand pixels a side) and is held in memory.
@@ -67,30 +68,20 @@ class IMCTextReader(SlideReader):
         self.format = "imc-txt"
         self._mpp = 1.0
         names = [imc_channel_name(lab, met) for lab, met in zip(labels, metals)]
-        from .readers import TiffFileReader
 
-        self.channel_names = tuple(TiffFileReader._dedupe(names))
+        self.channel_names = tuple(dedupe_names(names))
         self.channel_meta = tuple({"metal": met, "label": lab} for met, lab in zip(metals, labels))
 
     def _read_level(self, x, y, w, h, level):
-        return _read_memory(self._image, x, y, w, h, self.background_value())
-
-
-def _read_memory(image: np.ndarray, x, y, w, h, fill) -> np.ndarray:
-    H, W = image.shape[:2]
-    box = _clip_box(x, y, w, h, W, H, 1.0)
-    if box is None:
-        return np.full((h, w, image.shape[2]), fill, dtype=image.dtype)
-    lx, ly, cw, ch, ox, oy = box
-    region = image[ly : ly + ch, lx : lx + cw]
-    if (cw, ch) == (w, h):
-        return region.copy()
-    return pad_to(region, w, h, ox, oy, fill)
+        H, W = self._image.shape[:2]
+        return read_clipped(x, y, w, h, W, H, 1.0, self.background_value(), self.dtype, self.n_channels,
+                            lambda lx, ly, cw, ch: self._image[ly:ly + ch, lx:lx + cw].copy())
 
 
 CHANNEL_FILE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png")
 
 
+@register_reader("channel-folder")
 class ChannelFolderReader(SlideReader):
     """A folder with one single-channel image per marker (CODEX/PhenoCycler exports, per-channel
     TIFFs): the channel name is the file name without its extension; channels are ordered by a
@@ -101,7 +92,6 @@ class ChannelFolderReader(SlideReader):
     parallel = "threads"
 
     def __init__(self, path, mpp: float | None = None, **options):
-        from . import open_slide
 
         self._setup(path, mpp, options)
         files = sorted(p for p in self.path.iterdir() if p.is_file() and p.name.lower().endswith(CHANNEL_FILE_SUFFIXES)
@@ -160,72 +150,4 @@ def _stem(p: Path) -> str:
     return p.stem
 
 
-# -- markers.csv / panel.csv ------------------------------------------------------------------
-def read_markers(path) -> tuple[str, list[dict]]:
-    """Read a markers file: MCMICRO's ``markers.csv`` (a ``marker_name`` column, one row per
-    channel in image order; rows with ``remove`` set to TRUE are kept but flagged) or steinbock's
-    ``panel.csv`` (``channel`` = metal and ``name`` columns). Returns ``(kind, rows)``."""
-    path = Path(path)
-    if path.suffix.lower() not in (".csv", ".tsv") or not path.is_file():
-        raise SlideOpenError(f"{path}: not a markers file (expected a .csv file, e.g. MCMICRO markers.csv or "
-                             "steinbock panel.csv)")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            raw = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SlideOpenError(f"{path}: cannot read the markers file: {exc}") from exc
-    extra = [i + 2 for i, r in enumerate(raw) if None in r]  # more fields than the header
-    if extra:
-        raise SlideOpenError(f"{path}: line(s) {extra[:5]} have more fields than the header (quote names "
-                             'that contain commas, e.g. "HLA class 1 A, B, and C")')
-    rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in raw]
-    cols = set(rows[0]) if rows else set()
-    if "marker_name" in cols:
-        kind = "mcmicro"
-    elif {"channel", "name"} <= cols:
-        kind = "steinbock"
-    else:
-        raise SlideOpenError(f"{path}: a markers file needs a 'marker_name' column (MCMICRO markers.csv) or "
-                             f"'channel' and 'name' columns (steinbock panel.csv); found {len(cols)} other column(s)"
-                             + (f" {short_repr(sorted(cols))}" if all(c.isprintable() and len(c) < 40 for c in cols) else ""))
-    key = "marker_name" if kind == "mcmicro" else "name"
-    empty = [i + 2 for i, r in enumerate(rows) if not r.get(key)]
-    if empty:
-        raise SlideOpenError(f"{path}: empty {key} on line(s) {empty[:5]}")
-    return kind, rows
-
-
-def apply_markers(reader: SlideReader, path) -> None:
-    """Rename ``reader``'s channels from a markers file (see :func:`read_markers`). An MCMICRO
-    file must have one row per channel; a steinbock panel matches channels by metal (the IMC
-    reader's ``metal``, or the current name)."""
-    from .readers import TiffFileReader
-
-    kind, rows = read_markers(path)
-    names = list(reader.channel_names)
-    meta = [dict(m) for m in (reader.channel_meta or [{} for _ in names])]
-    if kind == "mcmicro":
-        if len(rows) != len(names):
-            raise SlideOpenError(f"{path}: lists {len(rows)} markers but {reader.path} has {len(names)} channels "
-                                 f"({names})")
-        new = [r["marker_name"] for r in rows]
-        for m, r, old in zip(meta, rows, names):
-            m.setdefault("label", old)
-            for extra in ("cycle", "channel_number", "exposure", "remove"):
-                if r.get(extra):
-                    m[extra] = r[extra]
-    else:
-        by_metal = {r["channel"]: r["name"] for r in rows}
-        keys = [m.get("metal") or n for m, n in zip(meta, names)]
-        missing = [k for k in keys if k not in by_metal]
-        if missing:
-            raise SlideOpenError(f"{path}: no panel row for channel(s) {missing} of {reader.path}")
-        new = [by_metal[k] for k in keys]
-        for m, old in zip(meta, names):
-            m.setdefault("label", old)
-    reader.channel_names = tuple(TiffFileReader._dedupe(new))
-    reader.channel_meta = tuple(meta)
-    reader.markers_file = str(Path(path).resolve())
-
-
-__all__ = ["IMCTextReader", "ChannelFolderReader", "read_markers", "apply_markers", "imc_channel_name"]
+__all__ = ["IMCTextReader", "ChannelFolderReader", "imc_channel_name"]
