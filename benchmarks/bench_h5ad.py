@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from slidecell.io.writers import H5adWriter
+from slidecell.io.h5ad import H5adWriter
 from slidecell.table import schema_from_columns
 
 

@@ -115,8 +115,10 @@ class SegmentationConfig(Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
+        from .plugins import load_plugins
         from .segment import BACKENDS
 
+        load_plugins()
         if v not in BACKENDS:
             raise ValueError(f"unknown segmentation backend; choose one of {sorted(BACKENDS)}")
         return v
@@ -203,6 +205,9 @@ class OutputConfig(Strict):
     #: keep the chunk cache (OUT/.slidecell) after a finished run; by default it is removed once
     #: the run (and its analysis stage) completed, when cells.parquet holds every cell
     keep_chunks: bool = False
+    #: more output formats, by their registered names (:data:`slidecell.io.writers.FORMATS`, plug-ins
+    #: included): streamed formats are written with the others, converted ones from the finished run
+    formats: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _spatialdata_sources(self):

@@ -92,7 +92,7 @@ def load_eval_config(path: str | Path) -> EvalConfig:
 def load_set(root: Path, s: EvalSet) -> list[dict]:
     """Images of a set: dicts with id, image, labels (native resolution, or ``eval_mpp`` in the
     downsampled protocol), mpp, modality."""
-    from .train.data import load_pair, read_index, resample_pair, row_modality, row_mpp, select
+    from .datasets import load_pair, load_roi_zip, read_index, resample_pair, row_modality, row_mpp, select
 
     folder = root / s.name
     if not (folder / "index.csv").is_file() and folder.is_dir() and any(folder.glob("*.zip")):
@@ -115,66 +115,6 @@ def load_set(root: Path, s: EvalSet) -> list[dict]:
         out.append({"id": row["image_id"], "image": img, "labels": lab, "mpp": mpp,
                     "modality": row_modality(row), "region": region})
     return out
-
-
-def load_roi_zip(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A CryoNuSeg-style zip: one TIFF tile and ``RoiSet.zip`` (ImageJ polygon ROIs, one per
-    nucleus) → (H×W×3 image, instance labels, annotated region). A pixel belongs to a ROI when
-    its centre lies inside the polygon (ImageJ's own rule); where ROIs overlap the later one
-    wins. The public tiles are annotated only in part, so the region (the convex hull of the
-    ROIs) says where predictions are scored (:func:`restrict_to_region`)."""
-    import io
-    import tempfile
-    import zipfile
-
-    import roifile
-    import shapely
-    import tifffile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            tifs = [n for n in names if n.lower().endswith((".tif", ".tiff"))]
-            rois = [n for n in names if n.lower().endswith("roiset.zip")]
-            if len(tifs) != 1 or len(rois) != 1:
-                raise ConfigError(f"{path}: expected one .tif tile and one RoiSet.zip, found {names}")
-            img = tifffile.imread(io.BytesIO(zf.read(tifs[0])))
-            with tempfile.TemporaryDirectory() as tmp:
-                inner = Path(tmp) / "RoiSet.zip"
-                inner.write_bytes(zf.read(rois[0]))
-                polys = [r.coordinates() for r in roifile.roiread(inner)]
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the ROI zip: {err}") from None
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    img = np.ascontiguousarray(img[:, :, :3])
-    h, w = img.shape[:2]
-    lab = np.zeros((h, w), np.int32)
-    k = 0
-    shapes = []
-    for xy in polys:
-        xy = np.asarray(xy, float).reshape(-1, 2)
-        if len(xy) < 3:
-            continue
-        poly = shapely.Polygon(xy).buffer(0)
-        shapes.append(poly)
-        x0, y0, x1, y1 = poly.bounds
-        c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
-        c1, r1 = min(int(np.ceil(x1)) + 1, w), min(int(np.ceil(y1)) + 1, h)
-        if c1 <= c0 or r1 <= r0:
-            continue
-        yy, xx = np.mgrid[r0:r1, c0:c1]
-        inside = shapely.contains_xy(poly, xx + 0.5, yy + 0.5)
-        if inside.any():
-            k += 1
-            lab[yy[inside], xx[inside]] = k
-    from skimage.segmentation import relabel_sequential
-
-    lab = relabel_sequential(lab)[0]  # a ROI drawn twice over the same nucleus counts once
-    yy, xx = np.mgrid[0:h, 0:w]
-    hull = shapely.convex_hull(shapely.union_all(shapes)) if shapes else shapely.Polygon()
-    region = shapely.contains_xy(hull, xx + 0.5, yy + 0.5)
-    return img, lab, region
 
 
 def restrict_to_region(pred: np.ndarray, region: np.ndarray | None) -> np.ndarray:
@@ -227,7 +167,7 @@ def run_outlines(item: dict, s: EvalSet, backend: str, params: dict, work: Path,
     import tifffile
 
     from .engine import run
-    from .train.data import resample_pair
+    from .datasets import resample_pair
 
     image = item["image"]
     h, w = image.shape[:2]
@@ -342,7 +282,7 @@ def evaluate(config_path: str | Path, out: str | Path | None = None, data_root: 
         results["skipped"] = {k: v for k, v in {**old.get("skipped", {}), **results["skipped"]}.items()
                               if k not in results["results"]}
     if out is not None:
-        from .io.writers import atomic_path
+        from .io.atomic import atomic_path
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ chunk files; the GeoJSON keeps the run's coordinates convention (bounds origin, 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -14,12 +15,11 @@ import yaml
 from .errors import InputError, OutputError
 from .io.label_image import LABELS_NAME, write_run_labels
 from .io.spatialdata import SPATIALDATA_NAME
-from .io.writers import OUTPUT_NAMES, CellFiles, atomic_path, run_uns, run_var, slide_id, write_zarr_from_h5ad
+from .io.writers import FORMATS, OUTPUT_NAMES, CellFiles, OutputFormat, register_format
+from .io.atomic import atomic_path
+from .io.h5ad import run_uns, run_var, slide_id, write_zarr_from_h5ad
+from .plugins import load_plugins
 from .table import schema_from_columns
-
-
-#: formats beyond the cell-table files: the label image and a SpatialData store
-EXTRA_FORMATS = {"labels": LABELS_NAME, "spatialdata": SPATIALDATA_NAME}
 
 
 def _read_schema(path: Path):
@@ -33,19 +33,61 @@ def _read_schema(path: Path):
         raise InputError(f"{path}: not a readable Parquet file (truncated or damaged: {str(err)[:120]})") from None
 
 
+@dataclass(frozen=True)
+class RunCells:
+    """A finished run, as a converted format gets it: its folder, run.json, config and its cells
+    (``parts()``: Arrow tables in plan order)."""
+
+    run_dir: Path
+    info: dict
+    config: dict
+    parts: object
+
+
+def _parts(run_dir: Path, source: Path):
+    """The run's cells as a factory of Arrow parts, and their schema: from cells.parquet, else from
+    the chunk files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chunks = sorted((run_dir / ".slidecell" / "chunks").glob("chunk-*.parquet"))
+    if source.exists():
+        def parts_factory():
+            return (pa.Table.from_batches([b]) for b in pq.ParquetFile(source).iter_batches(batch_size=65536))
+        return parts_factory, _read_schema(source)
+    if chunks:
+        def parts_factory():
+            return (pq.read_table(p) for p in chunks)
+        return parts_factory, _read_schema(chunks[0])
+    raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
+
+
+def _labels(run: RunCells, out: Path, **_) -> Path:
+    return write_run_labels(out, run.parts, run.info["plan"], run.config.get("tiling") or {})
+
+
+def _zarr(run: RunCells, out: Path, **_) -> Path:
+    h5ad = run.run_dir / OUTPUT_NAMES["h5ad"]
+    if h5ad.exists():
+        return write_zarr_from_h5ad(h5ad, out)
+    with atomic_path(out.with_name(out.name + ".h5ad")) as tmp:  # removed when done
+        export(run.run_dir, "h5ad", tmp, overwrite=True)
+        return write_zarr_from_h5ad(tmp, out)
+
+
 def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = True, extra=None) -> Path:
-    """Write the cells of the finished run in ``run_dir`` as ``fmt`` (one of
-    :data:`OUTPUT_NAMES`: geojson, geojson.gz, parquet, h5ad, csv, zarr; labels (OME-TIFF label
-    pyramid) or spatialdata (image + shapes + table; ``image=False`` leaves the image out)) to ``out`` (default: the
+    """Write the cells of the finished run in ``run_dir`` as ``fmt`` (a registered format,
+    :data:`slidecell.io.writers.FORMATS`: geojson, geojson.gz, parquet, h5ad, csv, zarr; labels (OME-TIFF
+    label pyramid) or spatialdata (image + shapes + table; ``image=False`` leaves the image out)) to ``out`` (default: the
     format's file name in ``run_dir``). ``extra``: columns to add to the table files, a DataFrame
     indexed by cell id (e.g. ``class``, which GeoJSON writes as the QuPath classification).
     Returns the path written."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     run_dir = Path(run_dir)
-    if fmt not in OUTPUT_NAMES and fmt not in EXTRA_FORMATS:
-        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join([*OUTPUT_NAMES, *EXTRA_FORMATS])}")
+    load_plugins()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     info_path = run_dir / "run.json"
     if not info_path.exists():
         raise InputError(f"{run_dir}: not a finished slidecell run (no run.json)")
@@ -53,34 +95,15 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     precision = (cfg.get("output") or {}).get("geojson_precision", 3)
     offset = tuple((info.get("reader") or {}).get("bounds_offset") or (0, 0))
-    out = Path(out) if out is not None else run_dir / (EXTRA_FORMATS.get(fmt) or OUTPUT_NAMES[fmt])
+    out = Path(out) if out is not None else run_dir / FORMATS[fmt].filename
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
     source = run_dir / OUTPUT_NAMES["parquet"]
     if source.exists() and source.resolve() == out.resolve():
         raise OutputError(f"{out}: is the source of the export")
-    chunks = sorted((run_dir / ".slidecell" / "chunks").glob("chunk-*.parquet"))
-    if source.exists():
-        def parts_factory():
-            return (pa.Table.from_batches([b]) for b in pq.ParquetFile(source).iter_batches(batch_size=65536))
-        schema = _read_schema(source)
-    elif chunks:
-        def parts_factory():
-            return (pq.read_table(p) for p in chunks)
-        schema = _read_schema(chunks[0])
-    else:
-        raise InputError(f"{run_dir}: neither cells.parquet nor chunk files to export from")
-    if fmt == "labels":
-        return write_run_labels(out, parts_factory, info["plan"], cfg.get("tiling") or {})
-    if fmt == "spatialdata":
-        return _spatialdata(run_dir, out, image)
-    if fmt == "zarr":
-        h5ad = run_dir / OUTPUT_NAMES["h5ad"]
-        if h5ad.exists():
-            return write_zarr_from_h5ad(h5ad, out)
-        with atomic_path(out.with_name(out.name + ".h5ad")) as tmp:  # removed when done
-            export(run_dir, "h5ad", tmp, overwrite=True)
-            return write_zarr_from_h5ad(tmp, out)
+    parts_factory, schema = _parts(run_dir, source)
+    if FORMATS[fmt].open is None:  # made from the finished run, not streamed
+        return FORMATS[fmt].convert(RunCells(run_dir, info, cfg, parts_factory), out, image=image)
     uns = run_uns(info, cfg, info.get("slidecell_version"))
     spatial = None
     if fmt == "h5ad" and ((cfg.get("output") or {}).get("tissue_image", True)):
@@ -98,11 +121,12 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
     return out
 
 
-def _spatialdata(run_dir: Path, out: Path, image: bool) -> Path:
+def _spatialdata(run: RunCells, out: Path, image: bool = True) -> Path:
     """The run's h5ad and GeoParquet (exported to temporary files when the run did not write
     them) into a SpatialData store."""
     from .io.spatialdata import write_spatialdata
 
+    run_dir = run.run_dir
     made = []
     try:
         sources = []
@@ -119,4 +143,8 @@ def _spatialdata(run_dir: Path, out: Path, image: bool) -> Path:
             p.unlink(missing_ok=True)
 
 
-__all__ = ["export", "EXTRA_FORMATS"]
+register_format(OutputFormat("zarr", OUTPUT_NAMES["zarr"], convert=_zarr, description="AnnData as zarr"))
+register_format(OutputFormat("labels", LABELS_NAME, convert=_labels, description="label image (OME-TIFF pyramid)"))
+register_format(OutputFormat("spatialdata", SPATIALDATA_NAME, convert=_spatialdata, description="SpatialData store"))
+
+__all__ = ["export", "RunCells"]

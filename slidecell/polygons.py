@@ -81,7 +81,7 @@ def _square_corners(up, pts, ring, starts, lengths, owner):
     return out, np.repeat(ring, counts), pinched
 
 
-def _offset_rectilinear(xy: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dist: float) -> np.ndarray:
+def offset_rectilinear(xy: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dist: float) -> np.ndarray:
     """Move every vertex of axis-parallel rings ``dist`` outward (mitred corners), vectorized."""
     n = len(xy)
     nxt = _ring_next(starts, lengths, n)
@@ -176,7 +176,7 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
         xy, rank = xy[~straight], rank[~straight]
         l_sel = np.bincount(rank, minlength=len(best_sorted))
         s_sel = np.cumsum(l_sel) - l_sel
-    edge_xy, convex = _offset_rectilinear(xy, s_sel, l_sel, 0.25)
+    edge_xy, convex = offset_rectilinear(xy, s_sel, l_sel, 0.25)
     # perimeter (edges are axis-parallel) and the convex hull of the convex corners
     nxt = _ring_next(s_sel, l_sel, len(edge_xy))
     seg = np.abs(edge_xy[nxt] - edge_xy).sum(axis=1)

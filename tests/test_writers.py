@@ -14,9 +14,12 @@ import shapely
 
 from conftest import qupath_check
 from slidecell.engine import cell_ids
-from slidecell.io.writers import (GeoJSONWriter, GeoParquetWriter, H5adWriter, _compact, _decimal_text, atomic_path,
-                                  geojson_features, write_h5ad, write_qupath_geojson)
-from slidecell.table import BASE_COLUMNS, MEAN_PREFIX, to_anndata, to_arrow
+from slidecell.io.geojson import GeoJSONWriter, _compact, _decimal_text, geojson_features
+from slidecell.io.parquet import GeoParquetWriter
+from slidecell.io.h5ad import H5adWriter, write_h5ad
+from slidecell.io.atomic import atomic_path
+from slidecell.io.writers import CellFiles
+from slidecell.table import BASE_COLUMNS, MEAN_PREFIX, schema_from_columns, to_anndata, to_arrow
 
 
 def cell_table(rng, n: int, channels=("DAPI", "CD3")) -> pd.DataFrame:
@@ -36,6 +39,12 @@ def cell_table(rng, n: int, channels=("DAPI", "CD3")) -> pd.DataFrame:
     t.loc[3, MEAN_PREFIX + channels[0]] = np.nan  # a missing value is left out of the GeoJSON
     t["geometry"] = shapely.box(np.floor(x), np.floor(y), np.floor(x) + w, np.floor(y) + h)
     return t
+
+
+def write_qupath_geojson(table: pd.DataFrame, path, offset=(0, 0)) -> None:
+    """The cells as a QuPath GeoJSON through the run's own format registry (one part)."""
+    with CellFiles({"geojson": path}, schema_from_columns(table.columns), offset) as files:
+        files.write(to_arrow(table))
 
 
 def test_decimal_text_round_trips(rng):
@@ -128,7 +137,7 @@ def test_classes_and_cells_follow_qupath_conventions(rng, tmp_path):
     (QuPath's own for its standard classes); a ``nucleus_geometry`` column makes QuPath cells:
     ``objectType: cell`` and ``nucleusGeometry`` beside ``geometry`` (not in properties)."""
     from slidecell.io.qupath import read_qupath_geojson
-    from slidecell.io.writers import class_color
+    from slidecell.io.geojson import class_color
 
     t = cell_table(rng, 50)
     t["class"] = np.where(np.arange(50) % 3 == 0, "Tumor", np.where(np.arange(50) % 3 == 1, "CD8 T cell", None))
@@ -160,7 +169,7 @@ def test_classes_and_cells_follow_qupath_conventions(rng, tmp_path):
 
 def test_class_colours_are_qupaths(tmp_path):
     """QuPath's default classes keep QuPath's colours (its PathClass cache ignores a file's)."""
-    from slidecell.io.writers import QUPATH_CLASS_COLORS
+    from slidecell.io.geojson import QUPATH_CLASS_COLORS
 
     t = cell_table(np.random.default_rng(3), len(QUPATH_CLASS_COLORS))
     t["class"] = list(QUPATH_CLASS_COLORS)

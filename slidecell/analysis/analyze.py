@@ -143,7 +143,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
     folder ``out``. Returns ``out``."""
     import anndata as ad
 
-    from ..io.writers import atomic_path, write_text_atomic
+    from ..io.atomic import atomic_path, write_text_atomic
 
     src = Path(source)
     if src.is_dir() and (src / "cells.h5ad").exists():

@@ -107,7 +107,7 @@ def train_classifier(adata, labels: pd.Series, out, seed: int = 0, n_estimators:
     import skops.io as sio
     from sklearn.ensemble import RandomForestClassifier
 
-    from ..io.writers import atomic_path
+    from ..io.atomic import atomic_path
 
     feats = cell_features(adata)
     known = labels.notna().to_numpy()

@@ -45,7 +45,7 @@ def cohort(runs: dict[str, Path], out) -> Path:
     ``cohort_densities.csv`` and ``cohort_report.html`` into ``out``."""
     import anndata as ad
 
-    from ..io.writers import atomic_path
+    from ..io.atomic import atomic_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def _report(summary: pd.DataFrame, densities: pd.DataFrame, enrich: pd.DataFrame
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io.writers import atomic_path
+    from ..io.atomic import atomic_path
     from .report.page import CSS, img, table
 
     parts = [("overview", "Slides", table(summary[[c for c in summary.columns if not c.startswith("fraction:")]], 2))]

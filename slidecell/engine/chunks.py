@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io.writers import geojson_features
+from ..io.geojson import geojson_features
 from ..table import to_arrow
 from .cells import TileContext
 

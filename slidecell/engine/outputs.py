@@ -8,11 +8,36 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from ..io import SlideReader
-from ..io.writers import OUTPUT_NAMES, CellFiles, run_uns, slide_id
+from ..io.writers import FORMATS, OUTPUT_NAMES, CellFiles
+from ..io.h5ad import run_uns, slide_id
 from ..tiling import TilePlan
 from .runfolder import WORK_DIR
+
+
+def streamed_formats(cfg: Config) -> list[str]:
+    """The formats of ``output.formats`` streamed with the others (the rest are converted from the
+    finished run)."""
+    return [f for f in extra_formats(cfg) if FORMATS[f].open is not None]
+
+
+def extra_formats(cfg: Config) -> list[str]:
+    """``output.formats``, each checked against the registry (plug-ins loaded first)."""
+    from ..plugins import load_plugins
+
+    load_plugins()
+    unknown = [f for f in cfg.output.formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"output.formats: unknown format(s) {unknown}; registered: {', '.join(FORMATS)}")
+    return list(cfg.output.formats)
+
+
+def converted_outputs(out: Path, cfg: Config) -> dict[str, Path]:
+    """The formats of ``output.formats`` made from the finished run in ``out`` (after run.json)."""
+    from ..export import export
+
+    return {f: export(out, f, overwrite=True) for f in extra_formats(cfg) if FORMATS[f].open is None}
 
 
 def output_paths(cfg: Config, out: Path) -> dict[str, Path]:
@@ -21,6 +46,7 @@ def output_paths(cfg: Config, out: Path) -> dict[str, Path]:
     fmts = [f for f, on in (("geojson.gz" if o.geojson_gzip else "geojson", o.geojson), ("parquet", o.parquet),
                             ("h5ad", o.h5ad), ("csv", o.csv)) if on]
     paths = {f: out / OUTPUT_NAMES[f] for f in fmts}
+    paths.update({f: out / FORMATS[f].filename for f in streamed_formats(cfg)})
     if o.zarr and not o.h5ad:  # the zarr store is converted from an h5ad kept in the work folder
         paths["h5ad"] = out / WORK_DIR / OUTPUT_NAMES["h5ad"]
     return paths

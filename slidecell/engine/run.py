@@ -18,7 +18,9 @@ from ..errors import ConfigError, OutputError, StorageError, storage_problem
 from ..fingerprint import input_digests, slide_fingerprint
 from ..io import SlideReader, open_slide
 from ..io.label_image import LABELS_NAME
-from ..io.writers import OUTPUT_NAMES, write_text_atomic, write_zarr_from_h5ad
+from ..io.writers import OUTPUT_NAMES
+from ..io.atomic import write_text_atomic
+from ..io.h5ad import write_zarr_from_h5ad
 from ..measure import MeasureSpec, estimate_stains
 from ..progress import RunProgress
 from ..segment import get_segmenter
@@ -26,7 +28,7 @@ from ..tiling import WINDOW_ALIGN, TileStream, detect_tissue, plan_tiles, slide_
 from .cells import TileContext
 from .chunks import chunk_rows
 from .cluster import run_dask
-from .outputs import OutputStream
+from .outputs import OutputStream, converted_outputs
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
 from .runfolder import RUN_FILE, WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
@@ -92,6 +94,7 @@ def run(
             with RunFolder(out, overwrite) as folder:
                 result = _Run(reader, slide, cfg, out, mpp, roi, progress, t_start, annotations).execute()
                 folder.commit()
+                result.outputs.update(converted_outputs(out, cfg))
                 if cfg.analysis is not None:
                     result.outputs.update(analysis_stage(out, cfg, result.outputs))
                 drop_chunks(out, cfg)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import OutputError
-from ..io.writers import OUTPUT_NAMES, pid_alive
+from ..io.writers import OUTPUT_NAMES
+from ..io.atomic import pid_alive
 
 WORK_DIR = ".slidecell"
 RUN_FILE = "run.json"
@@ -76,8 +77,10 @@ def owned_names() -> list[str]:
     from ..io.label_image import LABELS_NAME
     from ..io.spatialdata import SPATIALDATA_NAME
 
-    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), LABELS_NAME, SPATIALDATA_NAME, "cells_classified.geojson",
-            "analysis"]
+    from ..io.writers import FORMATS
+
+    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), *(f.filename for f in FORMATS.values()), LABELS_NAME,
+            SPATIALDATA_NAME, "cells_classified.geojson", "analysis"]
 
 
 def _is_ours_tmp(name: str, owned) -> bool:

@@ -54,14 +54,14 @@ def rasterize_outlines(out: np.ndarray, ids, polys, x0: float, y0: float, factor
     """Fill each outline (working pixels) into ``out`` (origin x0, y0, at 1/factor resolution)
     with its label: exactly the pixels whose centres are inside. OpenCV also fills pixels its
     edges touch, so the outlines are first pulled 1/16 px inwards (its sub-pixel unit)."""
-    from ..polygons import _offset_rectilinear
+    from ..polygons import offset_rectilinear
 
     coords, ring = shapely.get_coordinates(shapely.get_exterior_ring(polys), return_index=True)
     last = np.r_[ring[1:] != ring[:-1], True]  # the closing repeat of each ring
     coords, ring = coords[~last], ring[~last]
     lengths = np.bincount(ring, minlength=len(polys))
     starts = np.cumsum(lengths) - lengths
-    inner, _ = _offset_rectilinear((coords - (x0, y0)) / factor, starts, lengths, -1 / 16)
+    inner, _ = offset_rectilinear((coords - (x0, y0)) / factor, starts, lengths, -1 / 16)
     pts = np.round((inner - 0.5) * 16).astype(np.int32)  # pixel i's centre is at i in OpenCV
     for k, lab in enumerate(ids):
         cv2.fillPoly(out, [pts[starts[k]:starts[k] + lengths[k]]], int(lab), lineType=cv2.LINE_8, shift=4)
@@ -76,7 +76,7 @@ def write_label_pyramid(path, parts_factory, width: int, height: int, scale: flo
     extend beyond its tile's core (the largest overlap a tile was read with)."""
     import tifffile
 
-    from .writers import atomic_path
+    from .atomic import atomic_path
 
     path = Path(path)
     levels = [1]

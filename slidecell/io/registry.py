@@ -79,6 +79,9 @@ def open_slide(path, mpp: float | None = None, reader: str = "auto", markers=Non
 
 
 def _open(path: Path, mpp, reader: str, **options) -> SlideReader:
+    from ..plugins import load_plugins
+
+    load_plugins()
     path = Path(path)
     if mpp is not None and not plausible_mpp(mpp):
         raise SlideOpenError(f"{path}: --mpp {mpp}: not a microscope pixel size (expected {MPP_RANGE[0]} to "

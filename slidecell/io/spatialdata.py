@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .writers import atomic_dir
+from .atomic import atomic_dir
 
 SPATIALDATA_NAME = "cells.spatialdata.zarr"
 #: instance key of the table: the row number, which is also the shapes' index (and label - 1)

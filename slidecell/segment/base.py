@@ -165,6 +165,10 @@ def _identity(raw, image):
 
 
 def get_segmenter(name: str, params, channel_names, modality, mpp, nuclear_channels=()) -> Segmenter:
+    """A backend by its registered name (plug-ins included), built for a slide's channels."""
+    from ..plugins import load_plugins
+
+    load_plugins()
     if name not in BACKENDS:
         raise ConfigError(f"unknown segmentation backend {name!r}; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name](params, channel_names, modality, mpp, nuclear_channels)

@@ -223,7 +223,7 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
 def _checkpoint(out: Path, net, opt, sched, epoch: int, best) -> None:
     from safetensors.torch import save_file
 
-    from ..io.writers import atomic_path
+    from ..io.atomic import atomic_path
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     opt_state = opt.state_dict()
@@ -270,7 +270,7 @@ def ship(run_dir: str | Path, evaluation: str | Path | None = None, min_confiden
     fp16 to halve the size; loaded back as fp32) and write its model card beside it.
     ``min_confidence`` and ``min_area_um2`` (chosen on validation images with
     ``benchmarks/choose_confidence.py``) become the model's own defaults."""
-    from ..io.writers import atomic_path
+    from ..io.atomic import atomic_path
     from ..segment.builtin.model import WEIGHTS_DIR, PostParams, load_weights, save_weights
 
     run_dir = Path(run_dir)

@@ -1,15 +1,12 @@
-"""Annotated nucleus sets → training samples at the model's resolution.
+"""Annotated nucleus sets (:mod:`slidecell.datasets`) → training samples at the model's resolution.
 
-A set is a folder with ``index.csv`` (one row per image, ``image_id`` first), ``images/`` and
-``labels/`` (uint16 instance TIFFs with the same ids), as in ``../shared/data/nuclei``. Every
+Every
 image is resampled once to the model's µm/px (from the row's ``mpp``, else its
 ``magnification``, else the set's nominal ``mpp``); labels with nearest neighbour.
 """
 
 from __future__ import annotations
 
-import csv
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +14,9 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import ConfigError
+from ..datasets import load_pair, read_index, resample_pair, row_modality, row_mpp, select
 from ..segment.builtin.inputs import model_input
 
-MAGNIFICATION_MPP = {"40x": 0.25, "20x": 0.5, "10x": 1.0}
 
 
 @dataclass
@@ -37,79 +33,6 @@ class Group:
     name: str
     weight: float
     samples: list[Sample] = field(default_factory=list)
-
-
-def read_index(folder: Path) -> list[dict]:
-    index = folder / "index.csv"
-    if not index.is_file():
-        raise ConfigError(f"{folder}: no index.csv (expected an annotated nucleus set)")
-    with open(index, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def select(rows: list[dict], where: dict[str, str] | None) -> list[dict]:
-    """Rows whose columns fully match every regular expression in ``where``."""
-    if not where:
-        return list(rows)
-    for col in where:
-        if rows and col not in rows[0]:
-            raise ConfigError(f"filter column {col!r} not in index.csv columns {list(rows[0])}")
-    pats = {c: re.compile(p) for c, p in where.items()}
-    return [r for r in rows if all(p.fullmatch(str(r.get(c, ""))) for c, p in pats.items())]
-
-
-def row_mpp(row: dict, nominal: float | None) -> float:
-    if row.get("mpp"):
-        return float(row["mpp"])
-    mag = (row.get("magnification") or "").lower()
-    if mag in MAGNIFICATION_MPP:
-        return MAGNIFICATION_MPP[mag]
-    if nominal is None:
-        raise ConfigError(f"image {row.get('image_id')}: no mpp or magnification; give the set an mpp")
-    return float(nominal)
-
-
-def row_modality(row: dict) -> str:
-    return "fluorescence" if "fluorescence" in (row.get("kind") or "") else "brightfield"
-
-
-def find_file(folder: Path, image_id: str) -> Path:
-    hits = sorted(folder.glob(image_id + ".*"))
-    if not hits:
-        raise ConfigError(f"{folder}: no file for image {image_id!r}")
-    return hits[0]
-
-
-def load_pair(folder: Path, row: dict) -> tuple[np.ndarray, np.ndarray]:
-    import tifffile
-    from PIL import Image
-
-    iid = row["image_id"]
-    ipath = find_file(folder / "images", iid)
-    if ipath.suffix.lower() in (".tif", ".tiff"):
-        img = tifffile.imread(ipath)
-    else:
-        with Image.open(ipath) as im:
-            img = np.asarray(im.convert("RGB"))
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    img = img[:, :, :3]
-    lab = tifffile.imread(find_file(folder / "labels", iid)).astype(np.int32)
-    if lab.shape != img.shape[:2]:
-        raise ConfigError(f"{ipath}: image {img.shape[:2]} and labels {lab.shape} differ in size")
-    return img, lab
-
-
-def resample_pair(img: np.ndarray, lab: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scale by ``factor`` (<1 shrinks): area-average the image, nearest-neighbour the labels."""
-    if abs(factor - 1) < 1e-3:
-        return img, lab
-    h, w = lab.shape
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    img = cv2.resize(img, size, interpolation=interp)
-    lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST_EXACT)
-    return img, lab
 
 
 def load_samples(root: Path, set_name: str, where: dict | None, nominal_mpp: float | None,

@@ -31,7 +31,7 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ...io.writers import atomic_path
+    from ...io.atomic import atomic_path
 
     adir = Path(analysis_dir)
     if not (adir / "analysis.json").exists():

@@ -11,7 +11,7 @@ MAX_POINTS = 150_000
 
 
 def colors(categories) -> dict:
-    from ...io.writers import class_color
+    from ...io.geojson import class_color
 
     return {c: tuple(v / 255 for v in class_color(str(c))) for c in categories}
 

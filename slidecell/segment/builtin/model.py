@@ -62,7 +62,7 @@ def weights_path(name_or_path: str | Path) -> Path:
 def save_weights(net: UNet, meta: ModelMeta, path: Path, half: bool = False) -> None:
     from safetensors.torch import save_file
 
-    from ...io.writers import atomic_path
+    from ...io.atomic import atomic_path
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     if half:
