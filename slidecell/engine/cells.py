@@ -15,7 +15,7 @@ import pandas as pd
 import shapely
 from scipy import ndimage as ndi
 
-from ..measure import MeasureSpec, calipers, circularity, ellipse_axes, expand_nuclei, label_moments
+from ..measure import MeasureSpec, expand_nuclei, label_moments, nucleus_shape_columns, shape_columns
 from ..polygons import outline_labels
 from ..segment import Scored, Segmenter
 from ..table import empty_table
@@ -102,24 +102,13 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         | ((maxx >= tile.w) & (tile.x + tile.w < ctx.width))
         | ((maxy >= tile.h) & (tile.y + tile.h < ctx.height))
     )
-    solidity = np.clip(area / np.maximum(hull, 1e-12), 0, 1)
-    major, minor, ecc = ellipse_axes(mu20, mu02, mu11)
     mpp = ctx.mpp
-    max_cal, min_cal = calipers(polys0)  # level-0 pixels
     x0, y0 = gx * ctx.scale, gy * ctx.scale
     columns = {
         "cell_id": cell_ids(ctx.slide_key, x0, y0),
         "tile": np.full(len(ids), tile.index, np.int64),
         "x": x0, "y": y0, "x_um": x0 * ctx.mpp0, "y_um": y0 * ctx.mpp0,
-        "area_um2": area * mpp**2,
-        "perimeter_um": perim_px * mpp,
-        "eccentricity": ecc,
-        "solidity": solidity,
-        "major_axis_um": major * mpp,
-        "minor_axis_um": minor * mpp,
-        "circularity": circularity(area * mpp**2, perim_px * mpp),
-        "max_caliper_um": max_cal * ctx.mpp0,
-        "min_caliper_um": min_cal * ctx.mpp0,
+        **shape_columns(area, perim_px, hull, (mu20, mu02, mu11), polys0, mpp, ctx.mpp0),
         "touches_tile_edge": touches,
     }
     if spec.source_labels:
@@ -134,12 +123,7 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         n_perim = np.zeros(len(ids))
         if has.any():
             nuc[has], n_perim[has] = _outline(nuclei, ids[has], tile, ctx)[:2]
-        n_perim = n_perim * mpp
-        n_max, n_min = calipers(nuc)
-        columns.update({"nucleus_area_um2": n_area, "nucleus_perimeter_um": n_perim,
-                        "nucleus_circularity": circularity(n_area, n_perim),
-                        "nucleus_max_caliper_um": n_max * ctx.mpp0, "nucleus_min_caliper_um": n_min * ctx.mpp0,
-                        "nucleus_cell_area_ratio": n_area / np.maximum(area * mpp**2, 1e-12)})
+        columns.update(nucleus_shape_columns(n_area, n_perim * mpp, nuc, area * mpp**2, ctx.mpp0))
     columns.update(spec.measure(nuclei, cells, image, ids))
     columns["geometry"] = polys0
     if nuc is not None:
