@@ -123,6 +123,25 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
         return out, perim, hull, bounds
     if labels.max() > np.iinfo(np.int32).max:
         raise ValueError("label ids must fit in int32")
+    pts, ring, lengths, owner, pinched = _traced_rings(labels, ids)
+    xy, rank, l_sel, s_sel, best = _largest_rings(pts, ring, lengths, owner)
+    grown, per, hull_area, box = _pixel_edge_outlines(xy, rank, l_sel, s_sel, pinched[best], offset, scale)
+    labels_of = owner[best]
+    pos = np.searchsorted(ids, labels_of) if np.all(ids[:-1] <= ids[1:]) else None
+    if pos is None or not np.array_equal(ids[np.minimum(pos, len(ids) - 1)], labels_of):
+        where = {int(v): i for i, v in enumerate(ids)}
+        pos = np.array([where[int(v)] for v in labels_of], np.int64)
+    out[pos], perim[pos], hull[pos], bounds[pos] = grown, per, hull_area, box
+    missing = np.array([g is None for g in out])
+    if missing.any():
+        raise ValueError(f"labels without an outline: {ids[missing][:5].tolist()}")
+    return out, perim, hull, bounds
+
+
+def _traced_rings(labels: np.ndarray, ids: np.ndarray):
+    """The outline rings of the requested labels on the 2× grid (OpenCV's flood-fill contours,
+    corners squared): points, each point's ring, the rings' lengths, owning labels and whether a
+    ring is pinched diagonally."""
     up = _upsampled(labels)
     contours, _ = cv2.findContours(up, cv2.RETR_FLOODFILL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
@@ -142,21 +161,26 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
     pts, ring = pts[pmask], np.searchsorted(keep, ring[pmask])
     lengths, owner = lengths[keep], owner[keep]
     starts = np.cumsum(lengths) - lengths
-    want = np.ones(len(keep), bool)
     pts, ring, pinched = _square_corners(up, pts, ring, starts, lengths, owner)
     lengths = np.bincount(ring, minlength=len(lengths))
+    return pts, ring, lengths, owner, pinched
+
+
+def _largest_rings(pts, ring, lengths, owner):
+    """The largest ring of each label, back in label-image coordinates (the inner trace through
+    pixel centres), without the vertices in the middle of straight edges: points, each point's
+    ring rank, ring lengths and starts, and the chosen rings (sorted)."""
     # largest piece per label (shoelace areas of all rings at once)
     starts = np.cumsum(lengths) - lengths
     nxt = _ring_next(starts, lengths, len(pts))
     p = pts.astype(np.float64)
     area = np.abs(np.bincount(ring, p[:, 0] * p[nxt, 1] - p[nxt, 0] * p[:, 1], len(lengths)))
-    cand = np.flatnonzero(want)
-    order = cand[np.lexsort((-area[cand], owner[cand]))]
+    order = np.lexsort((-area, owner))
     first = np.ones(len(order), bool)
     first[1:] = owner[order][1:] != owner[order][:-1]
     best = order[first]
     # points of the chosen rings, back to label-image coordinates (padding removed): half-pixel
-    # centres of the 2× grid, then a quarter pixel outward onto the pixel edges
+    # centres of the 2× grid (a quarter pixel outward onto the pixel edges comes later)
     sel = np.zeros(len(lengths), bool)
     sel[best] = True
     pmask = sel[ring]
@@ -176,11 +200,17 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
         xy, rank = xy[~straight], rank[~straight]
         l_sel = np.bincount(rank, minlength=len(best_sorted))
         s_sel = np.cumsum(l_sel) - l_sel
+    return xy, rank, l_sel, s_sel, best_sorted
+
+
+def _pixel_edge_outlines(xy, rank, l_sel, s_sel, pinched, offset, scale):
+    """The inner traces moved a quarter pixel outward onto the pixel edges and placed: polygons,
+    perimeters, convex hull areas and bounds (label-image pixels)."""
     edge_xy, convex = offset_rectilinear(xy, s_sel, l_sel, 0.25)
     # perimeter (edges are axis-parallel) and the convex hull of the convex corners
     nxt = _ring_next(s_sel, l_sel, len(edge_xy))
     seg = np.abs(edge_xy[nxt] - edge_xy).sum(axis=1)
-    per = np.bincount(rank, seg, len(best_sorted))
+    per = np.bincount(rank, seg, len(l_sel))
     box = np.stack([np.minimum.reduceat(edge_xy[:, 0], s_sel), np.minimum.reduceat(edge_xy[:, 1], s_sel),
                     np.maximum.reduceat(edge_xy[:, 0], s_sel), np.maximum.reduceat(edge_xy[:, 1], s_sel)], axis=1)
     # (a rectilinear ring has 4 more convex than concave corners, so at least 4)
@@ -188,7 +218,7 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
     ox, oy = offset
     placed = (edge_xy + (ox, oy)) * scale if (ox or oy or scale != 1.0) else edge_xy
     grown = shapely.polygons(shapely.linearrings(placed, indices=rank))
-    bad = np.flatnonzero(pinched[best_sorted])
+    bad = np.flatnonzero(pinched)
     if len(bad):  # a diagonal pinch: offset the inner trace with GEOS instead
         m = np.isin(rank, bad)
         inner = shapely.polygons(shapely.linearrings(xy[m], indices=np.searchsorted(bad, rank[m])))
@@ -199,13 +229,4 @@ def outline_labels(labels: np.ndarray, ids: np.ndarray, offset=(0.0, 0.0), scale
             g = shapely.Polygon(g.exterior)
             per[k], hull_area[k], box[k] = g.length, g.convex_hull.area, g.bounds
             grown[k] = shapely.transform(g, lambda c: (c + (ox, oy)) * scale)
-    labels_of = owner[best_sorted]
-    pos = np.searchsorted(ids, labels_of) if np.all(ids[:-1] <= ids[1:]) else None
-    if pos is None or not np.array_equal(ids[np.minimum(pos, len(ids) - 1)], labels_of):
-        where = {int(v): i for i, v in enumerate(ids)}
-        pos = np.array([where[int(v)] for v in labels_of], np.int64)
-    out[pos], perim[pos], hull[pos], bounds[pos] = grown, per, hull_area, box
-    missing = np.array([g is None for g in out])
-    if missing.any():
-        raise ValueError(f"labels without an outline: {ids[missing][:5].tolist()}")
-    return out, perim, hull, bounds
+    return grown, per, hull_area, box

@@ -79,8 +79,9 @@ def owned_names() -> list[str]:
 
     from ..io.writers import FORMATS
 
-    return [RUN_FILE, "config.yaml", *OUTPUT_NAMES.values(), *(f.filename for f in FORMATS.values()), LABELS_NAME,
-            SPATIALDATA_NAME, "cells_classified.geojson", "analysis"]
+    names = [RUN_FILE, "config.yaml", *(f.filename for f in FORMATS.values()), LABELS_NAME, SPATIALDATA_NAME,
+             "cells_classified.geojson", "analysis"]
+    return list(dict.fromkeys(names))  # each once (export's formats register the label image and SpatialData too)
 
 
 def _is_ours_tmp(name: str, owned) -> bool:

@@ -119,46 +119,19 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
 
     from ..segment.builtin.model import ModelMeta, Predictor, save_weights
     from ..segment.models import pick_device
-    from ..segment.builtin.net import NetSpec, UNet
     from .data import Augment, sample_batch
 
     cfg = load_train_config(config_path, overrides)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    root = Path(data_root or cfg.data_root)
-    if not root.is_dir():
-        raise ConfigError(f"data_root {root}: no such folder")
-    resolved = cfg.model_dump(mode="json")
-    cfg_file = out / "config.yaml"
-    if cfg_file.exists():
-        old = yaml.safe_load(cfg_file.read_text())
-        if old != resolved:
-            raise ConfigError(f"{out}: holds a run with a different config; use another --out")
-    else:
-        cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
-
+    root = _claim_out(cfg, out, data_root)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    train_groups = _groups(cfg, root, "train")
-    val_samples = [s for g in _groups(cfg, root, "val") for s in g.samples]
-    train_keys = {s.key for g in train_groups for s in g.samples}
-    leak = [s.key for s in val_samples if s.key in train_keys]
-    if leak:
-        raise ConfigError(f"validation images are also training images: {leak[:5]}")
+    train_groups, val_samples = _train_val(cfg, root)
     log(f"train: {sum(len(g.samples) for g in train_groups)} images in {len(train_groups)} groups; "
         f"val: {len(val_samples)} images; device {device}")
-
-    spec = NetSpec(3, tuple(cfg.channels), 3)
-    net = UNet(spec)
-    if cfg.init:
-        from ..segment.builtin.model import load_weights
-
-        init_net, init_meta = load_weights(cfg.init)
-        if init_meta.spec != spec:
-            raise ConfigError(f"init {cfg.init}: network {init_meta.spec} differs from channels {cfg.channels}")
-        net.load_state_dict(init_net.state_dict())
+    spec, net = _network(cfg)
     amp = torch.bfloat16 if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda") else None
     net = net.to(device, memory_format=torch.channels_last if amp is not None else torch.contiguous_format)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -167,8 +140,6 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
     epoch0, best = _resume(out, net, opt, sched)
     aug = Augment(cfg.augment.patch, tuple(cfg.augment.scale), cfg.augment.hed, cfg.augment.blur,
                   cfg.augment.noise, cfg.augment.jpeg, cfg.augment.ink)
-    w = torch.tensor(cfg.loss_weights)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
     meta_extra = {"research_only": cfg.research_only, "description": cfg.description, "init": cfg.init,
                   "training_sets": [{"name": s.name, "train": s.train, "license": s.license} for s in cfg.sets]}
     for epoch in range(epoch0, cfg.epochs):
@@ -179,26 +150,7 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
             step = epoch * cfg.steps_per_epoch + k
             rng = np.random.default_rng([cfg.seed, step])
             x, y = sample_batch(train_groups, aug, cfg.batch_size, rng)
-            x = torch.from_numpy(x).to(device)
-            if amp is not None:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(y).to(device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = net(x)
-            logits = logits.float()
-            l_fg = bce(logits[:, 0], y[:, 0])
-            l_ring = bce(logits[:, 1], y[:, 1])
-            l_dist = torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 2]), y[:, 2])
-            loss = w[0] * l_fg + w[1] * l_ring + w[2] * l_dist
-            if cfg.dice_weight:
-                pf = torch.sigmoid(logits[:, 0])
-                inter = (pf * y[:, 0]).sum()
-                loss = loss + cfg.dice_weight * (1 - (2 * inter + 1) / (pf.sum() + y[:, 0].sum() + 1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append([loss.item(), l_fg.item(), l_ring.item(), l_dist.item()])
+            losses.append(_step(net, opt, sched, x, y, cfg, device, amp))
         t_train = time.perf_counter() - t0
         meta = ModelMeta(cfg.name, spec, cfg.model_mpp, extra=meta_extra)
         net.eval()
@@ -218,6 +170,78 @@ def train(config_path: str | Path, out: str | Path, data_root: str | Path | None
             save_weights(net, meta, out / "model.safetensors")
         _checkpoint(out, net, opt, sched, epoch + 1, best)
     return out / "model.safetensors"
+
+
+def _claim_out(cfg: TrainConfig, out: Path, data_root) -> Path:
+    """The training folder, refusing one that holds a run of another config; returns the data root."""
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(data_root or cfg.data_root)
+    if not root.is_dir():
+        raise ConfigError(f"data_root {root}: no such folder")
+    resolved = cfg.model_dump(mode="json")
+    cfg_file = out / "config.yaml"
+    if cfg_file.exists():
+        old = yaml.safe_load(cfg_file.read_text())
+        if old != resolved:
+            raise ConfigError(f"{out}: holds a run with a different config; use another --out")
+    else:
+        cfg_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return root
+
+
+def _train_val(cfg: TrainConfig, root: Path):
+    """The training groups and the validation images; none of these may be among those."""
+    train_groups = _groups(cfg, root, "train")
+    val_samples = [s for g in _groups(cfg, root, "val") for s in g.samples]
+    train_keys = {s.key for g in train_groups for s in g.samples}
+    leak = [s.key for s in val_samples if s.key in train_keys]
+    if leak:
+        raise ConfigError(f"validation images are also training images: {leak[:5]}")
+    return train_groups, val_samples
+
+
+def _network(cfg: TrainConfig):
+    """The network's spec and the network, from ``init``'s weights when given."""
+    from ..segment.builtin.net import NetSpec, UNet
+
+    spec = NetSpec(3, tuple(cfg.channels), 3)
+    net = UNet(spec)
+    if cfg.init:
+        from ..segment.builtin.model import load_weights
+
+        init_net, init_meta = load_weights(cfg.init)
+        if init_meta.spec != spec:
+            raise ConfigError(f"init {cfg.init}: network {init_meta.spec} differs from channels {cfg.channels}")
+        net.load_state_dict(init_net.state_dict())
+    return spec, net
+
+
+def _step(net, opt, sched, x, y, cfg: TrainConfig, device, amp) -> list[float]:
+    """One optimisation step on a batch; returns [loss, foreground, boundary, distance] losses."""
+    import torch
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    w = torch.tensor(cfg.loss_weights)
+    x = torch.from_numpy(x).to(device)
+    if amp is not None:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(y).to(device)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        logits = net(x)
+    logits = logits.float()
+    l_fg = bce(logits[:, 0], y[:, 0])
+    l_ring = bce(logits[:, 1], y[:, 1])
+    l_dist = torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 2]), y[:, 2])
+    loss = w[0] * l_fg + w[1] * l_ring + w[2] * l_dist
+    if cfg.dice_weight:
+        pf = torch.sigmoid(logits[:, 0])
+        inter = (pf * y[:, 0]).sum()
+        loss = loss + cfg.dice_weight * (1 - (2 * inter + 1) / (pf.sum() + y[:, 0].sum() + 1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return [loss.item(), l_fg.item(), l_ring.item(), l_dist.item()]
 
 
 def _checkpoint(out: Path, net, opt, sched, epoch: int, best) -> None:

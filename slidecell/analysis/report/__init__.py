@@ -24,6 +24,8 @@ from .page import CSS, cards, img, table
 #: the sections every report has, in order (ids of the page's <section> elements)
 SECTIONS = ["overview", "slide", "densities", "enrichment", "cooccurrence", "compartments", "mixing",
             "neighbourhoods", "methods"]
+
+
 def build_report(analysis_dir, out=None, run_dir=None) -> Path:
     """Write ``report.html`` (or ``out``) for the analysis in ``analysis_dir``; ``run_dir``
     (default: the run the analysed h5ad came from, when it is a run's) adds QC and the slide."""
@@ -44,16 +46,28 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
         cand = Path(summary.get("source", "")).parent
         run_dir = cand if (cand / "run.json").exists() else None
     run = json.loads((Path(run_dir) / "run.json").read_text()) if run_dir else None
-    dens = pd.read_csv(adir / "compartment_densities.csv")
-    cn = pd.read_csv(adir / "neighbourhoods.csv")
-    cn["neighbourhood"] = cn["neighbourhood"].astype(str)
+    ctx = (adata, key, summary, run, adir)
+    parts = [*_overview(*ctx), *_maps(*ctx), *_compartments(*ctx), *_mixing_and_neighbourhoods(*ctx),
+             *_methods(*ctx)]
+    title = Path(run["slide"]).name if run else Path(summary.get("source", "cells")).name
+    body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{content}</section>' for sid, h, content in parts)
+    from ... import __version__
+
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>slidecell report: {html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            f"<p>slidecell {__version__} · {adata.n_obs:,} cells · phenotypes from {html.escape(summary['config']['phenotype']['method'])}</p>"
+            f"</header><main>{body}</main></body></html>")
+    out = Path(out) if out else adir / "report.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+def _overview(adata, key, summary, run, adir) -> list:
+    """Overview and quality control: counts, areas, the run's figures, phenotype counts."""
+    parts = []
     cats = list(adata.obs[key].cat.categories)
     areas = summary["areas_mm2"]
-    mix = summary["mixing"]
-    tumor = summary["config"]["tumor"]["tumor"]
-    parts = []
-
-    # overview / QC
     items = [("cells", f"{adata.n_obs:,}"), ("tissue area", f"{areas['tissue']:.2f} mm²"),
              ("cells / mm² tissue", f"{adata.n_obs / max(areas['tissue'], 1e-9):,.0f}"),
              ("tumour area", f"{areas['tumor']:.2f} mm²"), ("phenotypes", len(cats))]
@@ -67,6 +81,14 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
     counts["fraction"] = counts["cells"] / counts["cells"].sum()
     parts.append(("overview", "Overview and quality control", cards(items) + table(counts, 3)))
 
+    return parts
+
+
+def _maps(adata, key, summary, run, adir) -> list:
+    """The slide coloured by phenotype, density maps, enrichment and co-occurrence."""
+    parts = []
+    cats = list(adata.obs[key].cat.categories)
+    tumor = summary["config"]["tumor"]["tumor"]
     fig, note = figures.slide_figure(adata, key, run)
     parts.append(("slide", "Cells by phenotype",
                   img(fig, "cells coloured by phenotype") + f'<p class="caption">Each dot is a cell at its centroid{note}.</p>'))
@@ -82,6 +104,14 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
                   img(figures.cooccurrence_figure(adata, key, tumor + [c for c in cats if c not in tumor]), "co-occurrence curves")
                   + '<p class="caption">Above 1: the phenotype is more frequent at that distance from the given cell '
                     'than in the tissue overall.</p>'))
+    return parts
+
+
+def _compartments(adata, key, summary, run, adir) -> list:
+    """Tumour core, invasive margin and stroma with immune densities."""
+    parts = []
+    areas = summary["areas_mm2"]
+    dens = pd.read_csv(adir / "compartment_densities.csv")
     comp_html = '<div class="row">' + img(figures.compartment_figure(dens), "immune densities per compartment") + \
         img(figures.compartment_map(adata), "compartment map") + "</div>"
     comp_html += cards([(k.replace("_", " ") + " area", f"{areas[k]:.2f} mm²") for k in ("tumor_core", "invasive_margin", "stroma")])
@@ -94,6 +124,15 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
     parts.append(("compartments", "Tumour core, invasive margin, stroma",
                   comp_html + f'<p class="caption">Invasive margin: {margin:.0f} µm on each side of the tumour boundary '
                               f'(tumour regions from {"annotations" if summary["config"].get("tumor_annotations") else "tumour-cell density"}).</p>'))
+    return parts
+
+
+def _mixing_and_neighbourhoods(adata, key, summary, run, adir) -> list:
+    """The mixing score and its class; cellular neighbourhoods."""
+    parts = []
+    mix = summary["mixing"]
+    cn = pd.read_csv(adir / "neighbourhoods.csv")
+    cn["neighbourhood"] = cn["neighbourhood"].astype(str)
     parts.append(("mixing", "Mixing score",
                   f'<span class="badge {html.escape(mix["class"])}">{html.escape(mix["class"])}</span>'
                   + cards([("mixing score", f"{mix['mixing_score']:.3f}"), ("immune cells", f"{mix['immune_cells']:,}"),
@@ -108,6 +147,12 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
                   '<div class="row">' + img(f1, "cellular neighbourhood map") + img(f2, "neighbourhood composition") + "</div>"
                   + f'<p class="caption">Schürch et al. (Cell 2020): each cell\'s {summary["config"]["tumor"]["cn_k"]} nearest '
                     'cells, their phenotype mix clustered by k-means.</p>'))
+    return parts
+
+
+def _methods(adata, key, summary, run, adir) -> list:
+    """How the statistics were computed (graph, permutations, subsampling, scimap agreement, gates)."""
+    parts = []
     gs = summary.get("graph_statistics", {})
     sub = gs.get("subsampled_to")
     g = summary["config"]["graph"]
@@ -132,18 +177,7 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
         methods += "<p>Gates:</p>" + table(pd.DataFrame(summary["gates"]), 3)
     parts.append(("methods", "How this was computed", methods))
 
-    title = Path(run["slide"]).name if run else Path(summary.get("source", "cells")).name
-    body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{content}</section>' for sid, h, content in parts)
-    from ... import __version__
-
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>slidecell report: {html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
-            f"<p>slidecell {__version__} · {adata.n_obs:,} cells · phenotypes from {html.escape(summary['config']['phenotype']['method'])}</p>"
-            f"</header><main>{body}</main></body></html>")
-    out = Path(out) if out else adir / "report.html"
-    with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return out
+    return parts
 
 
 __all__ = ["build_report", "SECTIONS"]
