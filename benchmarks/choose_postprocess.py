@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slidecell.metrics import SetScore  # noqa: E402
 from slidecell.segment.builtin.model import Predictor  # noqa: E402
 from slidecell.segment.builtin.postprocess import maps_to_labels  # noqa: E402
-from slidecell.train import _groups, load_train_config  # noqa: E402
+from slidecell.train import load_train_config, set_groups  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     floats = lambda text: [float(v) for v in text.split(",")]  # noqa: E731
     cfg = load_train_config(args.config)
     pred = Predictor.load(args.model)
-    groups = _groups(cfg, Path(cfg.data_root), "val")
+    groups = set_groups(cfg, Path(cfg.data_root), "val")
     maps = {}
     for g in groups:  # a set may appear in several groups (e.g. DSB2018 by kind): name them apart
         kinds = sorted({s.modality for s in g.samples})

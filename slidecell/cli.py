@@ -256,7 +256,7 @@ def train(
                                        help="with --ship: the model's smallest nucleus in µm²"),
 ):
     """Train the built-in nucleus model; rerun the same command to resume after an interruption."""
-    from .train import ship as ship_model
+    from .train.ship import ship as ship_model
     from .train import train as train_model
 
     path = train_model(config, out, data_root=data)

@@ -16,7 +16,8 @@ from slidecell import load_config
 from slidecell.errors import ConfigError
 from slidecell.metrics import SetScore
 from slidecell.segment import get_segmenter
-from slidecell.segment.builtin.model import SHIPPED, WEIGHTS_DIR, load_weights
+from slidecell.segment.builtin.weights import SHIPPED, WEIGHTS_DIR
+from slidecell.segment.builtin.model import load_weights
 
 DSB = SHARED / "nuclei" / "dsb2018"
 RGB = ("Red", "Green", "Blue")

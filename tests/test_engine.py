@@ -315,7 +315,7 @@ def test_resume_refuses_swapped_weights(tmp_path):
     weights resume."""
     import shutil
 
-    from slidecell.segment.builtin.model import WEIGHTS_DIR
+    from slidecell.segment.builtin.weights import WEIGHTS_DIR
 
     weights = tmp_path / "w.safetensors"
     shutil.copy(WEIGHTS_DIR / "nuclei.safetensors", weights)

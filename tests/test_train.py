@@ -103,7 +103,7 @@ def test_train_bf16_channels_last_and_init_chain(tmp_path):
     an earlier stage's weights, and the model card lists the stages to reproduce it."""
     import torch
 
-    from slidecell.train import init_chain, model_card
+    from slidecell.train.ship import init_chain, model_card
 
     root = make_set(tmp_path / "data")
     first = write_config(tmp_path / "first.yaml", root, name="first", epochs=1)

@@ -21,7 +21,7 @@ from ..base import BackendParams, Scored, Segmenter, register, unscored, window_
 from ..channels import model_input_channels, smooth
 from ..models import ModelCache, default_batch_size, resample, resample_factor
 from .inputs import NOISY, NOISY_SMOOTH_UM, fit_range, model_input, noise_ratio, nuclear_signal
-from .model import SHIPPED, PostParams, Predictor, weights_path
+from .weights import SHIPPED, PostParams, weights_path
 from .postprocess import maps_to_labels
 
 _PREDICTORS = ModelCache()
@@ -58,7 +58,10 @@ class BuiltinParams(BackendParams):
     tta: bool = False
 
 
-def get_predictor(model: str, device: str, precision: str) -> Predictor:
+def get_predictor(model: str, device: str, precision: str):
+    """The model's :class:`~.model.Predictor`, loaded once per process (torch is imported here)."""
+    from .model import Predictor
+
     key = (model, device, precision)
     return _PREDICTORS.get(key, lambda: Predictor.load(model, device, precision))
 
@@ -243,4 +246,4 @@ class MapsToLabels:
         return Scored(*maps_to_labels(maps[0], maps[1], maps[2], **self.post.__dict__, return_scores=True))
 
 
-__all__ = ["BuiltinSegmenter", "BuiltinParams", "SHIPPED", "Predictor"]
+__all__ = ["BuiltinSegmenter", "BuiltinParams", "SHIPPED", "get_predictor"]

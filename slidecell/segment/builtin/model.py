@@ -13,24 +13,7 @@ from ...errors import ConfigError
 from ..models import pick_device
 from .net import NetSpec, UNet, fuse_batchnorm
 from .postprocess import maps_to_labels
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED = ("nuclei", "nuclei-research")
-FORMAT = "slidecell-nuclei-1"
-
-
-@dataclass
-class PostParams:
-    """Defaults chosen on the validation images (benchmarks/choose_postprocess.py, RESULTS.md)."""
-
-    fg_threshold: float = 0.5
-    seed_threshold: float = 0.75
-    min_pixels: int = 4
-    seeds: str = "hmax"
-    grow: str = "watershed"
-    #: nuclei whose mean foreground probability is below this are dropped
-    min_confidence: float = 0.0
-
+from .weights import FORMAT, SHIPPED, PostParams, weights_path
 
 @dataclass
 class ModelMeta:
@@ -51,12 +34,6 @@ class ModelMeta:
             raise ValueError(f"not a slidecell nucleus model (format {d.get('format')!r})")
         extra = {k: v for k, v in d.items() if k not in ("format", "name", "spec", "mpp", "post")}
         return cls(d["name"], NetSpec.from_dict(d["spec"]), float(d["mpp"]), PostParams(**d["post"]), extra)
-
-
-def weights_path(name_or_path: str | Path) -> Path:
-    if str(name_or_path) in SHIPPED:
-        return WEIGHTS_DIR / f"{name_or_path}.safetensors"
-    return Path(name_or_path)
 
 
 def save_weights(net: UNet, meta: ModelMeta, path: Path, half: bool = False) -> None:
