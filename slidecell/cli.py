@@ -199,14 +199,11 @@ def classify_train(
 
     from .analysis.classify import labels_from_geojson, train_classifier
 
-    from .errors import InputError
+    from .analysis.classify import finished_run
 
-    if not (run_dir / "run.json").is_file() or not (run_dir / "cells.h5ad").is_file():
-        raise InputError(f"{run_dir}: not a finished slidecell run with cells.h5ad (run `slidecell run` first, "
-                         "or `slidecell export RUN --to h5ad`)")
-    run = json.loads((run_dir / "run.json").read_text())
+    record = finished_run(run_dir)
     adata = ad.read_h5ad(run_dir / "cells.h5ad")
-    lab = labels_from_geojson(adata, labels, tuple((run.get("reader") or {}).get("bounds_offset") or (0, 0)))
+    lab = labels_from_geojson(adata, labels, tuple(record.reader.get("bounds_offset") or (0, 0)))
     typer.echo(json.dumps(train_classifier(adata, lab, out), indent=1))
 
 

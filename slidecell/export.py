@@ -6,11 +6,8 @@ chunk files; the GeoJSON keeps the run's coordinates convention (bounds origin, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from .errors import InputError, OutputError
 from .io.label_image import LABELS_NAME, write_run_labels
@@ -19,6 +16,7 @@ from .io.writers import FORMATS, OUTPUT_NAMES, CellFiles, OutputFormat, register
 from .io.atomic import atomic_path
 from .io.h5ad import run_uns, run_var, slide_id, write_zarr_from_h5ad
 from .plugins import load_plugins
+from .records import RunDir
 from .table import schema_from_columns
 
 
@@ -88,11 +86,8 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
     load_plugins()
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    info_path = run_dir / "run.json"
-    if not info_path.exists():
-        raise InputError(f"{run_dir}: not a finished slidecell run (no run.json)")
-    info = json.loads(info_path.read_text())
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    run = RunDir(run_dir)
+    info, cfg = run.record().info(), run.config()
     precision = (cfg.get("output") or {}).get("geojson_precision", 3)
     offset = tuple((info.get("reader") or {}).get("bounds_offset") or (0, 0))
     out = Path(out) if out is not None else run_dir / FORMATS[fmt].filename

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError, OutputError
+from ..records import ANALYSIS_FILE, AnalysisRecord
 from .config import AnalysisConfig, PhenotypeConfig, load_analysis_config  # noqa: F401  (load_analysis_config: API)
 from .phenotype import GatingConfig, cluster, gate, read_phenotype_sheet
 from .spatial import (TumorConfig, cellular_neighbourhoods, compartment_densities, enrichment_table, graph_statistics, mixing_score,
@@ -143,7 +144,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
     folder ``out``. Returns ``out``."""
     import anndata as ad
 
-    from ..io.atomic import atomic_path, write_text_atomic
+    from ..io.atomic import atomic_path
 
     src = Path(source)
     if src.is_dir() and (src / "cells.h5ad").exists():
@@ -152,7 +153,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
         raise InputError(f"{src}: not found (an .h5ad, a .zarr AnnData, or a slidecell run folder)")
     cfg = config if isinstance(config, AnalysisConfig) else load_analysis_config(config)
     out = Path(out)
-    if (out / "analysis.json").exists() and not overwrite:
+    if (out / ANALYSIS_FILE).exists() and not overwrite:
         raise OutputError(f"{out}: already holds an analysis; pass --overwrite or choose another --out")
     try:
         adata = ad.read_zarr(src) if src.suffix == ".zarr" or src.is_dir() else ad.read_h5ad(src)
@@ -170,7 +171,7 @@ def analyze(source, out, config: AnalysisConfig | str | Path | None = None, over
             table.to_csv(tmp, index=False)
     with atomic_path(out / ANALYZED_NAME) as tmp:
         _h5ad_safe(adata).write_h5ad(tmp)
-    write_text_atomic(out / "analysis.json", json.dumps(summary, indent=1, default=str))  # last: complete
+    AnalysisRecord.model_validate(summary).write(out / ANALYSIS_FILE)  # last: complete
     return out
 
 

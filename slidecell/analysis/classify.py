@@ -141,6 +141,17 @@ def apply_classifier(adata, model_path, key: str = "phenotype") -> None:
 CLASSIFIED_NAME = "cells_classified.geojson"
 
 
+def finished_run(run_dir: Path):
+    """The record of a finished run that wrote ``cells.h5ad`` (what the classifier reads)."""
+    from ..records import RunDir
+
+    run = RunDir(run_dir)
+    if not run.finished or not (run_dir / "cells.h5ad").is_file():
+        raise InputError(f"{run_dir}: not a finished slidecell run with cells.h5ad (run `slidecell run` first, "
+                         "or `slidecell export RUN --to h5ad`)")
+    return run.record()
+
+
 def classify_run(run_dir, model_path, out=None, overwrite: bool = False) -> tuple[Path, dict]:
     """Apply a classifier (:func:`train_classifier`) to a finished run's cells and write them as
     QuPath GeoJSON with their class (``classification {name, color}``) and the class probability
@@ -151,9 +162,7 @@ def classify_run(run_dir, model_path, out=None, overwrite: bool = False) -> tupl
     from ..export import export
 
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file() or not (run_dir / "cells.h5ad").is_file():
-        raise InputError(f"{run_dir}: not a finished slidecell run with cells.h5ad (run `slidecell run` first, "
-                         "or `slidecell export RUN --to h5ad`)")
+    finished_run(run_dir)
     adata = ad.read_h5ad(run_dir / "cells.h5ad")
     apply_classifier(adata, model_path, "class")
     out = Path(out) if out is not None else run_dir / CLASSIFIED_NAME

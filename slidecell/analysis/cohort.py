@@ -7,7 +7,6 @@ slide."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +24,22 @@ def _cells_file(run: Path) -> Path:
 
 def summarize(run: Path, sample: str) -> dict:
     """One row of the cohort table for a run (and its analysis, when there is one)."""
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    row = {"sample": sample, "slide": info.get("slide"), "cells": info.get("n_cells"), "tiles": info.get("n_tiles"),
-           "run_s": (info.get("timings_s") or {}).get("total"), "modality": info.get("modality")}
-    a = run / "analysis" / "analysis.json"
-    if a.exists():
-        s = json.loads(a.read_text())
-        row.update({"tissue_mm2": s["areas_mm2"]["tissue"], "tumor_mm2": s["areas_mm2"]["tumor"],
-                    "cells_per_mm2": s["cells"] / max(s["areas_mm2"]["tissue"], 1e-9),
-                    "mixing_score": s["mixing"]["mixing_score"], "mixing_class": s["mixing"]["class"],
-                    "immune_per_mm2": s["mixing"]["immune_per_mm2"]})
-        total = sum(s["phenotype_counts"].values()) or 1
-        row.update({f"fraction:{k}": v / total for k, v in s["phenotype_counts"].items()})
+    from ..records import RunDir
+
+    run_dir = RunDir(run)
+    row = {"sample": sample, "slide": None, "cells": None, "tiles": None, "run_s": None, "modality": None}
+    if run_dir.finished:
+        r = run_dir.record()
+        row.update({"slide": r.slide, "cells": r.n_cells, "tiles": r.n_tiles, "run_s": r.timings_s.get("total"),
+                    "modality": r.modality})
+    s = run_dir.analysis()
+    if s is not None:
+        row.update({"tissue_mm2": s.areas_mm2["tissue"], "tumor_mm2": s.areas_mm2["tumor"],
+                    "cells_per_mm2": s.cells / max(s.areas_mm2["tissue"], 1e-9),
+                    "mixing_score": s.mixing["mixing_score"], "mixing_class": s.mixing["class"],
+                    "immune_per_mm2": s.mixing["immune_per_mm2"]})
+        total = sum(s.phenotype_counts.values()) or 1
+        row.update({f"fraction:{k}": v / total for k, v in s.phenotype_counts.items()})
     return row
 
 

@@ -31,7 +31,8 @@ from .cluster import run_dask
 from .outputs import OutputStream, converted_outputs
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
-from .runfolder import RUN_FILE, WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
+from ..records import CONFIG_FILE, RUN_FILE, AnalysisStage, RunRecord
+from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
 
 
 @dataclass
@@ -83,10 +84,9 @@ def run(
         if not overwrite and analysis_pending(out, cfg):
             # a finished run whose analysis stage is not complete: only that stage runs (again)
             with RunFolder(out, finished_ok=True):
-                summary = json.loads((out / RUN_FILE).read_text())
-                outputs = {k: out / v for k, v in summary["outputs"].items()}
-                result = RunResult(out, summary["n_cells"], summary["n_tiles"], outputs,
-                                   summary.get("timings_s", {}), 0, summary)
+                record = RunRecord.read(out / RUN_FILE)
+                outputs = {k: out / v for k, v in record.outputs.items()}
+                result = RunResult(out, record.n_cells, record.n_tiles, outputs, record.timings_s, 0, record.info())
                 result.outputs.update(analysis_stage(out, cfg, outputs))
                 drop_chunks(out, cfg)
             return result
@@ -351,26 +351,28 @@ class _Run:
         }
         if cfg.analysis is not None:  # the cells are complete; the analysis stage comes next
             summary["analysis_stage"] = {"status": "pending"}
-        write_text_atomic(self.out / "config.yaml", cfg.to_yaml())
-        write_text_atomic(self.out / RUN_FILE, json.dumps(summary, indent=1, default=str))  # last: marks complete
-        return RunResult(self.out, n_cells, len(plan.tiles), outputs, timings, self.resumed, summary)
+        record = RunRecord.model_validate(summary)
+        write_text_atomic(self.out / CONFIG_FILE, cfg.to_yaml())
+        record.write(self.out / RUN_FILE)  # last: marks complete
+        return RunResult(self.out, n_cells, len(plan.tiles), outputs, timings, self.resumed, record.info())
 
 
 def analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
     """``slidecell analyze`` and ``report`` on the finished run (its h5ad; exported when the
     run wrote none). Its outcome is recorded in run.json (``analysis_stage``): a failed stage
     is run again by the same command, as is one killed while running."""
-    summary = json.loads((out / RUN_FILE).read_text())
-    summary["analysis_stage"] = {"status": "running"}
-    write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))
+    record = RunRecord.read(out / RUN_FILE)
+    record.analysis_stage = AnalysisStage(status="running")
+    record.write(out / RUN_FILE)
     try:
         done = _analyze_run(out, cfg, outputs)
     except BaseException as err:
-        summary["analysis_stage"] = {"status": "failed", "error": f"{type(err).__name__}: {err}"[:500]}
-        write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))
+        record.analysis_stage = AnalysisStage(status="failed", error=f"{type(err).__name__}: {err}"[:500])
+        record.write(out / RUN_FILE)
         raise
-    summary["analysis_stage"] = {"status": "complete", "outputs": {k: str(Path(v).relative_to(out)) for k, v in done.items()}}
-    write_text_atomic(out / RUN_FILE, json.dumps(summary, indent=1, default=str))
+    record.analysis_stage = AnalysisStage(status="complete",
+                                          outputs={k: str(Path(v).relative_to(out)) for k, v in done.items()})
+    record.write(out / RUN_FILE)
     return done
 
 

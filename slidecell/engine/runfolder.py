@@ -27,11 +27,11 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import OutputError
-from ..io.writers import OUTPUT_NAMES
 from ..io.atomic import pid_alive
+from ..io.writers import OUTPUT_NAMES
+from ..records import CONFIG_FILE, RUN_FILE, RunRecord
 
 WORK_DIR = ".slidecell"
-RUN_FILE = "run.json"
 LOCK_FILE = ".slidecell.lock"
 PREVIOUS_DIR = ".slidecell-previous"
 
@@ -79,7 +79,7 @@ def owned_names() -> list[str]:
 
     from ..io.writers import FORMATS
 
-    names = [RUN_FILE, "config.yaml", *(f.filename for f in FORMATS.values()), LABELS_NAME, SPATIALDATA_NAME,
+    names = [RUN_FILE, CONFIG_FILE, *(f.filename for f in FORMATS.values()), LABELS_NAME, SPATIALDATA_NAME,
              "cells_classified.geojson", "analysis"]
     return list(dict.fromkeys(names))  # each once (export's formats register the label image and SpatialData too)
 
@@ -230,9 +230,11 @@ def analysis_pending(out: Path, cfg: Config) -> bool:
     complete: it failed, was killed while running, or was never run."""
     if cfg.analysis is None:
         return False
+    from ..errors import InputError
+
     try:
-        summary = json.loads((out / RUN_FILE).read_text())
-    except (OSError, ValueError):
+        record = RunRecord.read(out / RUN_FILE)
+    except InputError:
         return False
-    return (summary.get("status") == "complete" and summary.get("config_fingerprint") == cfg.fingerprint()
-            and (summary.get("analysis_stage") or {}).get("status") != "complete")
+    return (record.status == "complete" and record.config_fingerprint == cfg.fingerprint()
+            and (record.analysis_stage is None or record.analysis_stage.status != "complete"))

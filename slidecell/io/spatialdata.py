@@ -9,7 +9,6 @@ frame); the image carries a scale to it. ``obsm['spatial']`` stays in µm as in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,10 @@ def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = Tru
     from spatialdata.transformations import Scale
 
     run_dir, out = Path(run_dir), Path(out)
-    info = info if info is not None else json.loads((run_dir / "run.json").read_text())
+    if info is None:
+        from ..records import RunDir
+
+        info = RunDir(run_dir).record().info()
     adata = ad.read_h5ad(table_h5ad)
     adata.obs[INSTANCE_KEY] = np.arange(adata.n_obs, dtype=np.int64)
     gdf = gpd.read_parquet(cells_parquet)

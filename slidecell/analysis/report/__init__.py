@@ -11,13 +11,13 @@ subsampled, and how squidpy's permutation test differs from scimap's).
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ...errors import InputError
+from ...records import ANALYSIS_FILE, AnalysisRecord, RunDir
 from . import figures
 from .page import CSS, cards, img, table
 
@@ -36,16 +36,16 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
     from ...io.atomic import atomic_path
 
     adir = Path(analysis_dir)
-    if not (adir / "analysis.json").exists():
-        raise InputError(f"{adir}: not a slidecell analysis folder (no analysis.json); run slidecell analyze first")
-    summary = json.loads((adir / "analysis.json").read_text())
+    if not (adir / ANALYSIS_FILE).exists():
+        raise InputError(f"{adir}: not a slidecell analysis folder (no {ANALYSIS_FILE}); run slidecell analyze first")
+    summary = AnalysisRecord.read(adir / ANALYSIS_FILE).model_dump(mode="json")
     adata = ad.read_h5ad(adir / "cells_analyzed.h5ad")
     key = summary["config"]["phenotype"]["key"]
     adata.obs[key] = adata.obs[key].astype("category")
     if run_dir is None:
         cand = Path(summary.get("source", "")).parent
-        run_dir = cand if (cand / "run.json").exists() else None
-    run = json.loads((Path(run_dir) / "run.json").read_text()) if run_dir else None
+        run_dir = cand if RunDir(cand).finished else None
+    run = RunDir(run_dir).record().info() if run_dir else None
     ctx = (adata, key, summary, run, adir)
     parts = [*_overview(*ctx), *_maps(*ctx), *_compartments(*ctx), *_mixing_and_neighbourhoods(*ctx),
              *_methods(*ctx)]
