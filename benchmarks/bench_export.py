@@ -43,15 +43,15 @@ def main() -> None:
               flush=True)
         out.unlink()
     if args.geopandas_rows:
+        import geopandas as gpd
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from slidecell.table import from_arrow, to_geodataframe
-
         pf = pq.ParquetFile(Path(args.run_dir) / "cells.parquet")
         rows = next(pf.iter_batches(batch_size=args.geopandas_rows))
-
-        gdf = to_geodataframe(from_arrow(pa.Table.from_batches([rows])))
+        df = pa.Table.from_batches([rows]).to_pandas()
+        df = df.drop(columns=[c for c in ("nucleus_geometry",) if c in df.columns])
+        gdf = gpd.GeoDataFrame(df.drop(columns=["geometry"]), geometry=gpd.GeoSeries.from_wkb(df["geometry"]))
         t0 = time.perf_counter()
         gdf.to_file(tmp / "gpd.geojson", driver="GeoJSON")
         wall = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from .io.label_image import LABELS_NAME, write_run_labels
 from .io.spatialdata import SPATIALDATA_NAME
 from .io.writers import FORMATS, OUTPUT_NAMES, CellFiles, OutputFormat, register_format
 from .io.atomic import atomic_path
-from .io.h5ad import run_uns, run_var, slide_id, write_zarr_from_h5ad
+from .io.h5ad import run_uns, run_var, write_zarr_from_h5ad
 from .plugins import load_plugins
 from .records import RunDir
 from .table import schema_from_columns
@@ -37,7 +37,7 @@ class RunCells:
     (``parts()``: Arrow tables in plan order)."""
 
     run_dir: Path
-    info: dict
+    record: object  # slidecell.records.RunRecord
     config: dict
     parts: object
 
@@ -61,7 +61,7 @@ def _parts(run_dir: Path, source: Path):
 
 
 def _labels(run: RunCells, out: Path, **_) -> Path:
-    return write_run_labels(out, run.parts, run.info["plan"], run.config.get("tiling") or {})
+    return write_run_labels(out, run.parts, run.record.plan, run.config.get("tiling") or {})
 
 
 def _zarr(run: RunCells, out: Path, **_) -> Path:
@@ -87,9 +87,9 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run = RunDir(run_dir)
-    info, cfg = run.record().info(), run.config()
+    record, cfg = run.record(), run.config()
     precision = (cfg.get("output") or {}).get("geojson_precision", 3)
-    offset = tuple((info.get("reader") or {}).get("bounds_offset") or (0, 0))
+    offset = tuple(record.reader.get("bounds_offset") or (0, 0))
     out = Path(out) if out is not None else run_dir / FORMATS[fmt].filename
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
@@ -98,15 +98,15 @@ def export(run_dir, fmt: str, out=None, overwrite: bool = False, image: bool = T
         raise OutputError(f"{out}: is the source of the export")
     parts_factory, schema = _parts(run_dir, source)
     if FORMATS[fmt].open is None:  # made from the finished run, not streamed
-        return FORMATS[fmt].convert(RunCells(run_dir, info, cfg, parts_factory), out, image=image)
-    uns = run_uns(info, cfg, info.get("slidecell_version"))
+        return FORMATS[fmt].convert(RunCells(run_dir, record, cfg, parts_factory), out, image=image)
+    uns = run_uns(record, cfg, record.slidecell_version)
     spatial = None
     if fmt == "h5ad" and ((cfg.get("output") or {}).get("tissue_image", True)):
         from .io.tissue_image import from_run
 
-        spatial = from_run(info)  # the tissue images, as the run writes them
-    with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(info),
-                   slide_id(info), info.get("whole_cells"), spatial=spatial) as files:
+        spatial = from_run(record)  # the tissue images, as the run writes them
+    with CellFiles({fmt: out}, schema_from_columns(schema.names), offset, precision, uns, run_var(record),
+                   record.slide_id, record.whole_cells, spatial=spatial) as files:
         for part in parts_factory():
             if extra is not None:
                 ids = part.column("cell_id").to_pandas()

@@ -92,8 +92,31 @@ class RunRecord(_Record):
     analysis_stage: AnalysisStage | None = None
 
     def info(self) -> dict:
-        """The record as a plain dict (what the writers put in the AnnData's ``uns``)."""
+        """The record as a plain dict."""
         return self.model_dump(mode="json")
+
+    def open_slide(self):
+        """The run's slide opened again as the run read it (its pixel size and markers file)."""
+        from .io import open_slide
+
+        if not self.slide or not Path(self.slide).exists():
+            raise InputError(f"{self.slide}: the run's slide is no longer there")
+        return open_slide(self.slide, mpp=self.reader.get("mpp"), markers=self.reader.get("markers_file") or False)
+
+    @property
+    def slide_id(self) -> str:
+        """The slide's name without its extension(s): ``obs['slide_id']``."""
+        name = Path(str(self.slide or "")).name
+        for suf in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+            if name.lower().endswith(suf):
+                return name[: -len(suf)]
+        return Path(name).stem
+
+
+def as_record(info) -> RunRecord:
+    """A :class:`RunRecord` from a record or a run.json-style dict (a run's ``info`` before its
+    record is written)."""
+    return info if isinstance(info, RunRecord) else RunRecord.model_validate(info)
 
 
 class AnalysisRecord(_Record):
@@ -141,4 +164,4 @@ class RunDir:
         return AnalysisRecord.read(path) if path.is_file() else None
 
 
-__all__ = ["RunRecord", "AnalysisRecord", "AnalysisStage", "RunDir", "RUN_FILE", "ANALYSIS_FILE", "CONFIG_FILE"]
+__all__ = ["as_record", "RunRecord", "AnalysisRecord", "AnalysisStage", "RunDir", "RUN_FILE", "ANALYSIS_FILE", "CONFIG_FILE"]

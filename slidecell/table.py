@@ -17,7 +17,8 @@ A :class:`pandas.DataFrame`, one row per cell, with these columns:
 ``max_caliper_um``        largest and smallest Feret diameters of the outline (QuPath's
 ``min_caliper_um``        ``Max caliper``/``Min caliper``)
 ``touches_tile_edge``     the cell reached the edge of its tile's read window: it is larger than
-                          the overlap and may be cut (increase ``tiling.overlap_um``)
+                          the overlap and was still cut after reading it again with more context,
+                          up to ``tiling.max_overlap_um`` (raise that)
 ``confidence``            when the backend scores its objects (the built-in model): the mean
                           foreground probability over the nucleus, in [0, 1] (QuPath:
                           ``Detection probability``)
@@ -212,15 +213,6 @@ def from_arrow(at) -> pd.DataFrame:
     for g in geoms:
         df[g] = shapely.from_wkb(at.column(g).to_numpy(zero_copy_only=False))
     return df
-
-
-def to_geodataframe(table: pd.DataFrame):
-    import geopandas as gpd
-
-    gdf = gpd.GeoDataFrame(table.drop(columns=["geometry"]), geometry=list(table["geometry"]), crs=None)
-    if "nucleus_geometry" in gdf.columns:
-        gdf["nucleus_geometry"] = gpd.GeoSeries(list(table["nucleus_geometry"]), index=gdf.index)
-    return gdf
 
 
 #: ``obs['region']`` of every cell and the SpatialData element the table annotates

@@ -122,3 +122,14 @@ def write_mibitiff(path, size=(96, 128), seed=0, centres=((20, 20), (20, 70), (6
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def mask_config(mask, **measure):
+    """A run config whose cells are the label image ``mask`` (the ``mask`` backend), at 1 µm/px."""
+    return {
+        "tiling": {"mpp": 1.0, "tile_size": 64, "overlap_um": 24},
+        "tissue": {"enabled": False, "modality": "fluorescence"},
+        "segmentation": {"backend": "mask", "objects": "cells", "params": {"path": str(mask)}},
+        "measure": {"statistics": ["mean", "median"], **measure},
+        "output": {"geojson": True, "parquet": True, "h5ad": True},
+    }

@@ -1,5 +1,5 @@
-"""Multiplexed images end to end: channel-aware readers, bring-your-own masks, per-cell
-quantification checked against steinbock's recorded numbers, AnnData layout."""
+"""Multiplexed images end to end (slidecell.io.multiplex and the multiplex preset): IMC .txt, MIBI and
+channel-folder readers, per-cell quantification checked against steinbock's recorded numbers, AnnData layout."""
 
 from __future__ import annotations
 
@@ -12,25 +12,15 @@ import pytest
 import tifffile
 
 import slidecell
-from slidecell.errors import ConfigError, SlideOpenError
+from slidecell.errors import SlideOpenError
 from slidecell.io import open_slide
 
-from conftest import MIBI_PANEL, REPO, SHARED, need, write_mibitiff
+from conftest import MIBI_PANEL, REPO, SHARED, mask_config, need, write_mibitiff
 
 CYTOMAPPER = SHARED / "multiplex" / "imc-cytomapper"
 MOCK = SHARED / "multiplex" / "imc-mockdata"
 STEINBOCK = REPO / "benchmarks" / "peers" / "steinbock"
 IMC_CHANNELS = ["H3", "CD99", "PIN", "CD8a", "CDH"]
-
-
-def _mask_config(mask, **measure):
-    return {
-        "tiling": {"mpp": 1.0, "tile_size": 64, "overlap_um": 24},
-        "tissue": {"enabled": False, "modality": "fluorescence"},
-        "segmentation": {"backend": "mask", "objects": "cells", "params": {"path": str(mask)}},
-        "measure": {"statistics": ["mean", "median"], **measure},
-        "output": {"geojson": True, "parquet": True, "h5ad": True},
-    }
 
 
 @pytest.mark.parametrize("name", ["E34", "G01", "J02"])
@@ -41,7 +31,7 @@ def test_quantification_equals_steinbock(name, tmp_path):
     image = need(CYTOMAPPER / f"{name}_imc.tiff")
     peer = pd.read_csv(STEINBOCK / f"{name}.csv", index_col="Object")
     (tmp_path / "markers.csv").write_text("marker_name\n" + "\n".join(IMC_CHANNELS) + "\n")
-    cfg = slidecell.config_from_dict({**_mask_config(CYTOMAPPER / f"{name}_mask.tiff"),
+    cfg = slidecell.config_from_dict({**mask_config(CYTOMAPPER / f"{name}_mask.tiff"),
                                       "reader": {"markers": str(tmp_path / "markers.csv")}})
     res = slidecell.run(image, cfg, tmp_path / "out", mpp=1.0, progress=False)
     mask = tifffile.imread(CYTOMAPPER / f"{name}_mask.tiff")
@@ -72,33 +62,6 @@ def test_quantification_equals_steinbock(name, tmp_path):
     assert "Cell: CD8a: Median" in feats[0]["properties"]["measurements"]
 
 
-def test_mask_must_match_the_slide(tmp_path):
-    image = need(CYTOMAPPER / "E34_imc.tiff")
-    small = tmp_path / "small_mask.tiff"
-    tifffile.imwrite(small, np.ones((50, 50), np.uint16))
-    with pytest.raises(ConfigError, match="label image is 50x50 but the slide is 100x100"):
-        slidecell.run(image, slidecell.config_from_dict(_mask_config(small)), tmp_path / "o", mpp=1.0, progress=False)
-    with pytest.raises(ConfigError, match="needs nuclei"):
-        slidecell.run(image, slidecell.config_from_dict(_mask_config(CYTOMAPPER / "E34_mask.tiff",
-                                                                     compartments=["cytoplasm"])),
-                      tmp_path / "o2", mpp=1.0, progress=False)
-
-
-def test_cell_mask_export_keeps_the_cell_naming(tmp_path):
-    """A whole-cell mask measured with means only (no layer says "cell"): the run's GeoJSON and
-    one exported later from its GeoParquet are the same bytes, both naming ``Cell:``."""
-    from slidecell.export import export
-
-    image = need(CYTOMAPPER / "G01_imc.tiff")
-    cfg = slidecell.config_from_dict({**_mask_config(CYTOMAPPER / "G01_mask.tiff", statistics=["mean"])})
-    slidecell.run(image, cfg, tmp_path / "out", mpp=1.0, progress=False)
-    again = export(tmp_path / "out", "geojson", tmp_path / "again.geojson")
-    assert again.read_bytes() == (tmp_path / "out" / "cells.geojson").read_bytes()
-    feats = json.loads(again.read_text())["features"]
-    assert "Cell: Channel 3: Mean" in feats[0]["properties"]["measurements"]
-    assert feats[0]["properties"]["objectType"] == "cell"
-
-
 # -- readers ----------------------------------------------------------------------------------
 def test_imc_txt_channels_from_labels():
     path = need(MOCK / "raw" / "20210305_NE_mockData2_ROI_001_1.txt")
@@ -116,27 +79,6 @@ def test_imc_txt_channels_from_labels():
     with open_slide(path, markers=MOCK / "steinbock" / "panel.csv") as r:
         assert r.channel_names == ("Ag107", "Cytokeratin 5", "Laminin", "YBX1", "H3K27Ac")
         assert r.channel_table()["metal"].tolist() == ["Ag107", "Pr141", "Sm147", "Eu153", "Yb172"]
-
-
-def test_markers_csv_overrides_ome_names(tmp_path):
-    from conftest import write_ome_pyramid
-
-    data = np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64)
-    write_ome_pyramid(tmp_path / "img.ome.tif", data, ["c0", "c1", "c2"], 0.5, levels=1, tile=32)
-    with open_slide(tmp_path / "img.ome.tif") as r:
-        assert r.channel_names == ("c0", "c1", "c2") and r.markers_file is None
-    (tmp_path / "markers.csv").write_text("cycle,marker_name\n1,DNA_1\n1,CD3\n1,CD20\n")
-    with open_slide(tmp_path / "img.ome.tif") as r:  # found beside the image
-        assert r.channel_names == ("DNA_1", "CD3", "CD20")
-        assert r.markers_file.endswith("markers.csv") and r.channel_meta[0]["label"] == "c0"
-    with open_slide(tmp_path / "img.ome.tif", markers=False) as r:
-        assert r.channel_names == ("c0", "c1", "c2")
-    (tmp_path / "markers.csv").write_text("marker_name\nDNA_1\nCD3\n")
-    with pytest.raises(SlideOpenError, match="lists 2 markers but .* has 3 channels"):
-        open_slide(tmp_path / "img.ome.tif")
-    (tmp_path / "markers.csv").write_text("name_of_marker\nDNA_1\n")
-    with pytest.raises(SlideOpenError, match="needs a 'marker_name' column"):
-        open_slide(tmp_path / "img.ome.tif")
 
 
 def test_mibi_pages_named_from_their_json(tmp_path):
@@ -198,14 +140,6 @@ def test_channel_folder_runs_end_to_end(tmp_path):
     assert before == slide_fingerprint(folder)
     tifffile.imwrite(folder / "CD3.tif", stack[0])
     assert slide_fingerprint(folder)["sha256_head_tail"] != before["sha256_head_tail"]
-
-
-def test_nuclear_channels_found_by_name():
-    from slidecell.segment.channels import nuclear_channel_indices
-
-    names = ["HH3", "dsDNA", "DNA1", "DNA_2", "Ir191", "DNA1(Ir193Di)", "Histone H3", "Hoechst 33342".replace(" ", ""),
-             "DAPI", "CD3", "CD45", "NaKATPase", "Keratin-pan", "HLA-DR", "PD1"]
-    assert [names[i] for i in nuclear_channel_indices(names, [])] == names[:9]
 
 
 def test_channel_folder(tmp_path):
@@ -324,38 +258,6 @@ def test_multiplex_preset_on_a_synthetic_ome_tiff(tmp_path):
     assert np.array_equal(z.X, a.X) and set(z.layers) == set(a.layers)
 
 
-def test_multiplex_preset_on_qptiff_matches_the_label_image(tmp_path):
-    """The real Vectra QPTIFF: every cell's per-compartment means equal the means recomputed
-    from the run's own label image and nucleus outlines (exact intensities)."""
-    import squidpy as sq
-
-    from conftest import QPTIFF
-
-    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"label_image": True, "zarr": False},
-                                                           "roi": [0, 0, 700, 600]})
-    res = slidecell.run(need(QPTIFF), cfg, tmp_path / "out", progress=False)
-    a = ad.read_h5ad(res.outputs["h5ad"])
-    assert list(a.var_names) == ["DAPI", "FITC", "Cy3"] and a.var["fluorophore"].tolist() == ["DAPI", "FITC", "Cy3"]
-    assert len(a) > 100
-    labels = tifffile.imread(res.outputs["labels"])
-    with open_slide(QPTIFF) as r:
-        img = r.read_region(0, 0, labels.shape[1], labels.shape[0]).astype(np.float64)
-    import geopandas as gpd
-
-    from slidecell.io.label_image import rasterize_outlines
-
-    g = gpd.read_parquet(tmp_path / "out" / "cells.parquet")
-    nuc = np.zeros_like(labels)
-    rasterize_outlines(nuc, np.arange(1, len(g) + 1), g["nucleus_geometry"].to_numpy(), 0, 0, 1)
-    for k in range(0, len(a), max(1, len(a) // 40)):
-        cell = labels == k + 1
-        np.testing.assert_allclose(a.X[k], img[cell].mean(axis=0), rtol=1e-5)
-        cyto = cell & (nuc != k + 1)
-        np.testing.assert_allclose(a.layers["cytoplasm_mean"][k], img[cyto].mean(axis=0), rtol=1e-5)
-    assert (a.obs["area_um2"] > a.obs["nucleus_area_um2"]).mean() > 0.9
-    sq.gr.spatial_neighbors(a, coord_type="generic", delaunay=True)
-
-
 def test_multiplex_preset_on_imc_txt(tmp_path):
     path = need(MOCK / "raw" / "20210305_NE_mockData2_ROI_001_1.txt")
     res = slidecell.run(path, "multiplex-fluorescence", tmp_path / "out", progress=False)
@@ -441,35 +343,3 @@ def test_cellpose_two_channel_whole_cells(tmp_path):
     feats = json.loads((tmp_path / "out" / "cells.geojson").read_text())["features"]
     assert all(f["properties"]["objectType"] == "cell" for f in feats)
     assert sum("nucleusGeometry" in f for f in feats) == int(with_nucleus.sum())
-
-
-def test_resume_refuses_a_changed_markers_file(tmp_path):
-    """The markers file names the channels: changing it between a stop and a resume is refused
-    in one line (the manifest holds the channel names and the file's content hash)."""
-    from slidecell.errors import OutputError
-
-    write_mibitiff(tmp_path / "src.tiff")
-    with tifffile.TiffFile(tmp_path / "src.tiff") as tf:
-        stack = tf.asarray()
-    from conftest import write_ome_pyramid
-
-    write_ome_pyramid(tmp_path / "img.ome.tif", stack, [f"c{i}" for i in range(len(stack))], 0.39, levels=1, tile=32)
-    names = [t for t, _ in MIBI_PANEL]
-    (tmp_path / "markers.csv").write_text("marker_name\n" + "\n".join(names) + "\n")
-    with pytest.raises(SlideOpenError, match=r"line\(s\) \[12\] have more fields than the header"):
-        open_slide(tmp_path / "img.ome.tif")  # the HLA name holds commas
-    csv_text = lambda ns: "marker_name\n" + "\n".join(f'"{n}"' for n in ns) + "\n"  # noqa: E731
-    (tmp_path / "markers.csv").write_text(csv_text(names))
-    with open_slide(tmp_path / "img.ome.tif") as r:
-        assert list(r.channel_names) == names
-    cfg = slidecell.load_config("multiplex-fluorescence", {"output": {"zarr": False, "geojson": False, "h5ad": False,
-                                                                       "keep_chunks": True},
-                                                            "tissue": {"enabled": False}})
-    out = tmp_path / "o"
-    slidecell.run(tmp_path / "img.ome.tif", cfg, out, progress=False)
-    (out / "run.json").unlink()  # as if stopped after its last chunk
-    swapped = list(names)  # dsDNA and HH3 swapped: the same names on other channels
-    swapped[1], swapped[2] = names[2], names[1]
-    (tmp_path / "markers.csv").write_text(csv_text(swapped))
-    with pytest.raises(OutputError, match="channels|input_files"):
-        slidecell.run(tmp_path / "img.ome.tif", cfg, out, progress=False)

@@ -11,7 +11,8 @@ from ..config import Config
 from ..errors import ConfigError, OutputError
 from ..io import SlideReader
 from ..io.writers import FORMATS, OUTPUT_NAMES, CellFiles
-from ..io.h5ad import run_uns, slide_id
+from ..io.h5ad import run_uns
+from ..records import as_record
 from ..tiling import TilePlan
 from .runfolder import WORK_DIR
 
@@ -69,14 +70,15 @@ class OutputStream:
 
         self.chunks, self.out, self.cfg, self.schema = chunks, out, cfg, schema
         self.offset = reader.bounds_offset
-        self.var, self.slide_id = reader.channel_table(), slide_id(info)
-        self.uns = run_uns(info, cfg.model_dump(mode="json"), __version__)
+        record = as_record(info)
+        self.var, self.slide_id = reader.channel_table(), record.slide_id
+        self.uns = run_uns(record, cfg.model_dump(mode="json"), __version__)
         self.outputs = output_paths(cfg, out)
         self.spatial = None
         if cfg.output.tissue_image and "h5ad" in self.outputs:  # the tissue under squidpy's plots
             from ..io.tissue_image import nuclear_channels, tissue_images
 
-            self.spatial = tissue_images(reader, info["modality"], nuclear_channels(info, reader.channel_names))
+            self.spatial = tissue_images(reader, record.modality, nuclear_channels(record, reader.channel_names))
         #: the guard behind the ownership rule: no two cells of different tiles on the same spot
         self.seams = None if tile_exact else SeamResolver(plan)
         self.dropped_ids: set = set()

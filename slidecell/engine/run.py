@@ -31,7 +31,7 @@ from .cluster import run_dask
 from .outputs import OutputStream, converted_outputs
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
-from ..records import CONFIG_FILE, RUN_FILE, AnalysisStage, RunRecord
+from ..records import CONFIG_FILE, RUN_FILE, AnalysisStage, RunRecord, as_record
 from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
 
 
@@ -317,7 +317,7 @@ class _Run:
 
             t0 = time.perf_counter()
             outputs["spatialdata"] = write_spatialdata(out, out / SPATIALDATA_NAME, outputs["h5ad"], outputs["parquet"],
-                                                       info={**self.info, "slide": str(self.slide)})
+                                                       record=as_record({**self.info, "slide": str(self.slide)}))
             timings["spatialdata"] = time.perf_counter() - t0
 
     def finish(self, outputs: dict, n_cells: int, n_touch: int) -> RunResult:

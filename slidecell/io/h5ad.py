@@ -141,28 +141,18 @@ def write_h5ad(table: pd.DataFrame, path, uns: dict | None = None, var=None, sli
         adata.write_h5ad(tmp)
 
 
-def run_uns(info: dict, config: dict, version) -> dict:
-    """What a run's AnnData keeps in ``uns['slidecell']``, from its run.json-style ``info``."""
-    return {"version": version, "slide": info.get("slide"), "mpp": (info.get("reader") or {}).get("mpp"),
-            "working_mpp": (info.get("plan") or {}).get("mpp"), "modality": info.get("modality"),
-            "reader": info.get("reader"), "config": config}
+def run_uns(record, config: dict, version) -> dict:
+    """What a run's AnnData keeps in ``uns['slidecell']``, from its record (a :class:`RunRecord`)."""
+    return {"version": version, "slide": record.slide, "mpp": record.reader.get("mpp"),
+            "working_mpp": record.plan.get("mpp"), "modality": record.modality,
+            "reader": record.reader or None, "config": config}
 
 
-def run_var(info: dict):
-    """AnnData ``var`` rows (channel, index, metal/fluorophore...) from a run.json-style ``info``."""
-    reader = info.get("reader") or {}
-    names = reader.get("channels") or []
-    meta = reader.get("channel_meta") or [{} for _ in names]
+def run_var(record):
+    """AnnData ``var`` rows (channel, index, metal/fluorophore...) from a run's record."""
+    names = record.reader.get("channels") or []
+    meta = record.reader.get("channel_meta") or [{} for _ in names]
     return pd.DataFrame([{"channel": n, "channel_index": i, **m} for i, (n, m) in enumerate(zip(names, meta))])
-
-
-def slide_id(info: dict) -> str:
-    """The slide's name without its extension(s): ``obs['slide_id']``."""
-    name = Path(str(info.get("slide") or "")).name
-    for suf in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
 
 
 def write_zarr_from_h5ad(h5ad, path) -> Path:

@@ -24,6 +24,7 @@ def register_reader(name: str, suffixes=()):
     """Class decorator: register a :class:`SlideReader` under ``name``, opening files whose
     extension is one of ``suffixes`` (e.g. ``(".xyz",)``)."""
     def add(cls):
+        cls.name = name  # the name a worker process reopens it by (ReaderSpec)
         READERS[name] = cls
         for s in suffixes:
             SUFFIXES[s.lower()] = name

@@ -21,17 +21,14 @@ SPATIALDATA_NAME = "cells.spatialdata.zarr"
 INSTANCE_KEY = "instance_id"
 
 
-def _lazy_image(info: dict, block: int = 2048):
+def _lazy_image(record, block: int = 2048):
     """The slide at the run's working resolution as a dask array (c, y, x), read block by block
     when written."""
     import dask
     import dask.array as da
 
-    from . import open_slide
-
-    reader_info = info.get("reader") or {}
-    plan = info["plan"]
-    reader = open_slide(info["slide"], mpp=reader_info.get("mpp"), markers=reader_info.get("markers_file") or False)
+    plan = record.plan
+    reader = record.open_slide()
     mpp, scale = plan["mpp"], plan["scale"]
     w, h = plan["width"], plan["height"]
     nch = reader.n_channels
@@ -49,9 +46,9 @@ def _lazy_image(info: dict, block: int = 2048):
     return reader, da.concatenate(rows, axis=1), list(reader.channel_names), scale
 
 
-def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = True, info: dict | None = None) -> Path:
+def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = True, record=None) -> Path:
     """Write the SpatialData store ``out`` (replaced atomically) from a run's folder (its
-    run.json, or ``info`` while the run writes it), its h5ad table and GeoParquet outlines."""
+    run.json, or its ``record`` while the run writes it), its h5ad table and GeoParquet outlines."""
     import anndata as ad
     import geopandas as gpd
     from spatialdata import SpatialData
@@ -59,10 +56,10 @@ def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = Tru
     from spatialdata.transformations import Scale
 
     run_dir, out = Path(run_dir), Path(out)
-    if info is None:
+    if record is None:
         from ..records import RunDir
 
-        info = RunDir(run_dir).record().info()
+        record = RunDir(run_dir).record()
     adata = ad.read_h5ad(table_h5ad)
     adata.obs[INSTANCE_KEY] = np.arange(adata.n_obs, dtype=np.int64)
     gdf = gpd.read_parquet(cells_parquet)
@@ -78,7 +75,7 @@ def write_spatialdata(run_dir, out, table_h5ad, cells_parquet, image: bool = Tru
     images, reader = {}, None
     try:
         if image:
-            reader, arr, names, scale = _lazy_image(info)
+            reader, arr, names, scale = _lazy_image(record)
             factors = []
             size = max(arr.shape[1:])
             while size > 2048 and len(factors) < 8:

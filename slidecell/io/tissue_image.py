@@ -54,24 +54,20 @@ def tissue_images(reader, modality: str, channels: list[int] | None = None) -> d
                          "slide_mpp": float(reader.mpp), "modality": modality}}
 
 
-def from_run(info: dict):
-    """:func:`tissue_images` for a finished run (its run.json ``info``), the slide opened again;
-    None when the slide is no longer where the run read it."""
+def from_run(record):
+    """:func:`tissue_images` for a finished run (its :class:`~slidecell.records.RunRecord`), the
+    slide opened again; None when the slide is no longer where the run read it."""
     from pathlib import Path
 
-    from . import open_slide
-
-    reader_info = info.get("reader") or {}
-    slide = info.get("slide")
-    if not slide or not Path(slide).exists():
+    if not record.slide or not Path(record.slide).exists():
         return None
-    with open_slide(slide, mpp=reader_info.get("mpp"), markers=reader_info.get("markers_file")) as reader:
-        return tissue_images(reader, info.get("modality") or reader.modality, nuclear_channels(info, reader.channel_names))
+    with record.open_slide() as reader:
+        return tissue_images(reader, record.modality or reader.modality, nuclear_channels(record, reader.channel_names))
 
 
-def nuclear_channels(info: dict, names) -> list[int]:
+def nuclear_channels(record, names) -> list[int]:
     """Indices of the channels the segmentation used (run.json ``segmentation.channels_used``)."""
-    used = (info.get("segmentation") or {}).get("channels_used") or {}
+    used = record.segmentation.get("channels_used") or {}
     wanted = [n for v in used.values() for n in (v if isinstance(v, list) else [v])]
     names = list(names)
     return [names.index(n) for n in dict.fromkeys(wanted) if n in names]

@@ -1,9 +1,12 @@
 """Segmentation backends behind one interface, selected by name in the config.
 
-A backend is a :class:`Segmenter` subclass registered in :data:`BACKENDS`. It receives tiles as
-``(height, width, channels)`` arrays at the working resolution and returns an ``int32`` label
-image of the same height and width (0 = background, one positive id per object); a backend
-whose model scores its objects returns them as :class:`Scored` (the cells get a ``confidence``).
+A backend is a :class:`Segmenter` subclass (the contract: :mod:`.base`) registered in
+:data:`BACKENDS`. It receives tiles as ``(height, width, channels)`` arrays at the working
+resolution and returns, per tile, an ``int32`` label image of the same height and width (0 =
+background, one positive id per object): nuclei or cells as its ``objects`` says, or a
+``(nuclei, cells)`` pair for ``cells+nuclei``; a backend whose model scores its objects returns
+them as :class:`Scored` (the cells get a ``confidence``). What model backends share (model
+cache, device, batch size, resampling, renumbering) is in :mod:`.models`.
 """
 
 from __future__ import annotations

@@ -45,11 +45,11 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
     if run_dir is None:
         cand = Path(summary.get("source", "")).parent
         run_dir = cand if RunDir(cand).finished else None
-    run = RunDir(run_dir).record().info() if run_dir else None
+    run = RunDir(run_dir).record() if run_dir else None
     ctx = (adata, key, summary, run, adir)
     parts = [*_overview(*ctx), *_maps(*ctx), *_compartments(*ctx), *_mixing_and_neighbourhoods(*ctx),
              *_methods(*ctx)]
-    title = Path(run["slide"]).name if run else Path(summary.get("source", "cells")).name
+    title = Path(run.slide or "").name if run else Path(summary.get("source", "cells")).name
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{content}</section>' for sid, h, content in parts)
     from ... import __version__
 
@@ -72,9 +72,9 @@ def _overview(adata, key, summary, run, adir) -> list:
              ("cells / mm² tissue", f"{adata.n_obs / max(areas['tissue'], 1e-9):,.0f}"),
              ("tumour area", f"{areas['tumor']:.2f} mm²"), ("phenotypes", len(cats))]
     if run:
-        items += [("tiles", f"{run.get('n_tiles', 0):,}"), ("run time", f"{run['timings_s']['total']:.0f} s"),
-                  ("segmentation", run.get("segmentation_backend", "")),
-                  ("working µm/px", f"{run['plan']['mpp']:.3f}")]
+        items += [("tiles", f"{run.n_tiles:,}"), ("run time", f"{run.timings_s.get('total', 0):.0f} s"),
+                  ("segmentation", run.segmentation_backend or ""),
+                  ("working µm/px", f"{run.plan.get('mpp', 0):.3f}")]
     items.append(("analysis time", f"{summary.get('total_s', 0):.0f} s"))
     counts = pd.DataFrame({"phenotype": list(summary["phenotype_counts"]),
                            "cells": list(summary["phenotype_counts"].values())})

@@ -40,14 +40,11 @@ def slide_figure(adata, key: str, run: dict | None):
     extent = None
     if run is not None:
         try:
-            from ...io import open_slide
-
-            reader_info = run.get("reader") or {}
-            with open_slide(run["slide"], mpp=reader_info.get("mpp"), markers=reader_info.get("markers_file") or False) as r:
+            with run.open_slide() as r:
                 mpp = max(r.mpp * r.dimensions[0] / 1600, r.mpp)
                 thumb = r.thumbnail(mpp)
             w_um, h_um = r.dimensions[0] * r.mpp, r.dimensions[1] * r.mpp
-            if run.get("modality") == "brightfield" and thumb.shape[2] == 3:
+            if run.modality == "brightfield" and thumb.shape[2] == 3:
                 ax.imshow(thumb, extent=(0, w_um, h_um, 0))
             else:  # fluorescence: the nuclear channel(s) the run used (else the first), stretched, grey
                 from ...segment.channels import nuclear_channel_indices
