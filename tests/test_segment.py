@@ -98,7 +98,7 @@ def test_nuclear_channel_selection():
     assert seg.channels == [1]
     seg = get_segmenter("watershed", {}, ["H3", "CD99", "Ir193"], "fluorescence", 1.0, ["H3", "Ir193"])
     assert seg.channels == [0, 2]
-    with pytest.raises(ConfigError, match=r"\['DNA'\] not among the slide's channels"):
+    with pytest.raises(ConfigError, match=r"\['DNA'\] not among the image's channels"):
         get_segmenter("watershed", {}, names, "fluorescence", 0.5, ["DNA"])
     with pytest.raises(ConfigError, match="no channel looks nuclear"):
         get_segmenter("watershed", {}, ["CD3", "CD8"], "fluorescence", 0.5)

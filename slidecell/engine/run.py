@@ -150,10 +150,11 @@ class _Run:
                                                    cfg.segmentation.nuclear_channels)
         t_model = time.perf_counter() - t_model
         # windows on the tiling's alignment, or the coarser period the backend's network needs
+        t = cfg.tiling
         self.plan_ = plan = plan_tiles(
-            reader, cfg.tiling.mpp, cfg.tiling.tile_size, cfg.tiling.overlap_um, cfg.tiling.snap_tolerance,
-            self.tissue, cfg.tissue.min_fraction, roi, align=math.lcm(WINDOW_ALIGN, segmenter.align),
-            offset=tuple(cfg.tiling.grid_offset))
+            reader, t.mpp, tile_size=t.tile_size, overlap_um=t.overlap_um, snap_tolerance=t.snap_tolerance,
+            tissue=self.tissue, min_tissue_fraction=cfg.tissue.min_fraction, roi=roi,
+            align=math.lcm(WINDOW_ALIGN, segmenter.align), offset=tuple(t.grid_offset))
         self.timings["plan"] = time.perf_counter() - t0 - t_model  # tissue and tiles, not the model's loading
         objects = segmenter.objects
         if cfg.segmentation.objects != "auto":

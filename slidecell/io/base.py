@@ -307,3 +307,15 @@ def dedupe_names(names) -> list[str]:
             seen[n] = 0
         out.append(n)
     return out
+
+
+def channel_indices(wanted, names, key: str) -> list[int]:
+    """Indices of the channels named ``wanted`` among the image's ``names``; a missing one is a
+    :class:`ConfigError` naming the config ``key`` and the image's channels."""
+    from ..errors import ConfigError
+
+    names = list(names)
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise ConfigError(f"{key}: {missing} not among the image's channels {names}")
+    return [names.index(c) for c in wanted]

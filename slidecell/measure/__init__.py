@@ -52,6 +52,7 @@ class MeasureSpec:
                     modality: str | None = None) -> "MeasureSpec":
         """From a :class:`slidecell.config.MeasureConfig`; errors name the offending key."""
         from ..errors import ConfigError
+        from ..io.base import channel_indices
 
         names = list(channel_names)
         rgb = tuple(names[:3]) == ("Red", "Green", "Blue")
@@ -70,9 +71,7 @@ class MeasureSpec:
             stain_kw = {"stain_vectors": tuple((k, tuple(map(float, v))) for k, v in vectors),
                         "stain_background": tuple(map(float, measure.stain_background or (255, 255, 255)))}
         wanted = list(measure.channels) or names
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise ConfigError(f"measure.channels: {missing} not among the image's channels {names}")
+        channel_indices(wanted, names, "measure.channels")
         if objects != "nuclei" and expansion_um > 0:
             raise ConfigError("segmentation.cell_expansion_um: the objects are already cells "
                               f"(segmentation objects: {objects}); set it to 0")

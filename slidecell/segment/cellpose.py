@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 
 from ..errors import ConfigError
 from .base import BackendParams, Segmenter, register
+from ..io.base import channel_indices
 from .channels import haematoxylin, model_input_channels, smooth
 from .models import relabel
 
@@ -120,10 +121,7 @@ class CellposeSegmenter(Segmenter):
         p = self.params
         if p.cell_channels:
             names = list(channel_names)
-            missing = [c for c in p.cell_channels if c not in names]
-            if missing:
-                raise ConfigError(f"segmentation.params.cell_channels: {missing} not among the image's channels {names}")
-            self.cell_idx = [names.index(c) for c in p.cell_channels]
+            self.cell_idx = channel_indices(p.cell_channels, names, "segmentation.params.cell_channels")
             from .channels import nuclear_channel_indices
 
             self.channels = nuclear_channel_indices(names, nuclear_channels)

@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from ..errors import ConfigError
+from ..io.base import channel_indices
 
 #: channel names taken as nuclear when ``segmentation.nuclear_channels`` is empty (matched whole,
 #: ignoring case): DAPI, Hoechst, DRAQ5, SYTOX, TO-PRO, PI; DNA, DNA1/DNA2, DNA_1, dsDNA; histone
@@ -23,12 +24,7 @@ NUCLEAR_NAME = re.compile(
 def nuclear_channel_indices(channel_names, requested) -> list[int]:
     names = list(channel_names)
     if requested:
-        missing = [r for r in requested if r not in names]
-        if missing:
-            raise ConfigError(
-                f"segmentation.nuclear_channels: {missing} not among the slide's channels {names}"
-            )
-        return [names.index(r) for r in requested]
+        return channel_indices(requested, names, "segmentation.nuclear_channels")
     found = [i for i, n in enumerate(names) if NUCLEAR_NAME.match(n.strip())]
     return found
 

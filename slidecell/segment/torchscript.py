@@ -29,6 +29,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from .base import BackendParams, Segmenter, register, window_period
 from .models import ModelCache, default_batch_size, pick_device, relabel, resample, resample_factor
+from ..io.base import channel_indices
 from .channels import model_input_channels
 
 _MODULES = ModelCache()
@@ -85,10 +86,7 @@ class TorchScriptSegmenter(Segmenter):
         self.module = load_module(path, self.device)
         names = list(channel_names)
         if p.channels:
-            missing = [c for c in p.channels if c not in names]
-            if missing:
-                raise ConfigError(f"segmentation.params.channels: {missing} not among the image's channels {names}")
-            self.channels = [names.index(c) for c in p.channels]
+            self.channels = channel_indices(p.channels, names, "segmentation.params.channels")
         else:
             self.channels = model_input_channels(names, modality, nuclear_channels, "torchscript model")[1]
         self.factor = resample_factor(self.mpp, p.model_mpp)
