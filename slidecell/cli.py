@@ -197,9 +197,7 @@ def classify_train(
     """Train a random forest on the cells a user classified in QuPath."""
     import anndata as ad
 
-    from .analysis.classify import labels_from_geojson, train_classifier
-
-    from .analysis.classify import finished_run
+    from .analysis.classify import finished_run, labels_from_geojson, train_classifier
 
     record = finished_run(run_dir)
     adata = ad.read_h5ad(run_dir / "cells.h5ad")
@@ -253,8 +251,8 @@ def train(
                                        help="with --ship: the model's smallest nucleus in µm²"),
 ):
     """Train the built-in nucleus model; rerun the same command to resume after an interruption."""
-    from .train.ship import ship as ship_model
     from .train import train as train_model
+    from .train.ship import ship as ship_model
 
     path = train_model(config, out, data_root=data)
     typer.echo(f"best model: {path}")

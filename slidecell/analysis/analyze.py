@@ -19,8 +19,8 @@ from ..errors import ConfigError, InputError, OutputError
 from ..records import ANALYSIS_FILE, AnalysisRecord
 from .config import AnalysisConfig, PhenotypeConfig, load_analysis_config  # noqa: F401  (load_analysis_config: API)
 from .phenotype import GatingConfig, cluster, gate, read_phenotype_sheet
-from .spatial import (TumorConfig, cellular_neighbourhoods, compartment_densities, enrichment_table, graph_statistics, mixing_score,
-                      nearest_tumor_distance, spatial_graph, tumor_compartments)
+from .spatial import (TumorConfig, cellular_neighbourhoods, compartment_densities, enrichment_table,
+                      graph_statistics, mixing_score, nearest_tumor_distance, spatial_graph, tumor_compartments)
 
 ANALYZED_NAME = "cells_analyzed.h5ad"
 

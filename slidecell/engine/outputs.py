@@ -10,8 +10,8 @@ from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, OutputError
 from ..io import SlideReader
-from ..io.writers import FORMATS, OUTPUT_NAMES, CellFiles
 from ..io.h5ad import run_uns
+from ..io.writers import FORMATS, OUTPUT_NAMES, CellFiles
 from ..records import as_record
 from ..tiling import TilePlan
 from .runfolder import WORK_DIR

@@ -17,12 +17,13 @@ from ..config import Config, load_config
 from ..errors import ConfigError, OutputError, StorageError, storage_problem
 from ..fingerprint import input_digests, slide_fingerprint
 from ..io import SlideReader, open_slide
-from ..io.label_image import LABELS_NAME
-from ..io.writers import OUTPUT_NAMES
 from ..io.atomic import write_text_atomic
 from ..io.h5ad import write_zarr_from_h5ad
+from ..io.label_image import LABELS_NAME
+from ..io.writers import OUTPUT_NAMES
 from ..measure import MeasureSpec, estimate_stains
 from ..progress import RunProgress
+from ..records import CONFIG_FILE, RUN_FILE, AnalysisStage, RunRecord, as_record
 from ..segment import get_segmenter
 from ..tiling import WINDOW_ALIGN, TileStream, detect_tissue, plan_tiles, slide_modality, working_mpp
 from .cells import TileContext
@@ -31,7 +32,6 @@ from .cluster import run_dask
 from .outputs import OutputStream, converted_outputs
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
-from ..records import CONFIG_FILE, RUN_FILE, AnalysisStage, RunRecord, as_record
 from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
 
 
@@ -125,7 +125,7 @@ class _Run:
 
     def execute(self) -> RunResult:
         self.plan()
-        with TileStream(self.reader, self.plan_, self.cfg.reader.workers, self.cfg.reader.prefetch,
+        with TileStream(self.reader, self.tile_plan, self.cfg.reader.workers, self.cfg.reader.prefetch,
                         self.cfg.reader.parallel) as stream:
             self.calibrate(stream)
             outputs, n_cells, n_touch = self.segment(stream)
@@ -151,7 +151,7 @@ class _Run:
         t_model = time.perf_counter() - t_model
         # windows on the tiling's alignment, or the coarser period the backend's network needs
         t = cfg.tiling
-        self.plan_ = plan = plan_tiles(
+        self.tile_plan = plan = plan_tiles(
             reader, t.mpp, tile_size=t.tile_size, overlap_um=t.overlap_um, snap_tolerance=t.snap_tolerance,
             tissue=self.tissue, min_tissue_fraction=cfg.tissue.min_fraction, roi=roi,
             align=math.lcm(WINDOW_ALIGN, segmenter.align), offset=tuple(t.grid_offset))
@@ -200,7 +200,7 @@ class _Run:
             stains = old.get("stain_vectors")
         else:
             t0 = time.perf_counter()
-            windows = calibration_windows(self.plan_, self.tissue, self.roi, min_fraction=cfg.tissue.min_fraction)
+            windows = calibration_windows(self.tile_plan, self.tissue, self.roi, min_fraction=cfg.tissue.min_fraction)
             samples = [img for _, img in stream(windows)]
             self.segmenter.calibrate(samples)
             stains = None
@@ -219,7 +219,7 @@ class _Run:
             self.measure = self.measure.with_stains(stains)
 
     def _context(self) -> TileContext:
-        plan, reader, roi = self.plan_, self.reader, self.roi
+        plan, reader, roi = self.tile_plan, self.reader, self.roi
         return TileContext(
             slide_key=self.fingerprint["sha256_head_tail"][:16], scale=plan.scale, mpp0=reader.mpp,
             width=plan.width, height=plan.height, channel_names=tuple(reader.channel_names),
@@ -230,7 +230,7 @@ class _Run:
 
     def _info(self) -> dict:
         """What run.json says about the slide, the plan and the segmentation."""
-        cfg, measure, plan = self.cfg, self.measure, self.plan_
+        cfg, measure, plan = self.cfg, self.measure, self.tile_plan
         return {
             "slide": str(self.slide.resolve()),
             "reader": self.reader.describe(),
@@ -258,7 +258,7 @@ class _Run:
         """Every chunk not finished yet, locally or on Dask; the outputs are written from the
         chunks, in order, while the run goes on. Returns (outputs, cells, cells touching a tile's
         edge)."""
-        cfg, plan, segmenter = self.cfg, self.plan_, self.segmenter
+        cfg, plan, segmenter = self.cfg, self.tile_plan, self.segmenter
         ctx = self._context()
         chunk_size = cfg.tiling.chunk_tiles
         self.n_chunks = n_chunks = (len(plan.tiles) + chunk_size - 1) // chunk_size
@@ -311,7 +311,7 @@ class _Run:
             dropped = pa.array(sorted(self.writer.dropped_ids), pa.string())
             outputs["labels"] = write_run_labels(out / LABELS_NAME,  # the chunks less the duplicates left out
                                                  lambda: (without(pq.read_table(c), dropped) for c in chunk_files),
-                                                 self.plan_.summary(), cfg.tiling.model_dump(mode="json"))
+                                                 self.tile_plan.summary(), cfg.tiling.model_dump(mode="json"))
             timings["label_image"] = time.perf_counter() - t0
         if cfg.output.spatialdata:  # from the h5ad and GeoParquet just written
             from ..io.spatialdata import SPATIALDATA_NAME, write_spatialdata
@@ -324,7 +324,7 @@ class _Run:
     def finish(self, outputs: dict, n_cells: int, n_touch: int) -> RunResult:
         """The outputs made from the finished ones, then run.json: written last, it marks the run
         complete."""
-        cfg, plan, timings = self.cfg, self.plan_, self.timings
+        cfg, plan, timings = self.cfg, self.tile_plan, self.timings
         self._extra_outputs(outputs)
         if n_cells == 0:
             where = "the region (ROI or annotations)" if self.roi is not None else "the slide"

@@ -76,7 +76,6 @@ def owned_names() -> list[str]:
     """The top-level entries of a run folder that slidecell writes."""
     from ..io.label_image import LABELS_NAME
     from ..io.spatialdata import SPATIALDATA_NAME
-
     from ..io.writers import FORMATS
 
     names = [RUN_FILE, CONFIG_FILE, *(f.filename for f in FORMATS.values()), LABELS_NAME, SPATIALDATA_NAME,

@@ -158,9 +158,9 @@ def run_var(record):
 def write_zarr_from_h5ad(h5ad, path) -> Path:
     """The AnnData of ``h5ad`` as a zarr store at ``path`` (replaced atomically). Holds the
     table in memory while converting (about cells × markers × (1 + layers) × 4 bytes)."""
-    import anndata as ad
-
     import warnings
+
+    import anndata as ad
 
     adata = ad.read_h5ad(h5ad)
     with atomic_dir(path) as tmp, ad.settings.override(zarr_write_format=3), warnings.catch_warnings():

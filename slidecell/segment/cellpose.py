@@ -25,8 +25,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from .base import BackendParams, Segmenter, register
 from ..io.base import channel_indices
+from .base import BackendParams, Segmenter, register
 from .channels import haematoxylin, model_input_channels, smooth
 from .models import relabel
 

@@ -27,10 +27,10 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import ConfigError
-from .base import BackendParams, Segmenter, register, window_period
-from .models import ModelCache, default_batch_size, pick_device, relabel, resample, resample_factor
 from ..io.base import channel_indices
+from .base import BackendParams, Segmenter, register, window_period
 from .channels import model_input_channels
+from .models import ModelCache, default_batch_size, pick_device, relabel, resample, resample_factor
 
 _MODULES = ModelCache()
 

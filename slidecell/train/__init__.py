@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from ..errors import ConfigError
 from .. import schema
+from ..errors import ConfigError
 from ..schema import Strict, read_yaml
 
 

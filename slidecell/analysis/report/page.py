@@ -8,6 +8,7 @@ import io
 
 import pandas as pd
 
+
 def png(fig) -> str:
     import matplotlib.pyplot as plt
 

@@ -15,6 +15,7 @@ from .net import NetSpec, UNet, fuse_batchnorm
 from .postprocess import maps_to_labels
 from .weights import FORMAT, SHIPPED, PostParams, weights_path
 
+
 @dataclass
 class ModelMeta:
     name: str
