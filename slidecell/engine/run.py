@@ -29,7 +29,7 @@ from ..tiling import WINDOW_ALIGN, TileStream, detect_tissue, plan_tiles, slide_
 from .cells import TileContext
 from .chunks import chunk_rows
 from .cluster import run_dask
-from .outputs import OutputStream, converted_outputs
+from .outputs import OutputStream, converted_outputs, extra_formats
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
 from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
@@ -134,6 +134,7 @@ class _Run:
     def plan(self) -> None:
         cfg, reader, roi = self.cfg, self.reader, self.roi
         t0 = time.perf_counter()
+        extra_formats(cfg)  # an unknown output format is refused before any tile is read
         self.tissue = None
         if cfg.tissue.enabled:
             self.tissue = detect_tissue(reader, cfg.tissue.thumbnail_mpp, cfg.tissue.modality,
