@@ -30,7 +30,12 @@ class _Record(BaseModel):
             return cls.model_validate(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise InputError(f"{path}: not found") from None
-        except (OSError, ValueError, ValidationError) as err:
+        except ValidationError as err:
+            from .schema import format_errors
+
+            detail = format_errors(str(path), err, "record").split(": ", 1)[1]
+            raise InputError(f"{path}: not a readable slidecell record ({detail})") from None
+        except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"{path}: not a readable slidecell record ({first})") from None
 

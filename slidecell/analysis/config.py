@@ -56,4 +56,4 @@ def load_analysis_config(path=None, overrides: dict | None = None) -> AnalysisCo
         source = str(path)
     if overrides:
         data = deep_merge(data, overrides)
-    return validate(AnalysisConfig, data, source)
+    return validate(AnalysisConfig, data, source, "analysis config")
