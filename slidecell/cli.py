@@ -34,10 +34,32 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: set by --verbose: slidecell's step-by-step log on stderr, other packages' warnings, tracebacks
+_VERBOSE: list[bool] = []
+
+
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, metavar="",
-                                          help="print the version and exit")):
+                                          help="print the version and exit"),
+             verbose: bool = typer.Option(False, "--verbose", "-v", metavar="",
+                                          help="log each step (plan, calibration, segmentation, outputs) with its "
+                                               "figures, show other packages' warnings and internal errors' tracebacks")):
     """slidecell: every cell out of a whole-slide or multiplexed image."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("slidecell")
+    for h in [h for h in log.handlers if getattr(h, "slidecell_cli", False)]:  # an earlier call's (in-process)
+        log.removeHandler(h)
+    if verbose:
+        _VERBOSE.append(True)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("slidecell: %(message)s"))
+        handler.slidecell_cli = True
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    else:  # logs stay readable: what other packages warn about is for --verbose
+        warnings.filterwarnings("ignore", category=Warning, module=r"^(?!slidecell)")
 
 
 def _parse_roi(text: str | None):
@@ -318,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import SlidecellError, StorageError, storage_problem
 
     _STOPPED_BY.clear()
+    _VERBOSE.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -343,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             typer.echo(f"slidecell: error: {where}{problem}; make room and run the same command again", err=True)
             return StorageError.exit_code
-        if os.environ.get("SLIDECELL_DEBUG"):
+        if os.environ.get("SLIDECELL_DEBUG") or _VERBOSE:
             raise
         typer.echo(f"slidecell: internal error: {type(exc).__name__}: {exc} "
                    "(set SLIDECELL_DEBUG=1 for the traceback)", err=True)

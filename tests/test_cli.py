@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from conftest import CMU1, SMALLTIF, need
 
@@ -196,3 +197,29 @@ def test_hostile_inputs_get_one_line_and_echo_nothing(tmp_path):
     t0 = time.time()
     assert_one_line_error(cli("run", CMU1, "-c", bomb, "-o", tmp_path / "o3"), "bomb.yaml", "aliases")
     assert time.time() - t0 < 30
+
+
+def test_verbose_logs_each_step_and_shows_tracebacks(tmp_path, monkeypatch):
+    """`slidecell --verbose run` logs each step with its figures on stderr (none without it); an
+    internal error then raises with its traceback instead of one line."""
+    need(CMU1)
+    args = ["run", CMU1, "--roi", "700,1700,700,700", "-q"]
+    loud = cli("--verbose", *args, "-o", tmp_path / "a")
+    assert loud.returncode == 0, loud.stderr
+    steps = [ln.split(":")[1].strip() for ln in loud.stderr.splitlines() if ln.startswith("slidecell: ")]
+    assert steps == ["plan", "calibrate", "segment", "segmented", "complete"], loud.stderr
+    n_cells = json.loads((tmp_path / "a" / "run.json").read_text())["n_cells"]
+    assert f"segmented: {n_cells} cells" in loud.stderr and "tiles of 1024 px at 0.499 µm/px" in loud.stderr
+    quiet = cli(*args, "-o", tmp_path / "b")
+    assert quiet.returncode == 0 and not quiet.stderr.strip(), quiet.stderr
+
+    import slidecell.tiling
+    from slidecell.cli import main
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(slidecell.tiling, "slide_modality", broken)
+    assert main(["info", str(SMALLTIF)]) == 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["--verbose", "info", str(SMALLTIF)])

@@ -5,6 +5,7 @@ and then, when the config has an ``analysis`` section, the analysis stage."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from .outputs import OutputStream, converted_outputs, extra_formats
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
 from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
+
+#: step-by-step figures (`slidecell --verbose`)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,6 +111,18 @@ def run(
         return result
 
 
+def measure_objects(measure: MeasureSpec) -> str:
+    return "whole cells" if measure.whole_cells else measure.objects
+
+
+def _short(state: dict) -> str:
+    """A segmenter's slide-level values, briefly."""
+    text = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in state.items())
+    if not text:
+        return "no slide-level values"
+    return text if len(text) < 160 else text[:157] + "..."
+
+
 class _Run:
     """One run of the engine on an open slide, in four steps: :meth:`plan` (tissue, modality,
     segmenter, tiles, what is measured), :meth:`calibrate` (slide-level values, or those of the
@@ -169,6 +185,10 @@ class _Run:
         self.modality = modality
         segmenter.locate(plan, reader.dimensions)
         self.need_bytes = check_memory(plan, reader, segmenter, cfg)
+        log.info("plan: %d tiles of %d px at %.3f µm/px (%s, tissue %s), windows on a %d-px grid; backend %s "
+                 "(%s); memory estimate %.1f GiB; %.1f s", len(plan.tiles), plan.tile_size, plan.mpp, modality,
+                 f"{self.tissue.tissue_fraction:.0%}" if self.tissue is not None else "not detected", plan.align,
+                 segmenter.name, measure_objects(self.measure), self.need_bytes / 2**30, self.timings["plan"])
         self.fingerprint = slide_fingerprint(self.slide)
         self.manifest = {
             "slidecell_version": __version__,
@@ -198,6 +218,7 @@ class _Run:
                     f"{', '.join(diff)}); refusing to mix results: pass --overwrite or choose another --out"
                 )
             self.segmenter.state = old["segmenter_state"]
+            log.info("calibrate: the unfinished run's, reused (%s)", _short(self.segmenter.state))
             stains = old.get("stain_vectors")
         else:
             t0 = time.perf_counter()
@@ -212,6 +233,8 @@ class _Run:
                                          "QuPath's default H&E vectors used")
             del samples
             self.timings["calibrate"] = time.perf_counter() - t0
+            log.info("calibrate: %d windows, %.1f s (%s)", len(windows), self.timings["calibrate"],
+                     _short(self.segmenter.state))
             manifest["segmenter_state"] = self.segmenter.state
             manifest["stain_vectors"] = stains
             manifest["modality"] = self.modality
@@ -267,6 +290,8 @@ class _Run:
         pending_tiles = [t for k in range(n_chunks) if k not in done
                          for t in plan.tiles[k * chunk_size:(k + 1) * chunk_size]]
         self.resumed = len(done)
+        log.info("segment: %d tiles in %d chunks of %d (%d chunks already done)%s", len(pending_tiles),
+                 n_chunks - len(done), chunk_size, len(done), " on Dask" if cfg.engine.scheduler else "")
         self.info = info = self._info()
         self.writer = writer = OutputStream([self.chunk_path(k) for k in range(n_chunks)], self.out, cfg, self.reader,
                                             info, self.measure.schema(), plan, segmenter.tile_exact)
@@ -295,6 +320,10 @@ class _Run:
                 if not cfg.output.h5ad:
                     outputs.pop("h5ad").unlink()
             self.timings["outputs_after_last_tile"] = time.perf_counter() - t0
+        t = self.timings
+        log.info("segmented: %d cells; model %.1f s, post-processing %.1f s, waiting for reads %.1f s; outputs (%s) "
+                 "%.1f s after the last tile", n_cells, t["model"], t["post"], t["read_wait"], ", ".join(outputs),
+                 t["outputs_after_last_tile"])
         return outputs, n_cells, n_touch
 
     def _extra_outputs(self, outputs: dict) -> None:
@@ -356,6 +385,7 @@ class _Run:
         record = RunRecord.model_validate(summary)
         write_text_atomic(self.out / CONFIG_FILE, cfg.to_yaml())
         record.write(self.out / RUN_FILE)  # last: marks complete
+        log.info("complete: %s (%.1f s)", self.out / RUN_FILE, timings["total"])
         return RunResult(self.out, n_cells, len(plan.tiles), outputs, timings, self.resumed, record.info())
 
 
