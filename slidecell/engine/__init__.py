@@ -9,7 +9,8 @@ per-chunk results → merge into the outputs.
 - :mod:`.chunks` — chunk files, the unit of resumption and of Dask tasks
 - :mod:`.outputs` — the outputs written from the chunks in plan order while the run goes on
 - :mod:`.cluster` — the chunks as Dask tasks
-- :mod:`.runfolder` — the output folder: lock, resume, replacing a finished run, run.json
+- :mod:`.runfolder` — the output folder: lock, resume, replacing a finished run
+- :mod:`.stage` — the analysis stage of a run, recorded in run.json
 
 Finished chunks are kept in ``OUT/.slidecell/chunks``; a run started again with the same slide
 and config continues after the last finished chunk.

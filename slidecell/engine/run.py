@@ -24,7 +24,7 @@ from ..io.label_image import LABELS_NAME
 from ..io.writers import OUTPUT_NAMES
 from ..measure import MeasureSpec, estimate_stains
 from ..progress import RunProgress
-from ..records import CONFIG_FILE, RUN_FILE, AnalysisStage, RunRecord, as_record
+from ..records import CONFIG_FILE, RUN_FILE, RunRecord, as_record
 from ..segment import get_segmenter
 from ..tiling import WINDOW_ALIGN, TileStream, detect_tissue, plan_tiles, slide_modality, working_mpp
 from .cells import TileContext
@@ -34,6 +34,7 @@ from .outputs import OutputStream, converted_outputs, extra_formats
 from .pipeline import Pipeline
 from .plan import calibration_windows, check_memory, check_region
 from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
+from .stage import analysis_stage
 
 #: step-by-step figures (`slidecell --verbose`)
 log = logging.getLogger(__name__)
@@ -387,37 +388,3 @@ class _Run:
         record.write(self.out / RUN_FILE)  # last: marks complete
         log.info("complete: %s (%.1f s)", self.out / RUN_FILE, timings["total"])
         return RunResult(self.out, n_cells, len(plan.tiles), outputs, timings, self.resumed, record.info())
-
-
-def analysis_stage(out: Path, cfg: Config, outputs: dict) -> dict:
-    """``slidecell analyze`` and ``report`` on the finished run (its h5ad; exported when the
-    run wrote none). Its outcome is recorded in run.json (``analysis_stage``): a failed stage
-    is run again by the same command, as is one killed while running."""
-    record = RunRecord.read(out / RUN_FILE)
-    record.analysis_stage = AnalysisStage(status="running")
-    record.write(out / RUN_FILE)
-    try:
-        done = _analyze_run(out, cfg, outputs)
-    except BaseException as err:
-        record.analysis_stage = AnalysisStage(status="failed", error=f"{type(err).__name__}: {err}"[:500])
-        record.write(out / RUN_FILE)
-        raise
-    record.analysis_stage = AnalysisStage(status="complete",
-                                          outputs={k: str(Path(v).relative_to(out)) for k, v in done.items()})
-    record.write(out / RUN_FILE)
-    return done
-
-
-def _analyze_run(out: Path, cfg: Config, outputs: dict) -> dict:
-    from ..analysis.analyze import analyze
-    from ..analysis.report import build_report
-
-    if "h5ad" not in outputs:
-        from ..export import export
-
-        export(out, "h5ad", out / WORK_DIR / OUTPUT_NAMES["h5ad"], overwrite=True)
-        source = out / WORK_DIR / OUTPUT_NAMES["h5ad"]
-    else:
-        source = outputs["h5ad"]
-    done = analyze(source, out / "analysis", cfg.analysis, overwrite=True)
-    return {"analysis": done, "report": build_report(done, run_dir=out)}
