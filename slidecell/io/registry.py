@@ -138,5 +138,9 @@ def _open_tiff(path: Path, mpp, **options) -> SlideReader:
 
 
 def open_spec(spec: ReaderSpec) -> SlideReader:
-    """Re-open a slide from :meth:`SlideReader.spec` (used by worker processes)."""
+    """Re-open a slide from :meth:`SlideReader.spec` (used by worker processes, where a plug-in's
+    reader is registered by loading the plug-ins first)."""
+    from ..plugins import load_plugins
+
+    load_plugins()
     return READERS[spec.reader](spec.path, mpp=spec.mpp, **spec.options)
