@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
-from .atomic import atomic_path
-
 
 def geoparquet_metadata(columns=("geometry",)) -> bytes:
     """GeoParquet 1.1 file metadata for the WKB geometry columns (level-0 pixels, no CRS);
@@ -37,13 +33,3 @@ class GeoParquetWriter:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def write_geoparquet(table: pd.DataFrame, path) -> None:
-    from ..table import to_arrow
-
-    at = to_arrow(table)
-    with atomic_path(path) as tmp:
-        w = GeoParquetWriter(tmp, at.schema)
-        w.write(at)
-        w.close()
