@@ -110,6 +110,7 @@ def plan_tiles(
     roi=None,
     align: int = 1,
     offset: tuple[int, int] = (0, 0),
+    min_overlap: int = 0,
 ) -> TilePlan:
     """Cut the slide at ``mpp`` µm/px into tiles. ``tissue`` (a :class:`TissueMask`) skips
     tiles whose core holds less than ``min_tissue_fraction`` tissue; ``roi`` (a shapely geometry
@@ -118,12 +119,13 @@ def plan_tiles(
     Core boundaries lie at ``offset + k × tile_size``. Read windows (core + at least the overlap)
     start and end on multiples of ``align`` in slide coordinates, whatever the cores: a network
     with ``log2(align)`` poolings then sees every pixel at the same phase in every tile, so its
-    output in a core does not depend on the tiling."""
+    output in a core does not depend on the tiling. ``min_overlap``: working pixels of context
+    the backend needs (:attr:`Segmenter.context`), when more than ``overlap_um``."""
     use_mpp = working_mpp(reader, mpp, snap_tolerance)
     scale = use_mpp / reader.mpp
     w0, h0 = reader.dimensions
     width, height = max(1, int(math.floor(w0 / scale + 1e-9))), max(1, int(math.floor(h0 / scale + 1e-9)))
-    overlap = int(math.ceil(overlap_um / use_mpp))
+    overlap = max(int(math.ceil(overlap_um / use_mpp)), int(min_overlap))
     xs = _grid_lines(width, tile_size, offset[0])
     ys = _grid_lines(height, tile_size, offset[1])
     if roi is not None:

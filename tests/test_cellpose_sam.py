@@ -51,3 +51,27 @@ def test_cellpose_sam_whole_cells_and_no_download(random_cpsam):
     assert nuclei.shape == cells.shape == (96, 96)
     with pytest.raises(ConfigError, match="never downloads"):
         get_segmenter("cellpose", {"model": "cpsam"}, ["DAPI"], "fluorescence", 0.5)
+
+
+def test_cellpose_sam_network_is_tile_exact(random_cpsam):
+    """The seam promise at the network: CPSAM attends over each 256-px block, so a window's output
+    depends on where its blocks lie; on blocks anchored to the slide (``blocks: slide``) a window
+    with the backend's context gives its core exactly the whole image's flows and cell
+    probability. (A random CPSAM draws no cells, so the masks cannot be compared; the flow
+    dynamics after the network are local and shared with cellpose 3, whose masks are compared on
+    real data in tests/test_seams.py.)"""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(2)
+    img = ndi.gaussian_filter(rng.random((200, 900)), 3).astype(np.float32)[:, :, None] * 1000
+    seg = get_segmenter("cellpose", {"model": str(random_cpsam)}, ["DAPI"], "fluorescence", 0.5)
+    seg.calibrate([img])
+    assert seg.context == 256 + 60  # one block at the model's scale + two 30-px objects
+    whole = seg._flows(seg._scaled(img, "nuclear"), False, (0, 0))
+    x0 = 300
+    win = seg._flows(seg._scaled(img[:, x0:], "nuclear"), False, (x0, 0))
+    core = x0 + seg.context  # to the image's right edge, which both share
+    np.testing.assert_allclose(win[:, core - x0:], whole[:, core:], rtol=0, atol=2e-2 * np.abs(whole).max())
+    # cellpose placing the blocks in the window instead: the same pixels differ
+    own = seg._flows(seg._scaled(img[:, x0:], "nuclear"), False, (0, 0))
+    assert np.abs(own[:, core - x0:] - whole[:, core:]).max() > 5e-2 * np.abs(whole).max()

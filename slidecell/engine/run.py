@@ -167,12 +167,13 @@ class _Run:
                                                    reader.channel_names, modality, mpp,
                                                    cfg.segmentation.nuclear_channels)
         t_model = time.perf_counter() - t_model
-        # windows on the tiling's alignment, or the coarser period the backend's network needs
+        # windows on the tiling's alignment, or the coarser period the backend's network needs, with at
+        # least the context it needs
         t = cfg.tiling
         self.tile_plan = plan = plan_tiles(
             reader, t.mpp, tile_size=t.tile_size, overlap_um=t.overlap_um, snap_tolerance=t.snap_tolerance,
             tissue=self.tissue, min_tissue_fraction=cfg.tissue.min_fraction, roi=roi,
-            align=math.lcm(WINDOW_ALIGN, segmenter.align), offset=tuple(t.grid_offset))
+            align=math.lcm(WINDOW_ALIGN, segmenter.align), offset=tuple(t.grid_offset), min_overlap=segmenter.context)
         self.timings["plan"] = time.perf_counter() - t0 - t_model  # tissue and tiles, not the model's loading
         objects = segmenter.objects
         if cfg.segmentation.objects != "auto":

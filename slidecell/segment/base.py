@@ -82,6 +82,13 @@ class Segmenter:
         return 1
 
     @property
+    def context(self) -> int:
+        """Working pixels of context a read window needs around its core for the backend's
+        output there not to depend on the window (a network whose blocks are anchored to the
+        slide needs one block); the plan reads at least this much. 0: the tiling's overlap."""
+        return 0
+
+    @property
     def labels_are_ids(self) -> bool:
         """Whether a label's value means something outside the run (a mask's cell ids from
         another tool): the cells then keep it (``mask_label``)."""

@@ -8,8 +8,11 @@ installed (``pip install "slidecell[cellpose]" "torch==2.13.0"``).
 Tile invariance: by default (``normalize: slide``) the input planes are scaled by percentiles of
 the whole slide, fitted once on the engine's calibration tiles (and optionally equalised by the
 slide's histogram), so neighbouring tiles see the same values where they overlap; cellpose's own
-per-tile scaling (``normalize: tile``) makes them disagree near seams. Brightfield input is the
-haematoxylin optical density by default.
+per-tile scaling (``normalize: tile``) makes them disagree near seams. And (``blocks: slide``)
+the network runs on blocks anchored to the slide (:mod:`slidecell.segment.grid`), not on blocks
+cellpose places by each window's size, with the context that needs (:attr:`context`): a cell
+then comes out the same in every tile that sees it. Brightfield input is the haematoxylin
+optical density by default.
 
 The major version installed decides which API is used. Nothing is downloaded by slidecell: a
 model name whose weights are missing locally is an error, not a download.
@@ -50,6 +53,10 @@ class CellposeParams(BackendParams):
     #: agree in their shared margin; ``tile`` leaves it to cellpose, which scales each tile by
     #: its own percentiles (tiles then disagree near seams)
     normalize: Literal["slide", "tile"] = "slide"
+    #: where the network's blocks lie: ``slide``, on a grid anchored to the slide (every tile
+    #: sees a pixel in the same block; the plan reads one block of context around each core:
+    #: tile-exact); ``cellpose``, placed by cellpose for each window (as ``model.eval`` does)
+    blocks: Literal["slide", "cellpose"] = "slide"
     percentiles: tuple[float, float] = (1.0, 99.0)
     #: contrast equalisation by the slide's histogram (a look-up table fitted on the calibration
     #: tiles, the same for every tile); needs ``normalize: slide``
@@ -59,7 +66,10 @@ class CellposeParams(BackendParams):
     smooth_um: float | None = Field(None, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1)
-    min_area_um2: float = Field(2.0, ge=0)
+    #: smallest object kept (µm²); None: for whole cells (``cell_channels``) 30 % of the disc of
+    #: ``diameter_um`` (chosen on the IMC crops, benchmarks/choose_cellpose.py; SOPA keeps cells
+    #: from 32 %), else 2 µm²
+    min_area_um2: float | None = Field(None, ge=0)
     #: whole cells: the membrane / cytoplasm marker(s) by name (averaged), segmented together
     #: with the nuclear channel(s) as Cellpose's two-channel input; empty: nuclei only
     cell_channels: list[str] = Field(default_factory=list)
@@ -75,6 +85,9 @@ class CellposeParams(BackendParams):
             raise ValueError(f"percentiles {list(self.percentiles)}: need 0 <= low < high <= 100")
         if self.equalize and self.normalize != "slide":
             raise ValueError("equalize needs normalize: slide (a per-tile equalisation would differ between tiles)")
+        if self.blocks == "slide" and self.normalize != "slide":
+            raise ValueError("blocks: slide needs normalize: slide (per-tile scaling differs between tiles anyway); "
+                             "set blocks: cellpose")
         return self
 
 
@@ -139,7 +152,10 @@ class CellposeSegmenter(Segmenter):
         gpu = torch.cuda.is_available() if p.device == "auto" else p.device == "cuda"
         path = _model_path(p.model)
         self.model = models.CellposeModel(gpu=gpu, pretrained_model=path)
-        self.min_px = max(1, int(round(p.min_area_um2 / self.mpp**2)))
+        min_um2 = p.min_area_um2
+        if min_um2 is None:
+            min_um2 = 0.3 * np.pi * (p.diameter_um / 2) ** 2 if p.diameter_um and p.cell_channels else 2.0
+        self.min_px = max(1, int(round(min_um2 / self.mpp**2)))
 
     @property
     def objects(self) -> str:
@@ -205,11 +221,39 @@ class CellposeSegmenter(Segmenter):
             sigma_um = 0.0 if self.brightfield else 1.0
         return smooth(x, sigma_um, self.mpp).astype(np.float32)
 
-    def _eval(self, img: np.ndarray, two_channel: bool) -> np.ndarray:
+    # -- the network ---------------------------------------------------------------------------------
+    @property
+    def _diameter_px(self) -> float | None:
+        return self.params.diameter_um / self.mpp if self.params.diameter_um else None
 
+    @property
+    def _scale(self) -> float:
+        """Network pixels per working pixel: cellpose's ``rescale`` for the diameter."""
+        d = self._diameter_px
+        if self.major < 4:
+            return float(self.model.diam_mean / (d if d else self.model.diam_labels))
+        return 30.0 / d if d else 1.0
+
+    @property
+    def _block(self) -> int:
+        if self.major < 4:
+            return 224
+        return 256 if getattr(self.model, "backbone", "sam_vitl") == "sam_vitl" else 384
+
+    @property
+    def context(self) -> int:
+        """``blocks: slide``: one network block plus two object diameters (working px)."""
+        if self.params.blocks != "slide":
+            return 0
+        from .grid import context_px
+
+        return context_px(self._block, self._scale, self._diameter_px or 30.0 / self._scale)
+
+    def _eval(self, img: np.ndarray, two_channel: bool, origin: tuple[int, int]) -> np.ndarray:
         p = self.params
-        diameter = p.diameter_um / self.mpp if p.diameter_um else None
-        kwargs = dict(diameter=diameter, flow_threshold=p.flow_threshold,
+        if p.blocks == "slide":
+            return relabel(self._eval_anchored(img, two_channel, origin), self.min_px)
+        kwargs = dict(diameter=self._diameter_px, flow_threshold=p.flow_threshold,
                       cellprob_threshold=p.cellprob_threshold, batch_size=p.batch_size)
         slide = p.normalize == "slide"  # scaled here; cellpose must not rescale each tile
         invert = self._invert and not slide
@@ -224,6 +268,41 @@ class CellposeSegmenter(Segmenter):
         masks = self.model.eval(img, **kwargs)[0]
         return relabel(np.asarray(masks, np.int32), self.min_px)
 
+    def _flows(self, img: np.ndarray, two_channel: bool, origin: tuple[int, int]) -> np.ndarray:
+        """The network's flows and cell probability (H, W, 3) for an already scaled image in
+        cellpose's own channel layout, run on slide-anchored blocks (:func:`grid.run_anchored`)."""
+        from cellpose import core, transforms
+
+        from .grid import run_anchored
+
+        if self.major < 4:
+            x = transforms.convert_image(img, [1, 2] if two_channel else [0, 0],
+                                         channel_axis=-1 if two_channel else None, nchan=self.model.nchan)
+        else:
+            x = transforms.convert_image(img, channel_axis=-1 if two_channel else None)
+        x = np.asarray(x, np.float32).reshape(img.shape[0], img.shape[1], -1)
+        block = self._block
+        y = run_anchored(lambda b: core._forward(self.model.net, b)[0], x, origin, self._scale, block,
+                         int(block / 1.2), self.params.batch_size)  # cellpose's block overlap: 10 % a side
+        return y[..., -3:]
+
+    def _eval_anchored(self, img: np.ndarray, two_channel: bool, origin: tuple[int, int]) -> np.ndarray:
+        """What ``model.eval`` does for an already scaled image (cellpose's network, flow dynamics
+        and mask rules), with the network run on slide-anchored blocks."""
+        import inspect
+
+        from cellpose import dynamics
+
+        y, p = self._flows(img, two_channel, origin), self.params
+        kwargs = dict(niter=int(round(200 / self._scale)), cellprob_threshold=p.cellprob_threshold,
+                      flow_threshold=p.flow_threshold, min_size=15, max_size_fraction=0.4, resize=None,
+                      device=self.model.device)
+        if "interp" in inspect.signature(dynamics.resize_and_compute_masks).parameters:
+            kwargs["interp"] = True  # cellpose 3
+        masks = dynamics.resize_and_compute_masks(np.ascontiguousarray(y[..., :2].transpose(2, 0, 1)),
+                                                  np.ascontiguousarray(y[..., 2]), **kwargs)
+        return np.asarray(masks, np.int32).reshape(img.shape[:2])
+
     def input_files(self) -> list:
         path = Path(self.params.model).expanduser()
         return [path] if path.is_file() else []  # a built-in name: cellpose's own cached file
@@ -234,18 +313,22 @@ class CellposeSegmenter(Segmenter):
             used["membrane"] = [self.channel_names[i] for i in self.cell_idx]
         return used
 
-    def segment(self, image: np.ndarray):
-        """Nuclei; with ``cell_channels``, cells (or ``(nuclei, cells)`` with ``nuclei``)."""
+    def predict_tiles(self, tiles, images) -> list:
+        return [self.segment(im, (t.x, t.y)) for t, im in zip(tiles, images)]
+
+    def segment(self, image: np.ndarray, origin: tuple[int, int] = (0, 0)):
+        """Nuclei; with ``cell_channels``, cells (or ``(nuclei, cells)`` with ``nuclei``), of a
+        window whose top-left pixel is slide pixel ``origin`` (working resolution)."""
         empty = np.zeros(image.shape[:2], np.int32)
         if image.shape[0] == 0 or image.shape[1] == 0:
             return (empty, empty) if self.objects == "cells+nuclei" else empty
         flat = np.ptp(self._plane(image, "nuclear")) == 0
         nuc = None if flat else self._scaled(image, "nuclear")
         if not self.cell_idx:
-            return empty if flat else self._eval(nuc, False)
+            return empty if flat else self._eval(nuc, False, origin)
         cyto = self._scaled(image, "membrane")
         cells = empty if flat and np.ptp(cyto) == 0 else \
-            self._eval(np.stack([cyto, nuc if nuc is not None else np.zeros_like(cyto)], axis=-1), True)
+            self._eval(np.stack([cyto, nuc if nuc is not None else np.zeros_like(cyto)], axis=-1), True, origin)
         if not self.params.nuclei:
             return cells
-        return (empty if flat else self._eval(nuc, False)), cells
+        return (empty if flat else self._eval(nuc, False, origin)), cells
