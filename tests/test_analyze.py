@@ -1,5 +1,5 @@
 """slidecell analyze (slidecell.analysis.analyze) and the run's analysis stage: tables, AnnData, a failed
-stage recorded and run again, the hint when no phenotypes are given."""
+stage recorded and run again, phenotypes chosen from the channels when no config gives them."""
 
 from __future__ import annotations
 
@@ -69,14 +69,17 @@ def test_failed_analysis_stage_is_recorded_and_retried(tmp_path):
     assert (out / "cells.parquet").stat().st_mtime_ns == cells_before  # the cells were not made again
 
 
-def test_analyze_without_phenotypes_says_what_to_give(tmp_path, capsys):
-    """`slidecell analyze` with no config on cells without phenotypes: one line naming the
-    config keys and the shipped example, exit 2, nothing written."""
+def test_analyze_without_a_config_gates_the_lineage_markers_it_finds(tmp_path, capsys):
+    """`slidecell analyze` with no config on a table with a usual panel: phenotypes by gating the
+    lineage markers found by name (analysis.json says so and why), the true types recovered, and
+    the tumour–immune statistics computed (a tumour and immune phenotypes exist)."""
     from slidecell.cli import main
 
-    a, _ = tissue("mixed", size_um=600, seed=3)
+    a, _ = tissue("mixed", size_um=900, seed=3)
     a.write_h5ad(tmp_path / "cells.h5ad")
-    assert main(["analyze", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "an")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "phenotype.gating.phenotypes" in err[0] and "configs/analysis/tumor-immune.yaml" in err[0]
-    assert "leiden" in err[0] and not (tmp_path / "an" / "analysis.json").exists()
+    assert main(["analyze", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "an"), "--no-report"]) == 0
+    s = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert s["phenotype_method"]["method"] == "gating" and "PanCK" in s["phenotype_method"]["why"]
+    got = ad.read_h5ad(tmp_path / "an" / "cells_analyzed.h5ad").obs["phenotype"].astype(str).to_numpy()
+    assert (got == a.obs["true_type"].astype(str).to_numpy()).mean() >= 0.95
+    assert s["mixing"]["class"] in ("cold", "compartmentalized", "mixed") and s["mixing"]["immune_cells"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from conftest import need
 from slidecell.analysis.config import AnalysisConfig
@@ -61,3 +62,57 @@ def test_report_when_the_subsample_misses_a_rare_phenotype(tmp_path):
     out = analyze(tmp_path / "in.h5ad", tmp_path / "an", cfg)
     page = build_report(out).read_text()
     assert "co-occurrence curves" in page and "Rare" in page
+
+
+@pytest.mark.parametrize("which", ["cmu1", "qptiff"])
+def test_analysis_with_no_config_claims_no_class_it_cannot_support(tmp_path, which):
+    """`slidecell run` + an analysis stage with no settings on the real H&E (CMU-1, nuclei, no
+    markers) and the real QPTIFF (DAPI, FITC, Cy3: no lineage marker by name): one class
+    (Nucleus) / clusters named by marker; the tumour–immune sections say why they do not apply
+    instead of a class or zeros; every section is there; grey for the classless."""
+    import re
+
+    import slidecell
+    from conftest import CMU1, QPTIFF
+    from slidecell.analysis.report import SECTIONS
+
+    slide, preset, extra = {"cmu1": (CMU1, "he-brightfield", {"roi": [0, 0, 1500, 1500]}),
+                            "qptiff": (QPTIFF, "multiplex-fluorescence", {})}[which]
+    cfg = slidecell.load_config(preset, {**extra, "output": {"geojson": False}, "analysis": {"stats": {"n_perms": 20}}})
+    res = slidecell.run(need(slide), cfg, tmp_path / "run", progress=False)
+    page = res.outputs["report"].read_text()
+    s = json.loads((tmp_path / "run" / "analysis" / "analysis.json").read_text())
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in page, sid
+        assert f'<a href="#{sid}">' in page, sid  # navigation
+    assert 'class="badge' not in page  # no mixing class
+    assert s["mixing"] == {"applicable": False, "reason": s["mixing"]["reason"]}
+    assert page.count('<p class="na">') >= 2 and "no tumour phenotype" in page
+    assert "morphology histograms" in page and "Area (µm²)" in page
+    if which == "cmu1":
+        assert s["phenotype_method"]["method"] == "morphology" and s["phenotype_counts"] == {"Nucleus": res.n_cells}
+        assert "Red" not in "".join(s["phenotype_counts"]) and "one phenotype" in page
+    else:
+        assert s["phenotype_method"]["method"] == "leiden"
+        names = set(s["phenotype_counts"])
+        assert all(re.fullmatch(r"((FITC|Cy3)[+−])+", n) for n in names), names  # named by marker, no "++"
+        assert "FITC−Cy3−" in names
+
+
+def test_colours_grey_for_no_class_and_distinct_for_the_rest():
+    from slidecell.analysis.report.figures import colors
+
+    c = colors(["Tumor", "Unknown", "FITC+", "Cy3+", "FITC−Cy3−", "Nucleus"])
+    grey = (0.62, 0.62, 0.62)
+    assert c["Unknown"] == c["FITC−Cy3−"] == c["Nucleus"] == grey
+    assert c["Tumor"] == (200 / 255, 0.0, 0.0)  # QuPath's Tumor
+    assert c["FITC+"] != c["Cy3+"] and grey not in (c["FITC+"], c["Cy3+"])
+
+
+def test_table_headers_read_as_words():
+    from slidecell.analysis.report.page import readable
+
+    assert readable("within_20um") == "Within 20 µm"
+    assert readable("density_per_mm2") == "Density / mm²"
+    assert readable("median_um") == "Median (µm)"
+    assert readable("fraction_positive") == "Fraction positive"

@@ -19,13 +19,40 @@ from ..errors import ConfigError, InputError, OutputError
 from ..records import ANALYSIS_FILE, AnalysisRecord
 from .config import AnalysisConfig, PhenotypeConfig, load_analysis_config  # noqa: F401  (load_analysis_config: API)
 from .phenotype import GatingConfig, cluster, gate, read_phenotype_sheet
+from .auto import IMMUNE as AUTO_IMMUNE
+from .auto import tumor_immune_applicable
 from .spatial import (TumorConfig, cellular_neighbourhoods, compartment_densities, enrichment_table,
-                      graph_statistics, mixing_score, nearest_tumor_distance, spatial_graph, tumor_compartments)
+                      graph_statistics, immune_phenotypes, mixing_score, nearest_tumor_distance, spatial_graph,
+                      tumor_compartments)
 
 ANALYZED_NAME = "cells_analyzed.h5ad"
 
 
+def _resolve(adata, cfg: PhenotypeConfig, summary: dict) -> PhenotypeConfig:
+    """``method: auto`` made concrete: given rules or a sheet → gating, a model → classifier,
+    else what the channels allow (:func:`auto.choose`), recorded with the reason."""
+    if cfg.method != "auto":
+        return cfg
+    if (cfg.gating and cfg.gating.phenotypes) or cfg.sheet:
+        return cfg.model_copy(update={"method": "gating"})
+    if cfg.model:
+        return cfg.model_copy(update={"method": "classifier"})
+    from .auto import choose
+
+    method, rules, markers, why = choose(list(adata.var_names), "nucleus_area_um2" in adata.obs)
+    summary["phenotype_method"] = {"method": method, "why": why}
+    if method == "gating":
+        return cfg.model_copy(update={"method": "gating", "gating": (cfg.gating or GatingConfig()).model_copy(
+            update={"phenotypes": rules})})
+    if method == "leiden":
+        return cfg.model_copy(update={"method": "leiden", "leiden": cfg.leiden.model_copy(update={"markers": markers})})
+    kind = "Cell" if "nucleus_area_um2" in adata.obs else "Nucleus"
+    adata.obs[cfg.key] = pd.Categorical([kind] * adata.n_obs)  # no markers to tell cells apart: one class
+    return cfg.model_copy(update={"method": "existing"})
+
+
 def _phenotype(adata, cfg: PhenotypeConfig, summary: dict) -> str:
+    cfg = _resolve(adata, cfg, summary)
     key = cfg.key
     if cfg.method == "existing":
         if key not in adata.obs:
@@ -77,12 +104,28 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
         import shapely
 
         regions = shapely.transform(regions, lambda c: c * mpp)  # level-0 pixels → µm
+    labels = adata.obs[key].astype(str).to_numpy()
+    auto = (summary.get("phenotype_method") or {}).get("method")
+    if auto == "gating":  # the auto rules' immune phenotypes, not "every other phenotype"
+        cfg = cfg.model_copy(update={"tumor": cfg.tumor.model_copy(update={"immune": list(AUTO_IMMUNE)})})
+    immune = immune_phenotypes(labels, cfg.tumor) if auto in (None, "gating") else []  # clusters, one class: unknown
+    applicable, why = tumor_immune_applicable(labels, cfg.tumor.tumor, immune)
     areas = tumor_compartments(adata, key, cfg.tumor, regions)
-    nearest_tumor_distance(adata, key, cfg.tumor)
-    dens = compartment_densities(adata, key, areas, cfg.tumor)
+    if applicable or regions is not None:
+        nearest_tumor_distance(adata, key, cfg.tumor)
+        dens = compartment_densities(adata, key, areas, cfg.tumor)
+    else:  # no tumour regions: compartments and distances to tumour mean nothing
+        adata.obs = adata.obs.drop(columns=["compartment", "tumor_distance_um"])
+        areas = {"tissue": areas["tissue"]}
+        dens = pd.DataFrame(columns=["compartment", "phenotype", "cells", "area_mm2", "density_per_mm2", "immune"])
     summary["areas_mm2"] = areas
-    summary["mixing"] = mixing_score(adata, key, cfg.tumor, areas["tissue"])
-    cn = cellular_neighbourhoods(adata, key, cfg.tumor, cfg.stats.seed)
+    summary["mixing"] = mixing_score(adata, key, cfg.tumor, areas["tissue"]) if applicable else \
+        {"applicable": False, "reason": why}
+    if adata.obs[key].nunique() >= 2:
+        cn = cellular_neighbourhoods(adata, key, cfg.tumor, cfg.stats.seed)
+    else:
+        cn = pd.DataFrame(index=pd.Index([], name="neighbourhood"))
+        summary["neighbourhoods"] = "not applicable: one phenotype (every window has the same composition)"
     timings["tumor_immune"] = time.perf_counter() - t0
     if cfg.peer_interactions:
         from .spatial import interaction_agreement
@@ -98,7 +141,8 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
         "interaction_matrix": _matrix_table(adata, key, f"{key}_interactions"),
         "compartment_densities": dens,
         "neighbourhoods": cn.reset_index(),
-        "immune_distances": _distance_table(adata, key, cfg.tumor),
+        "immune_distances": _distance_table(adata, key, cfg.tumor) if "nearest_tumor_um" in adata.obs else
+        pd.DataFrame(columns=["phenotype", "cells", "median_um", "mean_um", "within_20um", "within_100um"]),
     }
     if "gates" in summary:
         tables["gates"] = pd.DataFrame(summary["gates"])

@@ -34,10 +34,11 @@ def summarize(run: Path, sample: str) -> dict:
                     "modality": r.modality})
     s = run_dir.analysis()
     if s is not None:
-        row.update({"tissue_mm2": s.areas_mm2["tissue"], "tumor_mm2": s.areas_mm2["tumor"],
+        row.update({"tissue_mm2": s.areas_mm2["tissue"], "tumor_mm2": s.areas_mm2.get("tumor"),
                     "cells_per_mm2": s.cells / max(s.areas_mm2["tissue"], 1e-9),
-                    "mixing_score": s.mixing["mixing_score"], "mixing_class": s.mixing["class"],
-                    "immune_per_mm2": s.mixing["immune_per_mm2"]})
+                    "mixing_score": s.mixing.get("mixing_score"),
+                    "mixing_class": s.mixing.get("class", "not applicable"),  # no tumour or no immune phenotype
+                    "immune_per_mm2": s.mixing.get("immune_per_mm2")})
         total = sum(s.phenotype_counts.values()) or 1
         row.update({f"fraction:{k}": v / total for k, v in s.phenotype_counts.items()})
     return row

@@ -20,8 +20,11 @@ class ClusterConfig(Strict):
 
 class PhenotypeConfig(Strict):
     #: how cells get phenotypes: gating (marker hierarchy), leiden (clusters), a column already
-    #: in ``obs`` (``key``), or a classifier model trained with ``slidecell classify train``
-    method: Literal["gating", "leiden", "existing", "classifier"] = "gating"
+    #: in ``obs`` (``key``), or a classifier model trained with ``slidecell classify train``;
+    #: auto: gating when rules (or a sheet) are given, the classifier when a model is, else what
+    #: the channels allow (:mod:`slidecell.analysis.auto`: lineage markers found by name,
+    #: clusters named by marker, or one class for images without markers)
+    method: Literal["auto", "gating", "leiden", "existing", "classifier"] = "auto"
     #: the obs column holding the phenotype
     key: str = "phenotype"
     gating: GatingConfig | None = None

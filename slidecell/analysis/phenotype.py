@@ -226,9 +226,10 @@ def cluster(adata, markers=None, resolution: float = 1.0, key: str = "cluster", 
     means = means.loc[sorted(means.index, key=int)]
     if annotate:
         ann = {}
-        for c, row in means.iterrows():
-            top = [m for m in row.sort_values(ascending=False).index[:2] if row[m] > 0.5]
-            ann[c] = "+".join(f"{m}+" for m in top) if top else "low"
+        for c, row in means.iterrows():  # high in up to two markers: A+B+; low in all: A−B− (marker-low beyond 3)
+            top = sorted((m for m in row.sort_values(ascending=False).index[:2] if row[m] > 0.5), key=markers.index)
+            low = "".join(f"{m}−" for m in markers) if len(markers) <= 3 else "marker-low"
+            ann[c] = "".join(f"{m}+" for m in top) if top else low
         adata.obs[key + "_annotation"] = pd.Categorical([ann[c] for c in labels])
     return means
 

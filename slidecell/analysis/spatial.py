@@ -114,9 +114,14 @@ def graph_statistics(adata, key: str, stats: StatsConfig | None = None, graph: G
     if "spatial_connectivities" not in adata.obsp:
         spatial_graph(adata, graph)
     info: dict = {"cells": int(adata.n_obs), "key": key}
+    several = adata.obs[key].nunique() >= 2  # enrichment and centrality compare phenotypes
+    if not several:
+        info["not_applicable"] = {"nhood_enrichment": "one phenotype", "centrality_scores": "one phenotype"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sq.gr.nhood_enrichment(adata, cluster_key=key, n_perms=stats.n_perms, seed=stats.seed, show_progress_bar=False)
+        if several:
+            sq.gr.nhood_enrichment(adata, cluster_key=key, n_perms=stats.n_perms, seed=stats.seed,
+                                   show_progress_bar=False)
         sq.gr.interaction_matrix(adata, cluster_key=key, normalized=True)
         small, sub = _subsample(adata, stats.max_cells_quadratic, stats.seed)
         small.obs[key] = small.obs[key].cat.remove_unused_categories()  # a rare type may be missing
@@ -127,7 +132,8 @@ def graph_statistics(adata, key: str, stats: StatsConfig | None = None, graph: G
                      n_simulations=20, seed=stats.seed)
         if sub is not None:
             spatial_graph(small, GraphConfig.model_validate(adata.uns["spatial_neighbors"]["slidecell_graph"]))
-        sq.gr.centrality_scores(small, cluster_key=key, show_progress_bar=False)
+        if several:
+            sq.gr.centrality_scores(small, cluster_key=key, show_progress_bar=False)
     for k in (f"{key}_co_occurrence", f"{key}_ripley_L", f"{key}_centrality_scores"):
         if k in small.uns:
             adata.uns[k] = small.uns[k]
@@ -140,6 +146,8 @@ def graph_statistics(adata, key: str, stats: StatsConfig | None = None, graph: G
 def enrichment_table(adata, key: str) -> pd.DataFrame:
     """Tidy neighbourhood enrichment: one row per ordered pair (z-score, count)."""
     cats = list(adata.obs[key].cat.categories)
+    if f"{key}_nhood_enrichment" not in adata.uns:  # one phenotype: nothing to compare
+        return pd.DataFrame(columns=["a", "b", "zscore", "count"])
     ne = adata.uns[f"{key}_nhood_enrichment"]
     z, count = np.asarray(ne["zscore"]), np.asarray(ne["count"])
     rows = [{"a": a, "b": b, "zscore": float(z[i, j]), "count": float(count[i, j])}

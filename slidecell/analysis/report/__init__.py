@@ -22,7 +22,7 @@ from . import figures
 from .page import CSS, cards, img, table
 
 #: the sections every report has, in order (ids of the page's <section> elements)
-SECTIONS = ["overview", "slide", "densities", "enrichment", "cooccurrence", "compartments", "mixing",
+SECTIONS = ["overview", "slide", "morphology", "densities", "enrichment", "cooccurrence", "compartments", "mixing",
             "neighbourhoods", "methods"]
 
 
@@ -51,12 +51,14 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
              *_methods(*ctx)]
     title = Path(run.slide or "").name if run else Path(summary.get("source", "cells")).name
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{content}</section>' for sid, h, content in parts)
+    nav = "<nav>" + "".join(f'<a href="#{sid}">{html.escape(h)}</a>' for sid, h, _ in parts) + "</nav>"
     from ... import __version__
 
+    method = (summary.get("phenotype_method") or {}).get("method") or summary["config"]["phenotype"]["method"]
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>slidecell report: {html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>"
-            f"<p>slidecell {__version__} · {adata.n_obs:,} cells · phenotypes from {html.escape(summary['config']['phenotype']['method'])}</p>"
-            f"</header><main>{body}</main></body></html>")
+            f"<p>slidecell {__version__} · {adata.n_obs:,} cells · phenotypes from {html.escape(method)}</p>"
+            f"</header><main>{nav}{body}</main></body></html>")
     out = Path(out) if out else adir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -70,7 +72,7 @@ def _overview(adata, key, summary, run, adir) -> list:
     areas = summary["areas_mm2"]
     items = [("cells", f"{adata.n_obs:,}"), ("tissue area", f"{areas['tissue']:.2f} mm²"),
              ("cells / mm² tissue", f"{adata.n_obs / max(areas['tissue'], 1e-9):,.0f}"),
-             ("tumour area", f"{areas['tumor']:.2f} mm²"), ("phenotypes", len(cats))]
+             ("tumour area", f"{areas['tumor']:.2f} mm²" if "tumor" in areas else "n/a"), ("phenotypes", len(cats))]
     if run:
         items += [("tiles", f"{run.n_tiles:,}"), ("run time", f"{run.timings_s.get('total', 0):.0f} s"),
                   ("segmentation", run.segmentation_backend or ""),
@@ -79,7 +81,9 @@ def _overview(adata, key, summary, run, adir) -> list:
     counts = pd.DataFrame({"phenotype": list(summary["phenotype_counts"]),
                            "cells": list(summary["phenotype_counts"].values())})
     counts["fraction"] = counts["cells"] / counts["cells"].sum()
-    parts.append(("overview", "Overview and quality control", cards(items) + table(counts, 3)))
+    why = (summary.get("phenotype_method") or {}).get("why")
+    parts.append(("overview", "Overview and quality control", cards(items) + table(counts, 3)
+                  + (f'<p class="caption">Phenotypes (no analysis config given): {html.escape(why)}.</p>' if why else "")))
 
     return parts
 
@@ -92,14 +96,21 @@ def _maps(adata, key, summary, run, adir) -> list:
     fig, note = figures.slide_figure(adata, key, run)
     parts.append(("slide", "Cells by phenotype",
                   img(fig, "cells coloured by phenotype") + f'<p class="caption">Each dot is a cell at its centroid{note}.</p>'))
+    fig, medians = figures.morphology_figure(adata, key)
+    parts.append(("morphology", "Size, shape and stain of the cells",
+                  img(fig, "morphology histograms") + table(medians, 2)
+                  + '<p class="caption">Distributions over all cells; the table gives each phenotype\'s medians.</p>'))
     fig, bin_um = figures.density_figure(adata, key)
     parts.append(("densities", "Where each phenotype is",
                   img(fig, "phenotype density heatmaps") + f'<p class="caption">Cells per mm² in {bin_um:.0f} µm squares.</p>'))
-    z = np.asarray(adata.uns[f"{key}_nhood_enrichment"]["zscore"])
-    parts.append(("enrichment", "Who neighbours whom",
-                  img(figures.heatmap(z, cats, "neighbourhood enrichment (z-score)"), "neighbourhood enrichment heatmap")
-                  + '<p class="caption">Positive: the two phenotypes are neighbours more often than if phenotypes '
-                    'were shuffled over the same cells; negative: less often. |z| > 1.96 ≈ p < 0.05.</p>'))
+    if f"{key}_nhood_enrichment" in adata.uns:
+        z = np.asarray(adata.uns[f"{key}_nhood_enrichment"]["zscore"])
+        parts.append(("enrichment", "Who neighbours whom",
+                      img(figures.heatmap(z, cats, "neighbourhood enrichment (z-score)"), "neighbourhood enrichment heatmap")
+                      + '<p class="caption">Positive: the two phenotypes are neighbours more often than if phenotypes '
+                        'were shuffled over the same cells; negative: less often. |z| > 1.96 ≈ p < 0.05.</p>'))
+    else:
+        parts.append(("enrichment", "Who neighbours whom", na("one phenotype: there is nothing to compare")))
     parts.append(("cooccurrence", "Co-occurrence with distance",
                   img(figures.cooccurrence_figure(adata, key, tumor + [c for c in cats if c not in tumor]), "co-occurrence curves")
                   + '<p class="caption">Above 1: the phenotype is more frequent at that distance from the given cell '
@@ -111,6 +122,8 @@ def _compartments(adata, key, summary, run, adir) -> list:
     """Tumour core, invasive margin and stroma with immune densities."""
     parts = []
     areas = summary["areas_mm2"]
+    if "tumor_core" not in areas:
+        return [("compartments", "Tumour core, invasive margin, stroma", na(summary["mixing"].get("reason", "")))]
     dens = pd.read_csv(adir / "compartment_densities.csv")
     comp_html = '<div class="row">' + img(figures.compartment_figure(dens), "immune densities per compartment") + \
         img(figures.compartment_map(adata), "compartment map") + "</div>"
@@ -131,23 +144,39 @@ def _mixing_and_neighbourhoods(adata, key, summary, run, adir) -> list:
     """The mixing score and its class; cellular neighbourhoods."""
     parts = []
     mix = summary["mixing"]
+    if mix.get("applicable", True) is False:
+        parts.append(("mixing", "Mixing score", na(mix["reason"])))
+    else:
+        parts.append(_mixing(mix))
+    if summary.get("neighbourhoods"):
+        parts.append(("neighbourhoods", "Cellular neighbourhoods", na(summary["neighbourhoods"])))
+        return parts
     cn = pd.read_csv(adir / "neighbourhoods.csv")
     cn["neighbourhood"] = cn["neighbourhood"].astype(str)
-    parts.append(("mixing", "Mixing score",
-                  f'<span class="badge {html.escape(mix["class"])}">{html.escape(mix["class"])}</span>'
-                  + cards([("mixing score", f"{mix['mixing_score']:.3f}"), ("immune cells", f"{mix['immune_cells']:,}"),
-                            ("immune / mm²", f"{mix['immune_per_mm2']:.0f}"),
-                            ("immune–tumour contacts", f"{mix['immune_tumor_interactions']:,}"),
-                            ("immune–immune contacts", f"{mix['immune_immune_interactions']:,}")])
-                  + f'<p class="caption">Keren et al. (Cell 2018): immune–tumour / immune–immune cell pairs closer than '
-                    f'{mix["interaction_um"]:.0f} µm. Cold: under {mix["cold_immune_per_mm2"]:.0f} immune cells/mm²; '
-                    f'compartmentalized: score under {mix["threshold"]}; mixed otherwise.</p>'))
     f1, f2 = figures.neighbourhood_figures(adata, cn)
     parts.append(("neighbourhoods", "Cellular neighbourhoods",
                   '<div class="row">' + img(f1, "cellular neighbourhood map") + img(f2, "neighbourhood composition") + "</div>"
                   + f'<p class="caption">Schürch et al. (Cell 2020): each cell\'s {summary["config"]["tumor"]["cn_k"]} nearest '
                     'cells, their phenotype mix clustered by k-means.</p>'))
     return parts
+
+
+def na(reason: str) -> str:
+    """A section that does not apply to these cells, and why (never a class or a zero)."""
+    text = reason if reason.lower().startswith("not applicable") else f"Not applicable: {reason}"
+    return f'<p class="na">{html.escape(text[:1].upper() + text[1:])}</p>'
+
+
+def _mixing(mix: dict):
+    return ("mixing", "Mixing score",
+            f'<span class="badge {html.escape(mix["class"])}">{html.escape(mix["class"])}</span>'
+            + cards([("mixing score", f"{mix['mixing_score']:.3f}"), ("immune cells", f"{mix['immune_cells']:,}"),
+                     ("immune / mm²", f"{mix['immune_per_mm2']:.0f}"),
+                     ("immune–tumour contacts", f"{mix['immune_tumor_interactions']:,}"),
+                     ("immune–immune contacts", f"{mix['immune_immune_interactions']:,}")])
+            + f'<p class="caption">Keren et al. (Cell 2018): immune–tumour / immune–immune cell pairs closer than '
+              f'{mix["interaction_um"]:.0f} µm. Cold: under {mix["cold_immune_per_mm2"]:.0f} immune cells/mm²; '
+              f'compartmentalized: score under {mix["threshold"]}; mixed otherwise.</p>')
 
 
 def _methods(adata, key, summary, run, adir) -> list:

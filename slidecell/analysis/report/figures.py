@@ -10,10 +10,30 @@ import pandas as pd
 MAX_POINTS = 150_000
 
 
-def colors(categories) -> dict:
-    from ...io.geojson import class_color
+#: phenotypes that are no class: drawn grey
+NO_CLASS = {"Unknown", "marker-low", "Nucleus", "Cell"}
 
-    return {c: tuple(v / 255 for v in class_color(str(c))) for c in categories}
+
+def colors(categories) -> dict:
+    """QuPath's colour for its default classes (Tumor, Immune cells, Stroma...); grey for cells of
+    no class (``Unknown``, marker-low clusters, the single class of an image without markers);
+    matplotlib's tab10 in order for the others (hash colours of similar names can look alike)."""
+    import matplotlib
+
+    from ...io.geojson import QUPATH_CLASS_COLORS
+
+    tab = matplotlib.colormaps["tab10"].colors
+    out, k = {}, 0
+    for c in categories:
+        name = str(c)
+        if name in NO_CLASS or (name.endswith("−") and "+" not in name):
+            out[c] = (0.62, 0.62, 0.62)
+        elif name in QUPATH_CLASS_COLORS:
+            out[c] = tuple(v / 255 for v in QUPATH_CLASS_COLORS[name])
+        else:
+            out[c] = tab[k % len(tab)]
+            k += 1
+    return out
 
 
 def dot(n: int) -> float:
@@ -70,6 +90,31 @@ def slide_figure(adata, key: str, run: dict | None):
     ax.legend(markerscale=max(1, 6 / np.sqrt(dot(len(idx)))), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
               frameon=False)
     return fig, note
+
+
+#: morphology columns drawn (those a run wrote), with their axis labels
+MORPHOLOGY = {"area_um2": "area (µm²)", "circularity": "circularity", "nucleus_area_um2": "nucleus area (µm²)",
+              "nucleus_od_Hematoxylin": "haematoxylin OD (nucleus mean)", "nucleus_od_DAB": "DAB OD (nucleus mean)"}
+
+
+def morphology_figure(adata, key: str):
+    """Histograms of the cells' size, shape and stain (the columns of :data:`MORPHOLOGY` the
+    table has) and each phenotype's medians."""
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in MORPHOLOGY if c in adata.obs]
+    fig, axes = plt.subplots(1, max(len(cols), 1), figsize=(3.2 * max(len(cols), 1), 2.6), squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        v = pd.to_numeric(adata.obs[c], errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)]
+        hi = np.percentile(v, 99.5) if len(v) else 1.0
+        ax.hist(v[v <= hi], bins=60, color="#4a6a8a")
+        ax.set_xlabel(MORPHOLOGY[c])
+        ax.set_ylabel("cells")
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    medians = adata.obs.groupby(key, observed=True)[cols].median().reset_index() if cols else pd.DataFrame()
+    return fig, medians.rename(columns={c: MORPHOLOGY[c] for c in cols})
 
 
 def density_figure(adata, key: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 
 import pandas as pd
 
@@ -36,6 +37,8 @@ td,th{border-bottom:1px solid #e3e3e3;padding:3px 8px;text-align:right}th{backgr
 td:first-child,th:first-child{text-align:left}
 .badge{display:inline-block;font-size:22px;font-weight:600;padding:6px 16px;border-radius:20px;color:#fff}
 .cold{background:#4575b4}.compartmentalized{background:#d73027}.mixed{background:#1a9850}
+.na{background:#f0f0f0;color:#444;padding:8px 12px;border-radius:6px;font-size:14px}
+nav{font-size:13px;margin:10px 0}nav a{margin-right:12px;color:#243447}
 .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 """
 
@@ -45,5 +48,24 @@ def cards(items) -> str:
                                            for k, v in items) + "</div>"
 
 
+#: words of column names as a reader says them
+_WORDS = {"um2": "(µm²)", "um": "(µm)", "mm2": "(mm²)", "per": "/", "pct": "(%)", "zscore": "z-score", "nhood": "neighbourhood"}
+
+
+def readable(column: str) -> str:
+    """A column name as a header: ``within_20um`` → ``within 20 µm``, ``density_per_mm2`` →
+    ``density / mm²``, ``median_um`` → ``median (µm)``."""
+    out = []
+    for w in str(column).split("_"):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(um2|um|mm2)", w)
+        if m:
+            out.append(f"{m.group(1)} {_WORDS[m.group(2)].strip('()')}")
+        else:
+            out.append(_WORDS.get(w, w))
+    text = " ".join(out).replace("/ (mm²)", "/ mm²").replace("/ (µm²)", "/ µm²")
+    return text[:1].upper() + text[1:]
+
+
 def table(df: pd.DataFrame, floats: int = 1) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:,.{floats}f}", border=0, escape=True)
+    return df.rename(columns=readable).to_html(index=False, float_format=lambda v: f"{v:,.{floats}f}", border=0,
+                                               escape=True)
