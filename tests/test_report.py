@@ -89,6 +89,10 @@ def test_analysis_with_no_config_claims_no_class_it_cannot_support(tmp_path, whi
     assert s["mixing"] == {"applicable": False, "reason": s["mixing"]["reason"]}
     assert page.count('<p class="na">') >= 2 and "no tumour phenotype" in page
     assert "morphology histograms" in page and "Area (µm²)" in page
+    assert "segmentation QC crops" in page  # outlines over the slide
+    prov = page[page.index('<section id="provenance">'):]
+    for item in ("slide fingerprint", "started", "peak memory", "packages", "channels used", "torch"):
+        assert item in prov, item
     if which == "cmu1":
         assert s["phenotype_method"]["method"] == "morphology" and s["phenotype_counts"] == {"Nucleus": res.n_cells}
         assert "Red" not in "".join(s["phenotype_counts"]) and "one phenotype" in page
@@ -116,3 +120,30 @@ def test_table_headers_read_as_words():
     assert readable("density_per_mm2") == "Density / mm²"
     assert readable("median_um") == "Median (µm)"
     assert readable("fraction_positive") == "Fraction positive"
+
+
+def test_report_draws_gates_compartment_table_and_scale_bars(tmp_path):
+    """A gated analysis: each marker's histogram with its gate, the phenotype × compartment
+    density table with readable headers; density maps carry a scale bar; no run: the QC and
+    provenance sections say why they are empty."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from slidecell.analysis.report import build_report
+    from slidecell.analysis.report.figures import density_figure
+
+    a, _ = tissue("compartmentalized", size_um=1500, seed=4)
+    a.write_h5ad(tmp_path / "in.h5ad")
+    out = analyze(tmp_path / "in.h5ad", tmp_path / "an", AnalysisConfig.model_validate({"stats": {"n_perms": 20}}))
+    page = build_report(out).read_text()
+    assert "marker histograms with gates" in page and "<th>Fraction positive</th>" in page
+    comp = page[page.index('<section id="compartments">'):page.index('<section id="mixing">')]
+    assert "Cells / mm² of each phenotype in each compartment" in comp
+    assert re.search(r"<th>Tumor core</th>\s*<th>Invasive margin</th>\s*<th>Stroma</th>", comp)
+    assert page.count('<p class="na">') == 2  # QC crops and provenance need the run
+    a.obs["phenotype"] = a.obs["true_type"].astype("category")
+    fig, _ = density_figure(a, "phenotype")
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert any(re.fullmatch(r"\d+ µm|\d+ mm", t) for t in texts), texts

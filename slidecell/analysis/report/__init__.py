@@ -11,6 +11,7 @@ subsampled, and how squidpy's permutation test differs from scimap's).
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from . import figures
 from .page import CSS, cards, img, table
 
 #: the sections every report has, in order (ids of the page's <section> elements)
-SECTIONS = ["overview", "slide", "morphology", "densities", "enrichment", "cooccurrence", "compartments", "mixing",
-            "neighbourhoods", "methods"]
+SECTIONS = ["overview", "qc", "slide", "morphology", "densities", "enrichment", "cooccurrence", "compartments",
+            "mixing", "neighbourhoods", "methods", "provenance"]
 
 
 def build_report(analysis_dir, out=None, run_dir=None) -> Path:
@@ -47,8 +48,8 @@ def build_report(analysis_dir, out=None, run_dir=None) -> Path:
         run_dir = cand if RunDir(cand).finished else None
     run = RunDir(run_dir).record() if run_dir else None
     ctx = (adata, key, summary, run, adir)
-    parts = [*_overview(*ctx), *_maps(*ctx), *_compartments(*ctx), *_mixing_and_neighbourhoods(*ctx),
-             *_methods(*ctx)]
+    parts = [*_overview(*ctx), *_qc(*ctx, run_dir=run_dir), *_maps(*ctx), *_compartments(*ctx), *_mixing_and_neighbourhoods(*ctx),
+             *_methods(*ctx), *_provenance(*ctx)]
     title = Path(run.slide or "").name if run else Path(summary.get("source", "cells")).name
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{content}</section>' for sid, h, content in parts)
     nav = "<nav>" + "".join(f'<a href="#{sid}">{html.escape(h)}</a>' for sid, h, _ in parts) + "</nav>"
@@ -86,6 +87,40 @@ def _overview(adata, key, summary, run, adir) -> list:
                   + (f'<p class="caption">Phenotypes (no analysis config given): {html.escape(why)}.</p>' if why else "")))
 
     return parts
+
+
+def _qc(adata, key, summary, run, adir, run_dir=None) -> list:
+    """Segmentation QC: squares of the slide with the cell outlines over them."""
+    fig = None
+    if run is not None and run_dir is not None and "parquet" in run.outputs:
+        fig = figures.qc_crops(run, Path(run_dir) / run.outputs["parquet"])
+    if fig is None:
+        return [("qc", "Segmentation check", na("the run folder or its slide cannot be read: no image to draw the "
+                                                 "outlines on"))]
+    return [("qc", "Segmentation check", img(fig, "segmentation QC crops")
+             + '<p class="caption">Cell outlines (cyan) over the slide at the run\'s working resolution, around '
+               'three cells drawn at random.</p>')]
+
+
+def _provenance(adata, key, summary, run, adir) -> list:
+    """What made these cells: software, model, settings, machine, time."""
+    if run is None:
+        return [("provenance", "Provenance", na("no run folder: the cells came from another tool's table"))]
+    prov = run.provenance or {}
+    seg = run.segmentation or {}
+    rows = [("slide", run.slide), ("slide fingerprint", (run.slide_fingerprint or {}).get("sha256", "")),
+            ("slidecell", run.slidecell_version), ("config", f"{run.config_name or ''} ({run.config_fingerprint})"),
+            ("segmentation", f"{run.segmentation_backend} {json.dumps(seg.get('params', {}), default=str)}"),
+            ("channels used", json.dumps(seg.get("channels_used", {}), default=str)),
+            ("model / input files", ", ".join(f"{k} {v[:12]}" for k, v in (run.input_files or {}).items())),
+            ("working µm/px", run.plan.get("mpp")), ("ROI", run.roi_wkt or "whole slide"),
+            ("started", prov.get("started")), ("finished", prov.get("finished")), ("command", prov.get("command")),
+            ("host", f"{prov.get('host')} ({prov.get('cpu')}, {prov.get('cpu_count')} CPUs, {prov.get('platform')})"),
+            ("peak memory", f"{prov.get('peak_rss_gib')} GiB"),
+            ("packages", ", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items())),
+            ("analysis", f"phenotypes: {(summary.get('phenotype_method') or {}).get('method') or summary['config']['phenotype']['method']}")]
+    df = pd.DataFrame([(k, "" if v is None else str(v)) for k, v in rows], columns=["item", "value"])
+    return [("provenance", "Provenance", df.to_html(index=False, border=0, escape=True))]
 
 
 def _maps(adata, key, summary, run, adir) -> list:
@@ -128,6 +163,9 @@ def _compartments(adata, key, summary, run, adir) -> list:
     comp_html = '<div class="row">' + img(figures.compartment_figure(dens), "immune densities per compartment") + \
         img(figures.compartment_map(adata), "compartment map") + "</div>"
     comp_html += cards([(k.replace("_", " ") + " area", f"{areas[k]:.2f} mm²") for k in ("tumor_core", "invasive_margin", "stroma")])
+    piv = dens.pivot_table(index="phenotype", columns="compartment", values="density_per_mm2", aggfunc="sum")
+    piv = piv[[c for c in ("tumor_core", "invasive_margin", "stroma") if c in piv.columns]].reset_index()
+    comp_html += "<p class='caption'>Cells / mm² of each phenotype in each compartment:</p>" + table(piv, 0)
     dist_path = adir / "immune_distances.csv"
     if dist_path.exists() and dist_path.stat().st_size > 1:
         dist = pd.read_csv(dist_path)
@@ -202,8 +240,12 @@ def _methods(adata, key, summary, run, adir) -> list:
                     f"{agree['same_direction_of_both_significant']:.0%} agree on the direction.</p>")
         if agree["disagreements"]:
             methods += table(pd.DataFrame(agree["disagreements"]), 3)
-    if "gates" in summary:
-        methods += "<p>Gates:</p>" + table(pd.DataFrame(summary["gates"]), 3)
+    if summary.get("gates"):
+        gates = pd.DataFrame(summary["gates"])
+        g = (summary["config"]["phenotype"].get("gating") or {})
+        methods += ("<p>Gates (red lines on each marker's intensities):</p>"
+                    + img(figures.gate_figure(adata, gates, g.get("transform") or "arcsinh", g.get("layer")),
+                          "marker histograms with gates") + table(gates, 3))
     parts.append(("methods", "How this was computed", methods))
 
     return parts

@@ -135,10 +135,97 @@ def density_figure(adata, key: str):
         im = ax.imshow(h / (bin_um / 1000) ** 2, cmap="magma", origin="upper", interpolation="nearest")
         ax.set_title(f"{c} (cells/mm²)", fontsize=9)
         ax.axis("off")
+        scale_bar(ax, h.shape, bin_um)
         fig.colorbar(im, ax=ax, shrink=0.7)
     for ax in axes.ravel()[len(cats):]:
         ax.axis("off")
     return fig, bin_um
+
+
+def scale_bar(ax, shape, um_per_px: float, origin=(0.0, 0.0)) -> None:
+    """A white scale bar (a round length near a fifth of the width) in the lower left of an
+    image of ``shape`` (rows, columns) drawn from ``origin`` (x, y) in its axes' units."""
+    width_um = shape[1] * um_per_px
+    length = min((v for v in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000) if v >= width_um / 6),
+                 default=10000)
+    px = length / um_per_px
+    x0, y0 = origin[0] + 0.04 * shape[1], origin[1] + shape[0] * 0.94
+    ax.plot([x0, x0 + px], [y0, y0], color="white", lw=3, solid_capstyle="butt")
+    ax.text(x0 + px / 2, y0 - 0.03 * shape[0], f"{length:g} µm" if length < 1000 else f"{length / 1000:g} mm",
+            color="white", ha="center", va="bottom", fontsize=7)
+
+
+def gate_figure(adata, gates: pd.DataFrame, transform_how: str, layer: str | None):
+    """Each gated marker's transformed intensities (histogram, log counts) with its gate."""
+    import matplotlib.pyplot as plt
+
+    from ..phenotype import transform
+
+    markers = [m for m in gates["marker"] if m in list(adata.var_names)]
+    cols = min(4, max(len(markers), 1))
+    rows = int(np.ceil(len(markers) / cols)) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False)
+    X = adata.layers[layer] if layer else adata.X
+    for ax, m in zip(axes.ravel(), markers):
+        row = gates[gates["marker"] == m].iloc[0]
+        v = np.asarray(X[:, list(adata.var_names).index(m)]).ravel().astype(np.float64)
+        cof = row.get("cofactor")
+        t, _ = transform(v[:, None], transform_how, None if cof is None or pd.isna(cof) else float(cof))
+        ax.hist(t[:, 0], bins=80, color="#4a6a8a", log=True)
+        ax.axvline(row["gate"], color="#d73027", lw=1.5)
+        ax.set_title(f"{m}: {row['fraction_positive']:.0%} positive", fontsize=9)
+        ax.set_xlabel(f"{transform_how} intensity", fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in axes.ravel()[len(markers):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def qc_crops(run, cells_parquet, n: int = 3, size_um: float = 120.0, seed: int = 0):
+    """Segmentation QC: ``n`` squares of the slide at the run's working resolution with the
+    cell outlines over them, centred on cells drawn at random (seeded). None when the slide or
+    the outlines cannot be read."""
+    import geopandas as gpd
+    import matplotlib.pyplot as plt
+    import shapely
+
+    try:
+        cells = gpd.read_parquet(cells_parquet, columns=["geometry"])
+        reader = run.open_slide()
+    except Exception:
+        return None
+    with reader:
+        mpp0, mpp = reader.mpp, float(run.plan.get("mpp") or reader.mpp)
+        if not len(cells):
+            return None
+        rng = np.random.default_rng(seed)
+        cent = shapely.get_coordinates(shapely.centroid(cells.geometry.to_numpy()))
+        picks = cent[rng.choice(len(cent), min(n, len(cent)), replace=False)]
+        fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.4), squeeze=False)
+        half = size_um / mpp0 / 2  # level-0 px
+        tree = shapely.STRtree(cells.geometry.to_numpy())
+        for ax, (cx, cy) in zip(axes[0], picks):
+            x0, y0 = int(max(cx - half, 0)), int(max(cy - half, 0))
+            w = h = int(round(size_um / mpp))
+            img = reader.read(x0, y0, w, h, mpp)
+            if img.shape[2] == 3 and run.modality == "brightfield":
+                ax.imshow(img.astype(np.uint8), extent=(x0, x0 + w * mpp / mpp0, y0 + h * mpp / mpp0, y0))
+            else:
+                ch = img[:, :, 0].astype(np.float64)
+                lo, hi = np.percentile(ch, [1, 99.5])
+                ax.imshow(np.clip((ch - lo) / max(hi - lo, 1e-9), 0, 1), cmap="gray",
+                          extent=(x0, x0 + w * mpp / mpp0, y0 + h * mpp / mpp0, y0))
+            for g in cells.geometry.to_numpy()[tree.query(shapely.box(x0, y0, x0 + 2 * half, y0 + 2 * half))]:
+                ring = shapely.get_coordinates(shapely.get_exterior_ring(g))
+                ax.plot(ring[:, 0], ring[:, 1], color="#00e5ff", lw=0.7)
+            ax.set_xlim(x0, x0 + 2 * half)
+            ax.set_ylim(y0 + 2 * half, y0)
+            ax.set_title(f"x {cx * mpp0:.0f} µm, y {cy * mpp0:.0f} µm", fontsize=8)
+            ax.axis("off")
+            scale_bar(ax, (2 * half, 2 * half), mpp0, (x0, y0))
+        fig.tight_layout()
+    return fig
 
 
 def heatmap(matrix, labels, title: str, cmap="coolwarm", center=True, fmt="{:.1f}"):
@@ -195,7 +282,8 @@ def compartment_figure(dens: pd.DataFrame):
     ax.set_ylabel("cells / mm²")
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=30)
-    ax.legend(title="", fontsize=8, frameon=False)
+    ax.legend([c.replace("_", " ").replace("tumor", "tumour") for c in piv.columns], title="", fontsize=8,
+              frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over one
     return fig
 
 
