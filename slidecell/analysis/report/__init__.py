@@ -146,10 +146,18 @@ def _maps(adata, key, summary, run, adir) -> list:
                         'were shuffled over the same cells; negative: less often. |z| > 1.96 ≈ p < 0.05.</p>'))
     else:
         parts.append(("enrichment", "Who neighbours whom", na("one phenotype: there is nothing to compare")))
-    parts.append(("cooccurrence", "Co-occurrence with distance",
-                  img(figures.cooccurrence_figure(adata, key, tumor + [c for c in cats if c not in tumor]), "co-occurrence curves")
-                  + '<p class="caption">Above 1: the phenotype is more frequent at that distance from the given cell '
-                    'than in the tissue overall.</p>'))
+    if len(cats) >= 2:
+        cooc = (img(figures.cooccurrence_figure(adata, key, tumor + [c for c in cats if c not in tumor]), "co-occurrence curves")
+                + '<p class="caption">Above 1: the phenotype is more frequent at that distance from the given cell '
+                  'than in the tissue overall.</p>')
+    else:
+        cooc = na("one phenotype: its co-occurrence with itself is 1 at every distance")
+    fig = figures.ripley_figure(adata, key)
+    if fig is not None:
+        cooc += (img(fig, "Ripley's L curves") + '<p class="caption">Ripley\'s L (squidpy): above the grey band of '
+                 'random placements in the same box, the cells cluster at that distance; below it they are spread '
+                 'evenly. The box includes background, so tissue alone lifts L above the band.</p>')
+    parts.append(("cooccurrence", "Co-occurrence and clustering with distance", cooc))
     return parts
 
 
@@ -225,8 +233,10 @@ def _methods(adata, key, summary, run, adir) -> list:
     g = summary["config"]["graph"]
     graph_text = {"delaunay": f"Delaunay triangulation, edges longer than {g['max_edge_um']} µm dropped",
                   "radius": f"all cells within {g['radius_um']} µm", "knn": f"each cell's {g['k']} nearest cells"}[g["method"]]
-    methods = (f"<p>Spatial graph: {graph_text}. Neighbourhood enrichment: squidpy, "
-               f"{summary['config']['stats']['n_perms']} permutations of the phenotype labels over the cells.</p>"
+    enrich = (f"Neighbourhood enrichment: squidpy, {summary['config']['stats']['n_perms']} permutations of the "
+              "phenotype labels over the cells." if "not_applicable" not in gs else
+              "Neighbourhood enrichment and centrality: not computed (one phenotype).")
+    methods = (f"<p>Spatial graph: {graph_text}. {enrich}</p>"
                + (f"<p>Co-occurrence, Ripley's L and closeness centrality grow with the square of the number of cells: "
                   f"they were computed on {sub:,} cells drawn at random of {gs.get('cells', 0):,}.</p>" if sub else
                   "<p>Every statistic was computed on all cells.</p>")

@@ -228,6 +228,29 @@ def qc_crops(run, cells_parquet, n: int = 3, size_um: float = 120.0, seed: int =
     return fig
 
 
+def ripley_figure(adata, key: str):
+    """Ripley's L of each phenotype with distance (squidpy's), and the range of its simulations
+    of the same number of points placed at random: above the range, the cells cluster."""
+    import matplotlib.pyplot as plt
+
+    r = adata.uns.get(f"{key}_ripley_L")
+    if not r or "L_stat" not in r:
+        return None
+    stat, sims = pd.DataFrame(r["L_stat"]), pd.DataFrame(r["sims_stat"])
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    env = sims.groupby("bins")["stats"].agg(["min", "max"])
+    ax.fill_between(env.index, env["min"], env["max"], color="#cccccc", label="random placement")
+    col = colors(list(adata.obs[key].cat.categories))
+    for c, g in stat.groupby(key, observed=True):
+        c_ = col.get(c, "k")
+        ax.plot(g["bins"], g["stats"], color="#333333" if c_ == (0.62, 0.62, 0.62) else c_, label=str(c))
+    ax.set_xlabel("distance (µm)")
+    ax.set_ylabel("Ripley's L (µm)")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
 def heatmap(matrix, labels, title: str, cmap="coolwarm", center=True, fmt="{:.1f}"):
     import matplotlib.pyplot as plt
 
