@@ -78,6 +78,8 @@ def test_analyze_without_a_config_gates_the_lineage_markers_it_finds(tmp_path, c
     a, _ = tissue("mixed", size_um=900, seed=3)
     a.write_h5ad(tmp_path / "cells.h5ad")
     assert main(["analyze", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "an"), "--no-report"]) == 0
+    printed = capsys.readouterr()
+    assert "\x1b[" not in printed.out + printed.err  # no colour codes from squidpy's logger in logs
     s = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert s["phenotype_method"]["method"] == "gating" and "PanCK" in s["phenotype_method"]["why"]
     got = ad.read_h5ad(tmp_path / "an" / "cells_analyzed.h5ad").obs["phenotype"].astype(str).to_numpy()

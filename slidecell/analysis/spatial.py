@@ -79,17 +79,27 @@ class TumorConfig(Strict):
 # -- squidpy statistics -------------------------------------------------------------------------
 def spatial_graph(adata, cfg: GraphConfig | None = None) -> None:
     """``obsp['spatial_connectivities']``/``['spatial_distances']`` on the µm coordinates."""
+    import logging
+
     import squidpy as sq
 
     cfg = cfg or GraphConfig()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        if cfg.method == "delaunay":
-            sq.gr.spatial_neighbors(adata, coord_type="generic", delaunay=True, radius=(0.0, cfg.max_edge_um))
-        elif cfg.method == "radius":
-            sq.gr.spatial_neighbors(adata, coord_type="generic", radius=cfg.radius_um)
-        else:
-            sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=cfg.k)
+    # squidpy logs "Creating graph ..." through spatialdata's logger, a rich handler that writes
+    # colour codes even into log files: quiet while the graph is built
+    sd_log = logging.getLogger("spatialdata._logging")
+    level = sd_log.level
+    sd_log.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            if cfg.method == "delaunay":
+                sq.gr.spatial_neighbors(adata, coord_type="generic", delaunay=True, radius=(0.0, cfg.max_edge_um))
+            elif cfg.method == "radius":
+                sq.gr.spatial_neighbors(adata, coord_type="generic", radius=cfg.radius_um)
+            else:
+                sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=cfg.k)
+    finally:
+        sd_log.setLevel(level)
     adata.uns["spatial_neighbors"]["slidecell_graph"] = cfg.model_dump()
 
 
