@@ -34,13 +34,15 @@ def _resolve(adata, cfg: PhenotypeConfig, summary: dict) -> PhenotypeConfig:
     if cfg.method != "auto":
         return cfg
     if (cfg.gating and cfg.gating.phenotypes) or cfg.sheet:
+        summary["phenotype_method"] = {"method": "gating", "why": "the gating rules in the analysis config"}
         return cfg.model_copy(update={"method": "gating"})
     if cfg.model:
+        summary["phenotype_method"] = {"method": "classifier", "why": f"the classifier {cfg.model}"}
         return cfg.model_copy(update={"method": "classifier"})
     from .auto import choose
 
     method, rules, markers, why = choose(list(adata.var_names), "nucleus_area_um2" in adata.obs)
-    summary["phenotype_method"] = {"method": method, "why": why}
+    summary["phenotype_method"] = {"method": method, "why": why, "from_channels": True}
     if method == "gating":
         return cfg.model_copy(update={"method": "gating", "gating": (cfg.gating or GatingConfig()).model_copy(
             update={"phenotypes": rules})})
@@ -105,7 +107,8 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
 
         regions = shapely.transform(regions, lambda c: c * mpp)  # level-0 pixels → µm
     labels = adata.obs[key].astype(str).to_numpy()
-    auto = (summary.get("phenotype_method") or {}).get("method")
+    chosen = summary.get("phenotype_method") or {}
+    auto = chosen.get("method") if chosen.get("from_channels") else None  # None: the user's phenotypes
     if auto == "gating":  # the auto rules' immune phenotypes, not "every other phenotype"
         cfg = cfg.model_copy(update={"tumor": cfg.tumor.model_copy(update={"immune": list(AUTO_IMMUNE)})})
     immune = immune_phenotypes(labels, cfg.tumor) if auto in (None, "gating") else []  # clusters, one class: unknown
