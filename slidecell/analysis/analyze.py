@@ -80,23 +80,11 @@ def _phenotype(adata, cfg: PhenotypeConfig, summary: dict) -> str:
     return key
 
 
-def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """Run every analysis on ``adata`` in place. Returns (summary, tidy tables)."""
-    cfg = cfg or AnalysisConfig()
-    if "spatial" not in adata.obsm:
-        raise InputError("the AnnData has no obsm['spatial'] (cell centroids in µm)")
-    timings: dict[str, float] = {}
-    summary: dict = {"cells": int(adata.n_obs)}
-    t0 = time.perf_counter()
-    key = _phenotype(adata, cfg.phenotype, summary)
-    timings["phenotype"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    spatial_graph(adata, cfg.graph)
-    timings["graph"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    summary["graph_statistics"] = graph_statistics(adata, key, cfg.stats, cfg.graph)
-    timings["graph_statistics"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+def _tumor_immune(adata, key: str, cfg: AnalysisConfig, summary: dict):
+    """Tumour regions and compartments, distances to tumour, densities, the mixing score and
+    cellular neighbourhoods, each only where it means something (a tumour and an immune
+    phenotype; two phenotypes for neighbourhoods); otherwise the reason goes into ``summary``.
+    Returns (densities, neighbourhoods, the config with the immune phenotypes used)."""
     regions = None
     if cfg.tumor_annotations:
         from ..io.qupath import annotation_region
@@ -129,6 +117,27 @@ def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[
     else:
         cn = pd.DataFrame(index=pd.Index([], name="neighbourhood"))
         summary["neighbourhoods"] = "not applicable: one phenotype (every window has the same composition)"
+    return dens, cn, cfg
+
+
+def analyze_adata(adata, cfg: AnalysisConfig | None = None) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Run every analysis on ``adata`` in place. Returns (summary, tidy tables)."""
+    cfg = cfg or AnalysisConfig()
+    if "spatial" not in adata.obsm:
+        raise InputError("the AnnData has no obsm['spatial'] (cell centroids in µm)")
+    timings: dict[str, float] = {}
+    summary: dict = {"cells": int(adata.n_obs)}
+    t0 = time.perf_counter()
+    key = _phenotype(adata, cfg.phenotype, summary)
+    timings["phenotype"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    spatial_graph(adata, cfg.graph)
+    timings["graph"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    summary["graph_statistics"] = graph_statistics(adata, key, cfg.stats, cfg.graph)
+    timings["graph_statistics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dens, cn, cfg = _tumor_immune(adata, key, cfg, summary)
     timings["tumor_immune"] = time.perf_counter() - t0
     if cfg.peer_interactions:
         from .spatial import interaction_agreement
