@@ -7,6 +7,11 @@ Writes OUT_DIR/point14.ome.tif (the 47 channel TIFFs as one OME-TIFF, 0.49 µm/p
 OUT_DIR/sopa_cells.parquet (SOPA's cell boundaries, pixel coordinates, with its per-cell channel
 means) and OUT_DIR/sopa_run.json (seconds for segmentation + aggregation, peak RSS, versions).
 benchmarks/point14.py --external OUT_DIR scores them like slidecell's cells.
+
+    .venv-sopa/bin/python benchmarks/peers/sopa_point14.py OUT_DIR --ome IMAGE.ome.tif --channels DAPI --diameter 16
+
+runs SOPA the same way on another OME-TIFF (benchmarks/sopa_compare.py writes one from any slide
+slidecell reads, e.g. the Vectra QPTIFF, and compares).
 """
 
 from __future__ import annotations
@@ -45,17 +50,21 @@ def main(argv=None):
     ap.add_argument("--patch", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=50)
     ap.add_argument("--diameter", type=int, default=18, help="cell diameter in pixels (SOPA's unit)")
+    ap.add_argument("--ome", type=Path, default=None, help="an OME-TIFF to segment instead of Point14")
+    ap.add_argument("--channels", default="NaKATPase,HH3",
+                    help="SOPA's channels: a nuclear one, or a cytoplasm/membrane one then a nuclear one")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    ome = a.out / "point14.ome.tif"
-    write_ome(ome)
+    ome = a.ome or a.out / "point14.ome.tif"
+    if a.ome is None:
+        write_ome(ome)
 
     import sopa
 
     t0 = time.perf_counter()
     sdata = sopa.io.ome_tif(str(ome))
     sopa.make_image_patches(sdata, patch_width=a.patch, patch_overlap=a.overlap)
-    sopa.segmentation.cellpose(sdata, channels=["NaKATPase", "HH3"], diameter=a.diameter,
+    sopa.segmentation.cellpose(sdata, channels=a.channels.split(","), diameter=a.diameter,
                                pretrained_model=str(MODEL))
     t_seg = time.perf_counter() - t0
     sopa.aggregate(sdata)
@@ -73,7 +82,8 @@ def main(argv=None):
     rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     run = {"seconds_total": round(seconds, 1), "seconds_segmentation": round(t_seg, 1),
            "peak_rss_gb": round(rss / 1024**2, 2), "cells": int(len(cells)),
-           "patch": a.patch, "overlap": a.overlap, "diameter_px": a.diameter,
+           "patch": a.patch, "overlap": a.overlap, "diameter_px": a.diameter, "image": str(ome),
+           "channels": a.channels.split(","),
            "versions": {p: version(p) for p in ("sopa", "cellpose", "spatialdata", "torch")},
            "command": " ".join([Path(sys.executable).name, *sys.argv])}
     (a.out / "sopa_run.json").write_text(json.dumps(run, indent=1))
