@@ -91,7 +91,8 @@ def test_analysis_with_no_config_claims_no_class_it_cannot_support(tmp_path, whi
     assert "morphology histograms" in page and "Area (µm²)" in page
     assert "segmentation QC crops" in page  # outlines over the slide
     prov = page[page.index('<section id="provenance">'):]
-    for item in ("slide fingerprint", "started", "peak memory", "packages", "channels used", "torch"):
+    for item in ("slide fingerprint", "SHA-256 of head and tail", "started", "peak memory", "packages", "channels used",
+                 "torch"):
         assert item in prov, item
     if which == "cmu1":
         assert s["phenotype_method"]["method"] == "morphology" and s["phenotype_counts"] == {"Nucleus": res.n_cells}

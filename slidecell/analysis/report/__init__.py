@@ -108,7 +108,10 @@ def _provenance(adata, key, summary, run, adir) -> list:
         return [("provenance", "Provenance", na("no run folder: the cells came from another tool's table"))]
     prov = run.provenance or {}
     seg = run.segmentation or {}
-    rows = [("slide", run.slide), ("slide fingerprint", (run.slide_fingerprint or {}).get("sha256", "")),
+    fp = run.slide_fingerprint or {}
+    fp_text = (f"{fp.get('size', 0):,} bytes, SHA-256 of head and tail {fp['sha256_head_tail'][:16]}…"
+               if fp.get("sha256_head_tail") else json.dumps(fp, default=str))
+    rows = [("slide", run.slide), ("slide fingerprint", fp_text),
             ("slidecell", run.slidecell_version), ("config", f"{run.config_name or ''} ({run.config_fingerprint})"),
             ("segmentation", f"{run.segmentation_backend} {json.dumps(seg.get('params', {}), default=str)}"),
             ("channels used", json.dumps(seg.get("channels_used", {}), default=str)),
