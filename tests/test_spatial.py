@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, SHARED, need
 from slidecell.analysis.config import AnalysisConfig
 from slidecell.analysis.analyze import analyze_adata
-from slidecell.analysis.spatial import TumorConfig, compartment_densities, mixing_score, tumor_compartments
+from slidecell.analysis.spatial import (TumorConfig, compartment_densities, mixing_score, tissue_area_mm2,
+                                        tumor_compartments)
 from slidecell.testing import margin_tissue, tissue
 
 EXEMPLAR = SHARED / "cells" / "cycif-exemplar001"
@@ -44,6 +45,7 @@ def test_invasive_margin_densities_match_the_planted_ones():
         got = d.loc[("invasive_margin", ph), "density_per_mm2"]
         assert got == pytest.approx(dens, rel=0.10), (ph, got)
     assert d.loc[("tumor_core", "CD8 T"), "density_per_mm2"] == pytest.approx(300, rel=0.15)
+    assert tissue_area_mm2(a, cfg) == areas["tissue"]  # the same tissue without the compartments
 
 
 def test_tumor_regions_from_annotations():

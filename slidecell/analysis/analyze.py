@@ -23,7 +23,7 @@ from .auto import IMMUNE as AUTO_IMMUNE
 from .auto import tumor_immune_applicable
 from .spatial import (TumorConfig, cellular_neighbourhoods, compartment_densities, enrichment_table,
                       graph_statistics, immune_phenotypes, mixing_score, nearest_tumor_distance, spatial_graph,
-                      tumor_compartments)
+                      tissue_area_mm2, tumor_compartments)
 
 ANALYZED_NAME = "cells_analyzed.h5ad"
 
@@ -101,13 +101,12 @@ def _tumor_immune(adata, key: str, cfg: AnalysisConfig, summary: dict):
         cfg = cfg.model_copy(update={"tumor": cfg.tumor.model_copy(update={"immune": list(AUTO_IMMUNE)})})
     immune = immune_phenotypes(labels, cfg.tumor) if auto in (None, "gating") else []  # clusters, one class: unknown
     applicable, why = tumor_immune_applicable(labels, cfg.tumor.tumor, immune)
-    areas = tumor_compartments(adata, key, cfg.tumor, regions)
     if applicable or regions is not None:
+        areas = tumor_compartments(adata, key, cfg.tumor, regions)
         nearest_tumor_distance(adata, key, cfg.tumor)
         dens = compartment_densities(adata, key, areas, cfg.tumor)
     else:  # no tumour regions: compartments and distances to tumour mean nothing
-        adata.obs = adata.obs.drop(columns=["compartment", "tumor_distance_um"])
-        areas = {"tissue": areas["tissue"]}
+        areas = {"tissue": tissue_area_mm2(adata, cfg.tumor)}
         dens = pd.DataFrame(columns=["compartment", "phenotype", "cells", "area_mm2", "density_per_mm2", "immune"])
     summary["areas_mm2"] = areas
     summary["mixing"] = mixing_score(adata, key, cfg.tumor, areas["tissue"]) if applicable else \

@@ -180,6 +180,29 @@ def _bin(xy, origin, step, shape):
     return gx, gy
 
 
+def _tissue(xy: np.ndarray, cfg: TumorConfig):
+    """The tissue on a grid: cells' grid squares closed over 30 µm gaps and filled (the grid is
+    padded so that closing does not eat the tissue's edge). Returns (origin, step, (w, h),
+    (gx, gy) of each cell, the boolean tissue grid)."""
+    from scipy import ndimage as ndi
+
+    span = np.ptp(xy, axis=0) + 1.0
+    step = max(cfg.grid_um, float(np.sqrt(span[0] * span[1] / 25e6)))
+    reach = max(1, int(round(30 / step)))
+    origin, (w, h) = _grid(xy, step, pad=2 * reach + 2)
+    gx, gy = _bin(xy, origin, step, (w, h))
+    allc = np.zeros((h, w))
+    np.add.at(allc, (gy, gx), 1)
+    tissue = ndi.binary_closing(allc > 0, structure=np.ones((2 * reach + 1,) * 2), iterations=1)
+    return origin, step, (w, h), (gx, gy), ndi.binary_fill_holes(tissue | (allc > 0))
+
+
+def tissue_area_mm2(adata, cfg: TumorConfig | None = None) -> float:
+    """The tissue's area (mm²) as :func:`tumor_compartments` measures it, without compartments."""
+    _, step, _, _, tissue = _tissue(np.asarray(adata.obsm["spatial"], np.float64), cfg or TumorConfig())
+    return float(tissue.sum() * step * step / 1e6)
+
+
 def tumor_compartments(adata, key: str, cfg: TumorConfig | None = None, regions=None) -> dict:
     """Tumour regions (from the smoothed density of tumour cells, or the given
     shapely ``regions`` in µm), each cell's signed distance to the tumour boundary
@@ -191,17 +214,7 @@ def tumor_compartments(adata, key: str, cfg: TumorConfig | None = None, regions=
     cfg = cfg or TumorConfig()
     xy = np.asarray(adata.obsm["spatial"], np.float64)
     labels = adata.obs[key].astype(str).to_numpy()
-    span = np.ptp(xy, axis=0) + 1.0
-    step = max(cfg.grid_um, float(np.sqrt(span[0] * span[1] / 25e6)))
-    # the tissue: grid cells within reach of cells (closing fills the gaps between cells; the
-    # grid is padded so that closing does not eat the tissue's edge)
-    reach = max(1, int(round(30 / step)))
-    origin, (w, h) = _grid(xy, step, pad=2 * reach + 2)
-    gx, gy = _bin(xy, origin, step, (w, h))
-    allc = np.zeros((h, w))
-    np.add.at(allc, (gy, gx), 1)
-    tissue = ndi.binary_closing(allc > 0, structure=np.ones((2 * reach + 1,) * 2), iterations=1)
-    tissue = ndi.binary_fill_holes(tissue | (allc > 0))
+    origin, step, (w, h), (gx, gy), tissue = _tissue(xy, cfg)
     if regions is None:
         tum = np.zeros((h, w))
         is_t = np.isin(labels, cfg.tumor)
@@ -333,7 +346,7 @@ def cellular_neighbourhoods(adata, key: str, cfg: TumorConfig, seed: int = 0) ->
 
 
 __all__ = ["GraphConfig", "StatsConfig", "TumorConfig", "spatial_graph", "graph_statistics", "enrichment_table",
-           "tumor_compartments", "compartment_densities", "nearest_tumor_distance", "mixing_score",
+           "tumor_compartments", "tissue_area_mm2", "compartment_densities", "nearest_tumor_distance", "mixing_score",
            "cellular_neighbourhoods"]
 
 

@@ -12,6 +12,7 @@ MAX_POINTS = 150_000
 
 #: phenotypes that are no class: drawn grey
 NO_CLASS = {"Unknown", "marker-low", "Nucleus", "Cell"}
+GREY = (0.62, 0.62, 0.62)
 
 
 def colors(categories) -> dict:
@@ -27,7 +28,7 @@ def colors(categories) -> dict:
     for c in categories:
         name = str(c)
         if name in NO_CLASS or (name.endswith("−") and "+" not in name):
-            out[c] = (0.62, 0.62, 0.62)
+            out[c] = GREY
         elif name in QUPATH_CLASS_COLORS:
             out[c] = tuple(v / 255 for v in QUPATH_CLASS_COLORS[name])
         else:
@@ -64,16 +65,8 @@ def slide_figure(adata, key: str, run: dict | None):
                 mpp = max(r.mpp * r.dimensions[0] / 1600, r.mpp)
                 thumb = r.thumbnail(mpp)
             w_um, h_um = r.dimensions[0] * r.mpp, r.dimensions[1] * r.mpp
-            if run.modality == "brightfield" and thumb.shape[2] == 3:
-                ax.imshow(thumb, extent=(0, w_um, h_um, 0))
-            else:  # fluorescence: the nuclear channel(s) the run used (else the first), stretched, grey
-                from ...segment.channels import nuclear_channel_indices
-
-                chans = nuclear_channel_indices(r.channel_names, []) or [0]
-                ch = thumb[:, :, chans].astype(np.float64).mean(axis=2)
-                lo, hi = np.percentile(ch, [1, 99.5])
-                ax.imshow(np.clip((ch - lo) / max(hi - lo, 1e-9), 0, 1) ** 0.7, cmap="gray",
-                          extent=(0, w_um, h_um, 0))
+            arr, cmap = shown(thumb, run.modality, r.channel_names)
+            ax.imshow(arr, cmap=cmap, extent=(0, w_um, h_um, 0))
             extent = (w_um, h_um)
         except Exception:  # the slide moved or cannot be read: cells alone
             extent = None
@@ -182,41 +175,53 @@ def gate_figure(adata, gates: pd.DataFrame, transform_how: str, layer: str | Non
     return fig
 
 
+def shown(img: np.ndarray, modality: str | None, channel_names) -> tuple[np.ndarray, str | None]:
+    """An image as the report draws it: brightfield RGB as it is; otherwise the nuclear
+    channel(s) the run used (else the first), stretched to its 1-99.5th percentiles, grey.
+    Returns (array, colour map)."""
+    if modality == "brightfield" and img.shape[2] == 3:
+        return img.astype(np.uint8), None
+    from ...segment.channels import nuclear_channel_indices
+
+    chans = nuclear_channel_indices(channel_names, []) or [0]
+    ch = img[:, :, chans].astype(np.float64).mean(axis=2)
+    lo, hi = np.percentile(ch, [1, 99.5])
+    return np.clip((ch - lo) / max(hi - lo, 1e-9), 0, 1) ** 0.7, "gray"
+
+
 def qc_crops(run, cells_parquet, n: int = 3, size_um: float = 120.0, seed: int = 0):
     """Segmentation QC: ``n`` squares of the slide at the run's working resolution with the
-    cell outlines over them, centred on cells drawn at random (seeded). None when the slide or
-    the outlines cannot be read."""
-    import geopandas as gpd
+    cell outlines over them, centred on cells drawn at random (seeded). Reads the centroids, then
+    only the outlines near the squares (a run of millions of cells is not decoded). None when
+    the slide or the outlines cannot be read."""
     import matplotlib.pyplot as plt
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import shapely
 
     try:
-        cells = gpd.read_parquet(cells_parquet, columns=["geometry"])
+        cent = pq.read_table(cells_parquet, columns=["x", "y"])
         reader = run.open_slide()
     except Exception:
         return None
     with reader:
         mpp0, mpp = reader.mpp, float(run.plan.get("mpp") or reader.mpp)
-        if not len(cells):
+        if not cent.num_rows:
             return None
-        rng = np.random.default_rng(seed)
-        cent = shapely.get_coordinates(shapely.centroid(cells.geometry.to_numpy()))
-        picks = cent[rng.choice(len(cent), min(n, len(cent)), replace=False)]
+        xy = np.column_stack([cent.column("x").to_numpy(), cent.column("y").to_numpy()])
+        picks = xy[np.random.default_rng(seed).choice(len(xy), min(n, len(xy)), replace=False)]
         fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.4), squeeze=False)
         half = size_um / mpp0 / 2  # level-0 px
-        tree = shapely.STRtree(cells.geometry.to_numpy())
+        reach = 2 * half  # outlines of cells centred this far outside a square may still cross it
         for ax, (cx, cy) in zip(axes[0], picks):
             x0, y0 = int(max(cx - half, 0)), int(max(cy - half, 0))
             w = h = int(round(size_um / mpp))
-            img = reader.read(x0, y0, w, h, mpp)
-            if img.shape[2] == 3 and run.modality == "brightfield":
-                ax.imshow(img.astype(np.uint8), extent=(x0, x0 + w * mpp / mpp0, y0 + h * mpp / mpp0, y0))
-            else:
-                ch = img[:, :, 0].astype(np.float64)
-                lo, hi = np.percentile(ch, [1, 99.5])
-                ax.imshow(np.clip((ch - lo) / max(hi - lo, 1e-9), 0, 1), cmap="gray",
-                          extent=(x0, x0 + w * mpp / mpp0, y0 + h * mpp / mpp0, y0))
-            for g in cells.geometry.to_numpy()[tree.query(shapely.box(x0, y0, x0 + 2 * half, y0 + 2 * half))]:
+            arr, cmap = shown(reader.read(x0, y0, w, h, mpp), run.modality, reader.channel_names)
+            ax.imshow(arr, cmap=cmap, extent=(x0, x0 + w * mpp / mpp0, y0 + h * mpp / mpp0, y0))
+            near = ((pc.field("x") > x0 - reach) & (pc.field("x") < x0 + 2 * half + reach)
+                    & (pc.field("y") > y0 - reach) & (pc.field("y") < y0 + 2 * half + reach))
+            geoms = pq.read_table(cells_parquet, columns=["geometry"], filters=near).column("geometry")
+            for g in shapely.from_wkb(geoms.to_numpy(zero_copy_only=False)):
                 ring = shapely.get_coordinates(shapely.get_exterior_ring(g))
                 ax.plot(ring[:, 0], ring[:, 1], color="#00e5ff", lw=0.7)
             ax.set_xlim(x0, x0 + 2 * half)
@@ -243,7 +248,7 @@ def ripley_figure(adata, key: str):
     col = colors(list(adata.obs[key].cat.categories))
     for c, g in stat.groupby(key, observed=True):
         c_ = col.get(c, "k")
-        ax.plot(g["bins"], g["stats"], color="#333333" if c_ == (0.62, 0.62, 0.62) else c_, label=str(c))
+        ax.plot(g["bins"], g["stats"], color="#333333" if c_ == GREY else c_, label=str(c))
     ax.set_xlabel("distance (µm)")
     ax.set_ylabel("Ripley's L (µm)")
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
