@@ -39,7 +39,8 @@ DATA = HERE.parent.parent / "shared" / "data" / "multiplex" / "mibi-granuloma-po
 MPP = 0.49
 
 
-def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[str], expansion: float | None = None):
+def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[str], expansion: float | None = None,
+               growth: dict | None = None):
     """One run of the multiplex preset with ``backend`` (its parameters merged into the preset's
     for the built-in model; replacing them for another backend, which then draws the cells
     itself: no nucleus expansion)."""
@@ -51,6 +52,8 @@ def run_tiling(backend: str, params: dict, tile: int, work: Path, nuclear: list[
                             "cell_expansion_um": seg["cell_expansion_um"] if same else 0.0}
     if expansion is not None:
         data["segmentation"]["cell_expansion_um"] = expansion
+    if growth:
+        data["segmentation"]["cell_growth"] = {**data["segmentation"]["cell_growth"], **growth}
     data["tiling"]["tile_size"] = tile
     data["measure"]["compartments"] = ["cell"]
     data["output"] = {**data["output"], "geojson": False, "h5ad": False, "zarr": False, "parquet": True}
@@ -104,6 +107,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--nuclear", default="HH3", help="nuclear channel(s), comma-separated; \"\": the preset's choice by name")
     ap.add_argument("--tiles", default="256,1024")
     ap.add_argument("--expansion", type=float, default=None, help="cell_expansion_um instead of the preset's")
+    ap.add_argument("--growth", default="{}", help='segmentation.cell_growth as JSON, e.g. \'{"method": "membrane"}\'')
     ap.add_argument("--label", default=None)
     ap.add_argument("--json", type=Path, default=None, help="append the result to this JSON list")
     ap.add_argument("--external", type=Path, default=None,
@@ -120,7 +124,8 @@ def main(argv=None) -> dict:
     polys = {}
     with tempfile.TemporaryDirectory() as tmp:
         for t in tiles:
-            p, means, sec = run_tiling(a.backend, params, t, Path(tmp), [c for c in a.nuclear.split(",") if c], a.expansion)
+            p, means, sec = run_tiling(a.backend, params, t, Path(tmp), [c for c in a.nuclear.split(",") if c], a.expansion,
+                                   json.loads(a.growth))
             polys[t] = p
             sc = SetScore()
             sc.add(mask, outlines_to_labels(p, mask.shape, 1.0))

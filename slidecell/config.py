@@ -96,6 +96,25 @@ class TissueConfig(Strict):
     threshold: float | None = None
 
 
+class CellGrowthConfig(Strict):
+    """How nuclei grow into whole cells (up to ``cell_expansion_um``)."""
+
+    #: ``distance``: each pixel within the distance goes to its nearest nucleus (QuPath's cell
+    #: expansion); ``membrane``: a seeded watershed on the membrane channels, so that a cell's edge
+    #: settles on its membrane where one is stained (and half-way between nuclei where none is),
+    #: still within ``cell_expansion_um`` of its nucleus
+    method: Literal["distance", "membrane"] = "distance"
+    #: with ``membrane``: the membrane marker(s) by name, averaged (each scaled by its slide-level
+    #: 99th percentile); empty: those named like one (slidecell.segment.channels.MEMBRANE_NAME)
+    membrane_channels: list[str] = Field(default_factory=list)
+    #: Gaussian smoothing of the membrane signal, sigma in µm
+    smooth_um: float = Field(1.0, ge=0, le=10)
+    #: skimage's compact watershed (per working pixel, on the scaled signal): larger values pull the
+    #: edges towards the distance split. This and ``smooth_um`` were chosen on the IMC cytomapper
+    #: crops (benchmarks/membrane_growth.py)
+    compactness: float = Field(0.01, ge=0)
+
+
 class SegmentationConfig(Strict):
     #: a registered backend (slidecell.segment.BACKENDS)
     backend: str = "builtin"
@@ -107,6 +126,8 @@ class SegmentationConfig(Strict):
     #: whole cells: grow each nucleus by this many µm, each pixel going to its nearest nucleus
     #: without overlaps (QuPath's cell expansion); 0: the objects are the nuclei
     cell_expansion_um: float = Field(0.0, ge=0, le=100)
+    #: how the nuclei grow into cells: by distance (the default) or along the membrane markers
+    cell_growth: CellGrowthConfig = Field(default_factory=CellGrowthConfig)
     #: what the backend's objects are: "auto" (as the backend says: nuclei for the built-in
     #: model, cells for Cellpose with ``params.cell_channels``), nuclei, or cells (e.g. a
     #: whole-cell mask); names the compartment of ``X`` (Cell/Nucleus)

@@ -9,3 +9,23 @@ def test_nuclear_channels_found_by_name():
     names = ["HH3", "dsDNA", "DNA1", "DNA_2", "Ir191", "DNA1(Ir193Di)", "Histone H3", "Hoechst 33342".replace(" ", ""),
              "DAPI", "CD3", "CD45", "NaKATPase", "Keratin-pan", "HLA-DR", "PD1"]
     assert [names[i] for i in nuclear_channel_indices(names, [])] == names[:9]
+
+
+def test_membrane_channels_found_by_name():
+    """Markers that outline (nearly) every cell of a kind are found, IMC metal tags dropped;
+    nuclear and lineage markers of few cells are not; naming them overrides; none found is an
+    error that says what to set."""
+    import pytest
+
+    from slidecell.errors import ConfigError
+    from slidecell.segment.channels import membrane_channel_indices
+
+    membrane = ["NaKATPase", "Na-K-ATPase", "Membrane", "E-cadherin", "ECad", "CDH1", "PanCK", "Keratin-pan",
+                "pan-Cytokeratin", "CD45", "CD45RO", "HLA-Class-1", "HLA-ABC", "beta-catenin", "CD44", "CD98",
+                "Vimentin", "EpCAM", "CD45(Sm152Di)", "Ecad_Nd143"]
+    other = ["HH3", "DAPI", "DNA1(Ir191Di)", "CD3", "CD20", "CD68", "Ki67", "SMA", "HLA-DR", "PD1", "FoxP3"]
+    names = membrane + other
+    assert [names[i] for i in membrane_channel_indices(names, [])] == membrane
+    assert membrane_channel_indices(names, ["CD3", "SMA"]) == [names.index("CD3"), names.index("SMA")]
+    with pytest.raises(ConfigError, match="membrane_channels"):
+        membrane_channel_indices(other, [])

@@ -198,6 +198,37 @@ def test_cell_expansion_geometry():
     assert not np.any(cells[np.minimum(np.minimum(dist1, d2), d3) > d])  # nothing beyond d
 
 
+def test_cells_grown_along_the_membrane():
+    """Two nuclei 40 px apart with a stained membrane 10 px from the left one: the boundary
+    between their cells settles on the membrane (fixed growth splits half-way), no cell reaches
+    past the growth distance, nuclei stay whole and unchanged; with no membrane signal the
+    split falls half-way, as distance growth's."""
+    from scipy import ndimage as ndi
+
+    from slidecell.measure import expand_nuclei, grow_along_membrane
+
+    yy, xx = np.mgrid[0:80, 0:160]
+    nuclei = np.zeros((80, 160), np.int32)
+    nuclei[(yy - 40) ** 2 + (xx - 50) ** 2 <= 25] = 1
+    nuclei[(yy - 40) ** 2 + (xx - 90) ** 2 <= 25] = 2
+    membrane = np.zeros((80, 160), np.float32)
+    membrane[:, 64:66] = 1.0  # a wall 9-10 px right of nucleus 1's edge
+    d = 25
+    cells = grow_along_membrane(nuclei, membrane, d, sigma_px=1.0, compactness=0.001)
+    assert np.array_equal(cells[nuclei > 0], nuclei[nuclei > 0])
+    row = cells[40]
+    right1 = np.flatnonzero(row == 1).max()
+    assert 63 <= right1 <= 66, right1  # on the wall; distance growth: half-way, at x = 70
+    assert np.flatnonzero(expand_nuclei(nuclei, d)[40] == 1).max() in (69, 70)
+    far = ndi.distance_transform_edt(nuclei == 0) > d
+    assert not cells[far].any()
+    assert {1, 2} <= set(np.unique(cells)) <= {0, 1, 2}
+    for k in (1, 2):  # each cell is one piece
+        assert ndi.label(cells == k)[1] == 1
+    flat = grow_along_membrane(nuclei, np.zeros_like(membrane), d, sigma_px=1.0, compactness=0.01)
+    assert abs(np.flatnonzero(flat[40] == 1).max() - 69.5) <= 1.5
+
+
 def _synthetic_multiplex(tmp_path, n_markers=23, size=640, mpp=0.5, seed=3):
     """A pyramidal OME-TIFF with DAPI nuclei and ``n_markers`` named markers, each expressed in
     the cytoplasm of a known random half of the cells. Returns (path, centres, truth)."""

@@ -15,7 +15,7 @@ import pandas as pd
 import shapely
 from scipy import ndimage as ndi
 
-from ..measure import MeasureSpec, expand_nuclei, label_moments, nucleus_shape_columns, shape_columns
+from ..measure import MeasureSpec, label_moments, nucleus_shape_columns, shape_columns
 from ..polygons import outline_labels
 from ..segment import Scored, Segmenter
 from ..table import empty_table
@@ -82,7 +82,7 @@ def cells_from_labels(tile: Tile, image: np.ndarray, labels: np.ndarray, ctx: Ti
         nuclei = np.where(nuclear > 0, cells, 0).astype(cells.dtype)
     else:
         nuclei = labels
-        cells = expand_nuclei(nuclei, spec.expand_px) if spec.expand_px > 0 else nuclei
+        cells = spec.grow(nuclei, image)
     ids, area, cx, cy, mu20, mu02, mu11 = label_moments(cells)
     gx, gy = cx + tile.x, cy + tile.y
     keep = tile.owns(gx, gy)

@@ -3,6 +3,7 @@ segmenter calibrates on, and the memory the plan will need."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,13 @@ def available_memory() -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
+
+
+def growth_context(seg, mpp: float) -> int:
+    """Working pixels of context growing a cell needs beyond its nucleus: its own growth and its
+    neighbour's (they compete for the pixels between them), a large nucleus, and the smoothing of
+    the membrane signal."""
+    if seg.cell_expansion_um <= 0:
+        return 0
+    smooth = 3 * seg.cell_growth.smooth_um if seg.cell_growth.method == "membrane" else 0.0
+    return int(math.ceil((2 * seg.cell_expansion_um + 20.0 + smooth) / mpp))

@@ -32,7 +32,7 @@ from .chunks import chunk_rows
 from .cluster import run_dask
 from .outputs import OutputStream, converted_outputs, extra_formats
 from .pipeline import Pipeline
-from .plan import calibration_windows, check_memory, check_region
+from .plan import calibration_windows, check_memory, check_region, growth_context
 from .runfolder import WORK_DIR, RunFolder, analysis_pending, drop_chunks, manifest_key, provenance
 from .stage import analysis_stage
 
@@ -173,7 +173,8 @@ class _Run:
         self.tile_plan = plan = plan_tiles(
             reader, t.mpp, tile_size=t.tile_size, overlap_um=t.overlap_um, snap_tolerance=t.snap_tolerance,
             tissue=self.tissue, min_tissue_fraction=cfg.tissue.min_fraction, roi=roi,
-            align=math.lcm(WINDOW_ALIGN, segmenter.align), offset=tuple(t.grid_offset), min_overlap=segmenter.context)
+            align=math.lcm(WINDOW_ALIGN, segmenter.align), offset=tuple(t.grid_offset),
+            min_overlap=max(segmenter.context, growth_context(cfg.segmentation, mpp)))
         self.timings["plan"] = time.perf_counter() - t0 - t_model  # tissue and tiles, not the model's loading
         objects = segmenter.objects
         if cfg.segmentation.objects != "auto":
@@ -183,7 +184,8 @@ class _Run:
             objects = cfg.segmentation.objects
         self.measure = MeasureSpec.from_config(cfg.measure, reader.channel_names, cfg.segmentation.cell_expansion_um,
                                                plan.mpp, source_labels=segmenter.labels_are_ids, objects=objects,
-                                               confidence=segmenter.confidence, modality=modality)
+                                               confidence=segmenter.confidence, modality=modality,
+                                               growth=cfg.segmentation.cell_growth)
         self.modality = modality
         segmenter.locate(plan, reader.dimensions)
         self.need_bytes = check_memory(plan, reader, segmenter, cfg)
@@ -222,11 +224,13 @@ class _Run:
             self.segmenter.state = old["segmenter_state"]
             log.info("calibrate: the unfinished run's, reused (%s)", _short(self.segmenter.state))
             stains = old.get("stain_vectors")
+            scales = old.get("membrane_scales")
         else:
             t0 = time.perf_counter()
             windows = calibration_windows(self.tile_plan, self.tissue, self.roi, min_fraction=cfg.tissue.min_fraction)
             samples = [img for _, img in stream(windows)]
             self.segmenter.calibrate(samples)
+            scales = list(self.measure.fit_membrane(samples).membrane_scale) or None  # cells grown along membranes
             stains = None
             if cfg.measure.stains == "estimate" and self.measure.stains:  # the slide's own stain vectors
                 stains = estimate_stains(samples, background=self.measure.stain_background)
@@ -239,10 +243,13 @@ class _Run:
                      _short(self.segmenter.state))
             manifest["segmenter_state"] = self.segmenter.state
             manifest["stain_vectors"] = stains
+            manifest["membrane_scales"] = scales
             manifest["modality"] = self.modality
             write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
         if stains:
             self.measure = self.measure.with_stains(stains)
+        if scales:  # run.json's cell_growth records them
+            self.measure = self.measure.with_membrane_scales(scales)
 
     def _context(self) -> TileContext:
         plan, reader, roi = self.tile_plan, self.reader, self.roi
@@ -275,6 +282,8 @@ class _Run:
             "warnings": self.warnings,
             # what the objects are (names the QuPath measurements Cell: / Nucleus:)
             "objects": measure.objects, "whole_cells": measure.whole_cells,
+            # how nuclei became cells: the distance, and the membrane channels followed
+            "cell_growth": measure.describe_growth(plan.mpp),
         }
 
     def chunk_path(self, k: int) -> Path:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .intensity import (COMPARTMENTS, STATISTICS, compartment_labels, expand_nuclei, intensity_stats,  # noqa: F401
-                        membrane_ring, percentile_name, split_means)
+from .intensity import (COMPARTMENTS, STATISTICS, compartment_labels, expand_nuclei,  # noqa: F401
+                        grow_along_membrane, intensity_stats, membrane_ring, percentile_name, split_means)
 from .shape import (calipers, circularity, ellipse_axes, label_moments, nucleus_shape_columns,  # noqa: F401
                     shape_columns)
 from .stains import DEFAULT_STAINS, estimate_stains, stain_matrix, stain_od  # noqa: F401
@@ -45,12 +45,22 @@ class MeasureSpec:
     #: R, G, B): ``((name, (r, g, b)), ...)`` and the background RGB
     stain_vectors: tuple = ()
     stain_background: tuple[float, float, float] = (255.0, 255.0, 255.0)
+    #: how nuclei grow into cells (``expand_px``): "distance" or "membrane" (along the membrane
+    #: channels ``membrane_index``, each divided by its slide-level ``membrane_scale``, smoothed by
+    #: ``membrane_sigma_px``, skimage's ``compactness``)
+    growth: str = "distance"
+    membrane_index: tuple[int, ...] = ()
+    membrane_names: tuple[str, ...] = ()
+    membrane_scale: tuple[float, ...] = ()
+    membrane_sigma_px: float = 0.0
+    compactness: float = 0.0
 
     @classmethod
     def from_config(cls, measure, channel_names, expansion_um: float, mpp: float,
                     source_labels: bool = False, objects: str = "nuclei", confidence: bool = False,
-                    modality: str | None = None) -> "MeasureSpec":
-        """From a :class:`slidecell.config.MeasureConfig`; errors name the offending key."""
+                    modality: str | None = None, growth=None) -> "MeasureSpec":
+        """From a :class:`slidecell.config.MeasureConfig` (and the segmentation's
+        :class:`~slidecell.config.CellGrowthConfig`); errors name the offending key."""
         from ..errors import ConfigError
         from ..io.base import channel_indices
 
@@ -85,14 +95,70 @@ class MeasureSpec:
                 raise ConfigError("measure.compartments: 'cytoplasm' needs whole cells; set "
                                   "segmentation.cell_expansion_um (e.g. 3)")
             comps.append("nucleus" if not whole and comp == "cell" else comp)
+        grow_kw = {}
+        if growth is not None and growth.method == "membrane" and expansion_um > 0 and objects == "nuclei":
+            from ..segment.channels import membrane_channel_indices
+
+            idx = membrane_channel_indices(names, growth.membrane_channels)
+            grow_kw = {"growth": "membrane", "membrane_index": tuple(idx), "membrane_names": tuple(names[i] for i in idx),
+                       "membrane_scale": (1.0,) * len(idx), "membrane_sigma_px": growth.smooth_um / mpp,
+                       "compactness": float(growth.compactness)}
         return cls(tuple(names.index(c) for c in wanted), tuple(wanted), expansion_um / mpp, measure.membrane_um / mpp,
                    tuple(dict.fromkeys(comps)), tuple(dict.fromkeys(measure.statistics)),
-                   tuple(measure.percentiles), source_labels, objects, confidence, **stain_kw)
+                   tuple(measure.percentiles), source_labels, objects, confidence, **stain_kw, **grow_kw)
 
     @classmethod
     def means(cls, channel_names) -> "MeasureSpec":
         """The mean of every channel over each object, nothing else."""
         return cls(tuple(range(len(channel_names))), tuple(channel_names), compartments=())
+
+    def grow(self, nuclei: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """The whole cells of a window's nuclei (the nuclei when nothing grows them)."""
+        if self.expand_px <= 0:
+            return nuclei
+        if self.growth != "membrane":
+            return expand_nuclei(nuclei, self.expand_px)
+        return grow_along_membrane(nuclei, self.membrane_signal(image), self.expand_px, self.membrane_sigma_px,
+                                   self.compactness)
+
+    def membrane_signal(self, image: np.ndarray) -> np.ndarray:
+        """The mean of the membrane channels of an H×W×C window, each divided by its slide-level scale."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        out = np.zeros(image.shape[:2], np.float32)
+        for i, s in zip(self.membrane_index, self.membrane_scale):
+            out += np.asarray(image[:, :, i], np.float32) * np.float32(1.0 / (s * len(self.membrane_index)))
+        return out
+
+    def fit_membrane(self, samples) -> "MeasureSpec":
+        """This spec with the membrane channels' slide-level scales (99th percentile of each
+        channel's non-zero pixels over the calibration windows ``samples``), the same for every
+        tile so that tilings agree."""
+        if self.growth != "membrane":
+            return self
+        scales = []
+        for i in self.membrane_index:
+            values = np.concatenate([np.asarray(s if s.ndim == 2 else s[:, :, i], np.float32).ravel() for s in samples]) \
+                if samples else np.zeros(0, np.float32)
+            values = values[np.isfinite(values) & (values > 0)]
+            scales.append(float(np.percentile(values, 99)) if values.size else 1.0)
+        return self.with_membrane_scales(scales)
+
+    def with_membrane_scales(self, scales) -> "MeasureSpec":
+        import dataclasses
+
+        return dataclasses.replace(self, membrane_scale=tuple(max(float(v), 1e-6) for v in scales))
+
+    def describe_growth(self, mpp: float) -> dict | None:
+        """How nuclei became cells (run.json): the method and distance, and the membrane channels
+        followed with their slide-level scales; None without growth."""
+        if self.expand_px <= 0:
+            return None
+        out = {"method": self.growth, "distance_um": round(self.expand_px * mpp, 6)}
+        if self.growth == "membrane":
+            out.update(membrane_channels=list(self.membrane_names), membrane_scales=list(self.membrane_scale),
+                       smooth_um=round(self.membrane_sigma_px * mpp, 6), compactness=self.compactness)
+        return out
 
     @property
     def whole_cells(self) -> bool:

@@ -24,6 +24,36 @@ def expand_nuclei(nuclei: np.ndarray, distance_px: float) -> np.ndarray:
     return expand_labels(nuclei, distance=distance_px)
 
 
+def grow_along_membrane(nuclei: np.ndarray, membrane: np.ndarray, distance_px: float, sigma_px: float = 0.0,
+                        compactness: float = 0.0) -> np.ndarray:
+    """Whole cells from nuclei that follow the membrane: a seeded watershed on the (smoothed)
+    membrane signal, seeded by the nuclei and by one "outside" seed of every pixel ``distance_px``
+    or more from any nucleus. A cell's edge settles on the membrane ridge between it and its
+    neighbour (or the outside) where one is stained, and half-way between the seeds where none
+    is; no cell reaches past ``distance_px`` from its nucleus, cells never overlap, and each holds
+    its nucleus unchanged. Label ids are kept. Depends only on the pixels near each cell, so a
+    tile's window with the plan's overlap gives its owned cells as the whole image would."""
+    from skimage.segmentation import watershed
+
+    if distance_px <= 0 or not nuclei.any():
+        return nuclei
+    elevation = np.asarray(membrane, np.float32)
+    if sigma_px > 0.1:
+        elevation = ndi.gaussian_filter(elevation, sigma_px, truncate=3.0)
+    far = ndi.distance_transform_edt(nuclei == 0) >= distance_px
+    outside = int(nuclei.max()) + 1
+    markers = nuclei.astype(np.int32 if outside < 2**31 else np.int64, copy=True)
+    markers[far] = outside
+    # only the pixels to flood and the seed pixels next to them take part (the same result as
+    # flooding the whole window, a third faster on dense tissue)
+    free = markers == 0
+    band = free | ndi.binary_dilation(free, np.ones((3, 3), bool))
+    cells = watershed(elevation, np.where(band, markers, 0), mask=band, compactness=compactness)
+    cells = np.where(band, cells, markers)
+    cells[cells == outside] = 0
+    return cells.astype(nuclei.dtype, copy=False)
+
+
 def membrane_ring(cells: np.ndarray, width_px: float) -> np.ndarray:
     """The inner ring of each cell: its pixels within ``width_px`` of a pixel of another label
     (or background), as a label image with the cells' ids."""

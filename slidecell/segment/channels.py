@@ -21,6 +21,38 @@ NUCLEAR_NAME = re.compile(
 )
 
 
+#: channel names taken as membrane (cell-surface) markers when whole cells follow the membrane
+#: (``segmentation.cell_growth.method: membrane``) and ``membrane_channels`` is empty (matched
+#: whole, ignoring case, after dropping an IMC metal tag such as ``(Pr141Di)``): Na+/K+-ATPase
+#: (NaKATPase, Na-K-ATPase, ATP1A1), Membrane, E-cadherin (Ecad, CDH1; CDH: cadherins), pan-cytokeratin
+#: (PanCK, Keratin-pan, pan-keratin, Cytokeratin), CD45, HLA class I (HLA-ABC, HLA-Class-1),
+#: beta-catenin, CD44, CD98, CD99, CD298, Vimentin, EpCAM, WGA: markers on (nearly) every cell of a
+#: kind that outline it; lineage markers of few cells (CD3, CD20, CD68...) are left out. Several
+#: matches are averaged, each scaled by its own slide-level 99th percentile.
+MEMBRANE_NAME = re.compile(
+    r"^(na[-_ +]?k[-_ +]?atpase.*|nakatpase.*|atp1a1|membrane|wga|"
+    r"e[-_ ]?cad(herin)?|cdh\d*|"
+    r"pan[-_ ]?c?k|pan[-_ ]?(cyto)?keratin|(cyto)?keratin([-_ ]?pan)?|"
+    r"cd45(ra|ro)?|hla[-_ ]?(abc|class[-_ ]?(1|i)|a|b|c)|"
+    r"(beta|b)[-_ ]?catenin|cd44|cd98|cd99|cd298|vimentin|epcam)$",
+    re.IGNORECASE,
+)
+_METAL_TAG = re.compile(r"[(_ ]\(?[A-Z][a-z]?\d{2,3}(Di)?\)?$")
+
+
+def membrane_channel_indices(channel_names, requested) -> list[int]:
+    """The membrane channel(s): those named in ``requested``, else every channel whose name looks
+    like a membrane marker (:data:`MEMBRANE_NAME`), else an error asking to name them."""
+    names = list(channel_names)
+    if requested:
+        return channel_indices(requested, names, "segmentation.cell_growth.membrane_channels")
+    found = [i for i, n in enumerate(names) if MEMBRANE_NAME.match(_METAL_TAG.sub("", n.strip()).strip())]
+    if not found:
+        raise ConfigError(f"segmentation.cell_growth.membrane_channels: no channel looks like a membrane marker in "
+                          f"{names}; name the membrane channel(s) in the config (e.g. [NaKATPase, CD45])")
+    return found
+
+
 def nuclear_channel_indices(channel_names, requested) -> list[int]:
     names = list(channel_names)
     if requested:
