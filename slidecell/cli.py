@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from ._typer import HelpCommand, HelpGroup
 
 app = typer.Typer(
+    cls=HelpGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -80,7 +82,7 @@ def _parse_roi(text: str | None):
     return [x, y, w, h]
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def run(
     slide: Path = typer.Argument(..., metavar="SLIDE", help="slide or image file"),
     config: Optional[str] = typer.Option(None, "--config", "-c", metavar="PRESET|YAML",
@@ -132,7 +134,7 @@ def run(
         typer.echo(f"slidecell: warning: {warning}", err=True)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def export(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="output directory of a finished `slidecell run`"),
     to: str = typer.Option(..., "--to", metavar="FORMAT",
@@ -143,14 +145,15 @@ def export(
     image: bool = typer.Option(True, "--image/--no-image", metavar="",
                                help="spatialdata: include the image (multiscale)"),
 ):
-    """Write the cells of a finished run in another format (streamed, bounded memory; zarr and
-    spatialdata hold the cell table in memory)."""
+    """Write the cells of a finished run in another format (streamed, bounded memory).
+
+    zarr and spatialdata hold the cell table in memory."""
     from .export import export as do_export
 
     typer.echo(str(do_export(run_dir, to, out, overwrite, image=image)))
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def analyze(
     source: Path = typer.Argument(..., metavar="SOURCE",
                                   help="a run folder (its cells.h5ad) or any AnnData (.h5ad/.zarr) with obsm['spatial'] in µm"),
@@ -173,7 +176,7 @@ def analyze(
         typer.echo(str(build_report(done)))
 
 
-@app.command(name="report")
+@app.command(name="report", cls=HelpCommand)
 def report_cmd(
     analysis_dir: Path = typer.Argument(..., metavar="ANALYSIS_DIR", help="folder written by slidecell analyze"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
@@ -187,7 +190,7 @@ def report_cmd(
     typer.echo(str(build_report(analysis_dir, out, run_dir)))
 
 
-@app.command(name="cohort")
+@app.command(name="cohort", cls=HelpCommand)
 def cohort_cmd(
     runs: list[str] = typer.Argument(..., metavar="RUNS",
                                      help="run folders, as SAMPLE=FOLDER or FOLDER (sample = folder name)"),
@@ -203,12 +206,12 @@ def cohort_cmd(
     typer.echo(str(cohort(pairs, out)))
 
 
-classify_app = typer.Typer(help="Object classifier for H&E: train from QuPath-labelled cells, apply to a run.",
+classify_app = typer.Typer(cls=HelpGroup, help="Object classifier for H&E: train from QuPath-labelled cells, apply to a run.",
                            no_args_is_help=True)
 app.add_typer(classify_app, name="classify")
 
 
-@classify_app.command("train")
+@classify_app.command("train", cls=HelpCommand)
 def classify_train(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a finished run folder (cells.h5ad)"),
     labels: Path = typer.Option(..., "--labels", metavar="GEOJSON",
@@ -227,7 +230,7 @@ def classify_train(
     typer.echo(json.dumps(train_classifier(adata, lab, out), indent=1))
 
 
-@classify_app.command("apply")
+@classify_app.command("apply", cls=HelpCommand)
 def classify_apply(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a finished run folder (cells.h5ad)"),
     model: Path = typer.Option(..., "--model", "-m", metavar="FILE", help="classifier from `slidecell classify train`"),
@@ -242,13 +245,14 @@ def classify_apply(
     typer.echo(json.dumps({"out": str(path), "classes": counts}, indent=1))
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def info(
     slide: Path = typer.Argument(..., metavar="SLIDE", help="slide or image file"),
     mpp: Optional[float] = typer.Option(None, "--mpp", metavar="µm/px", help="level-0 pixel size in µm"),
 ):
-    """Print what slidecell reads from SLIDE: reader, levels, pixel size, channels, and the
-    modality `run` will use (JSON)."""
+    """Print what slidecell reads from SLIDE (JSON): reader, levels, pixel size, channels, modality.
+
+    The modality is the one `run` will use."""
     from . import open_slide
     from .tiling import slide_modality
 
@@ -256,7 +260,7 @@ def info(
         typer.echo(json.dumps({**reader.describe(), "modality": slide_modality(reader)}, indent=1))
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def train(
     config: Path = typer.Argument(..., metavar="CONFIG", help="training config (YAML), e.g. configs/train/nuclei.yaml"),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR",
@@ -283,7 +287,7 @@ def train(
             typer.echo(f"  shipped {p}")
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def evaluate(
     config: Path = typer.Argument(EVALUATE_DEFAULT, metavar="CONFIG", help="evaluation config (YAML)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
@@ -304,7 +308,7 @@ def evaluate(
         typer.echo(f"  written {out / 'evaluation.md'}")
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def version():
     """Print the slidecell version."""
     from . import __version__

@@ -97,6 +97,28 @@ def test_help_and_version_import_no_torch():
     assert f"slidecell {__version__}" in res.stdout and "Usage:" in res.stdout
 
 
+def test_help_shows_readable_metavars():
+    """Every command's help names what an option takes (N, DIR, FORMAT...), never a Python type
+    (``<bool>``, ``<list[str]>``, ``<int>``); flags (``--help`` included) show nothing, and every
+    command's summary is one line."""
+    import re
+
+    commands = [[], ["classify"]] + [[c] for c in ("run", "export", "analyze", "report", "cohort", "info", "train",
+                                                   "evaluate", "version")] + [["classify", "train"], ["classify", "apply"]]
+    for args in commands:
+        res = subprocess.run([sys.executable, "-m", "slidecell.cli", *args, "--help"], capture_output=True, text=True,
+                             timeout=60, env={**__import__("os").environ, "COLUMNS": "150"})
+        assert res.returncode == 0, (args, res.stderr)
+        assert not re.search(r"<(bool|str|int|float|list\[[a-z]+\])>", res.stdout), (args, res.stdout)
+        help_row = [line for line in res.stdout.splitlines() if "--help" in line][0]
+        assert re.search(r"--help\s+Show this message", help_row), help_row
+    top = subprocess.run([sys.executable, "-m", "slidecell.cli", "--help"], capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, "COLUMNS": "200"}).stdout
+    rows = [r for r in top[top.index("Commands"):].splitlines() if r.startswith("│")]
+    assert len(rows) >= 10
+    assert all(re.match(r"│ [a-z]+ ", r) for r in rows), rows  # no summary wraps onto a second row
+
+
 def test_progress_lines_reach_a_log_during_the_run(tmp_path):
     """`slidecell run ... > log 2>&1` (SLURM, Snakemake): plain progress lines on stderr while the
     run goes on (tiles, cells, rate, elapsed, time left), no terminal escapes."""
