@@ -4,6 +4,8 @@ The ownership rule: the slide at the working resolution is cut into non-overlapp
 of ``tile_size`` pixels; each tile is read with ``overlap`` pixels of context on every side
 (clipped at the slide edge). A cell belongs to the one tile whose core contains its centroid, so
 every cell is reported exactly once, and whole, as long as cells are smaller than the overlap.
+With a region of interest the cores are cut to its bounding box (a cell counts when its centroid
+lies in the region).
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def plan_tiles(
 ) -> TilePlan:
     """Cut the slide at ``mpp`` µm/px into tiles. ``tissue`` (a :class:`TissueMask`) skips
     tiles whose core holds less than ``min_tissue_fraction`` tissue; ``roi`` (a shapely geometry
-    in level-0 pixels) skips tiles whose core does not touch it.
+    in level-0 pixels) skips tiles whose core does not touch it and cuts the others' cores to its
+    bounding box.
 
     Core boundaries lie at ``offset + k × tile_size``. Read windows (core + at least the overlap)
     start and end on multiples of ``align`` in slide coordinates, whatever the cores: a network
@@ -128,13 +131,21 @@ def plan_tiles(
     overlap = max(int(math.ceil(overlap_um / use_mpp)), int(min_overlap))
     xs = _grid_lines(width, tile_size, offset[0])
     ys = _grid_lines(height, tile_size, offset[1])
+    # with a region, cores are cut to its bounding box: a cell whose centroid lies outside the
+    # region is dropped anyway, and the model then sees the region and its context, not whole tiles
+    bx0, by0, bx1, by1 = 0, 0, width, height
     if roi is not None:
         shapely.prepare(roi)
+        minx, miny, maxx, maxy = roi.bounds
+        bx0, by0 = max(0, int(math.floor(minx / scale))), max(0, int(math.floor(miny / scale)))
+        bx1, by1 = min(width, int(math.floor(maxx / scale)) + 1), min(height, int(math.floor(maxy / scale)) + 1)
     plan = TilePlan(use_mpp, scale, width, height, tile_size, overlap, reader.best_level(use_mpp),
                     [], (len(xs) - 1) * (len(ys) - 1), float(mpp), align)
     for r in range(len(ys) - 1):
         for c in range(len(xs) - 1):
-            x0, y0, x1, y1 = xs[c], ys[r], xs[c + 1], ys[r + 1]
+            x0, y0, x1, y1 = max(xs[c], bx0), max(ys[r], by0), min(xs[c + 1], bx1), min(ys[r + 1], by1)
+            if x0 >= x1 or y0 >= y1:
+                continue
             if tissue is not None and tissue.fraction(x0 * scale, y0 * scale, x1 * scale, y1 * scale) < min_tissue_fraction:
                 continue
             if roi is not None and not roi.intersects(shapely.box(x0 * scale, y0 * scale, x1 * scale, y1 * scale)):

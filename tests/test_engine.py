@@ -416,6 +416,26 @@ def test_resume_refuses_changed_annotations(tmp_path):
     assert again.n_cells == first.n_cells > 50 and again.resumed_chunks == 1
 
 
+def test_a_region_gives_the_whole_slides_cells_in_it(cmu1_run, tmp_path):
+    """`--roi` reads the region and its context only (its tiles' cores cut to the region), and
+    its cells are exactly the whole slide's cells whose centroid lies in it: same ids, outlines,
+    measurements."""
+    _, out = cmu1_run
+    full = gpd.read_parquet(out / "cells.parquet")
+    x, y, w, h = 700, 1700, 500, 500
+    res = run(CMU1, load_config("he-brightfield", {**FAST, "roi": [x, y, w, h]}), tmp_path / "roi", progress=False)
+    part = gpd.read_parquet(tmp_path / "roi" / "cells.parquet").set_index("cell_id")
+    plan = json.loads((tmp_path / "roi" / "run.json").read_text())["plan"]
+    assert plan["window_pixels"] < 0.3 * plan["tiles"] * 1024**2  # not whole 1024-px tiles
+    inside = full[(full.x >= x) & (full.x < x + w) & (full.y >= y) & (full.y < y + h)].set_index("cell_id")
+    assert res.n_cells == len(part) == len(inside) > 100
+    assert set(part.index) == set(inside.index)
+    inside = inside.loc[part.index]
+    assert part.geometry.geom_equals_exact(inside.geometry, 1e-6).all()
+    cols = [c for c in part.columns if c.startswith("mean:") or c in ("area_um2", "confidence")]
+    assert np.array_equal(part[cols].to_numpy(), inside[cols].to_numpy())
+
+
 def test_confidence_column_and_threshold(cmu1_run, tmp_path):
     """Every nucleus carries the model's confidence (parquet, h5ad obs, QuPath 'Detection
     probability'); raising params.min_confidence keeps exactly the cells at or above it."""

@@ -86,6 +86,15 @@ def test_roi_restricts_tiles():
     plan = plan_tiles(r, mpp=0.5, tile_size=256, roi=roi)
     assert len(plan.tiles) == 4  # the box spans 2x2 tile cores (768..1280 x 768..1280)
     assert all(shapely.box(*t.core).intersects(roi) for t in plan.tiles)
+    # the cores are cut to the box (working pixels): together exactly its pixels, so the windows
+    # are the region and its context, not four whole tiles
+    x0, y0 = (int(np.floor(v / plan.scale)) for v in roi.bounds[:2])
+    x1, y1 = (int(np.floor(v / plan.scale)) + 1 for v in roi.bounds[2:])
+    cores = np.array([t.core for t in plan.tiles])
+    assert (cores[:, 0].min(), cores[:, 1].min(), cores[:, 2].max(), cores[:, 3].max()) == (x0, y0, x1, y1)
+    assert ((cores[:, 2] - cores[:, 0]) * (cores[:, 3] - cores[:, 1])).sum() == (x1 - x0) * (y1 - y0)
+    whole = {(t.row, t.col): t for t in plan_tiles(r, mpp=0.5, tile_size=256).tiles}
+    assert plan.summary()["window_pixels"] < 0.6 * sum(whole[t.row, t.col].w * whole[t.row, t.col].h for t in plan.tiles)
 
 
 class CountingReader(ImageReader):
