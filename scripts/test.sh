@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run the test suite (sets up .venv first). Extra arguments go to pytest.
+# Run the test suite (sets up .venv first) on two processes (pytest-xdist). Extra arguments go to pytest.
+# The demo slide (CMU-1-Small-Region.svs) is test data: where ../shared/data is absent it is fetched
+# into .cache once, as scripts/demo.sh does.
 # Without arguments, the Cellpose backend's tests then run in their own environments:
 # cellpose 3 (.venv-cellpose) only where its offline weights are (../shared/models, or
 # SLIDECELL_PEERS=1 to build it anyway), Cellpose-SAM (.venv-cellpose4) always (its tests build a
@@ -10,6 +12,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # the cohort workflow's tests call Snakemake from its own environment
 bash workflows/setup.sh
+# the demo slide is test data too: fetched into .cache where ../shared/data is absent (SLIDECELL_OFFLINE=1: not fetched)
+if [ -z "${SLIDECELL_OFFLINE:-}" ]; then
+  bash scripts/fetch_demo_slide.sh > /dev/null || echo "slidecell: the demo slide could not be fetched; its tests skip" >&2
+fi
 
 logs=$(mktemp -d)
 summary=()
@@ -26,7 +32,8 @@ part() {  # part NAME PYTHON PYTEST-ARGS...: run one pytest, keep its summary li
   [ "$rc" -eq 0 ] || status=$rc
 }
 
-part "main suite" .venv/bin/python -q "$@"
+# two processes, a test file each at a time (module fixtures are computed once); SLIDECELL_TEST_WORKERS=0: one
+part "main suite" .venv/bin/python -q -n "${SLIDECELL_TEST_WORKERS:-2}" --dist loadfile "$@"
 if [ $# -eq 0 ] && [ -z "${SLIDECELL_SKIP_PEERS:-}" ]; then
   if compgen -G "../shared/models/cellpose*" > /dev/null || [ -n "${SLIDECELL_PEERS:-}" ]; then
     bash benchmarks/peers/setup_cellpose.sh

