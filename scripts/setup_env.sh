@@ -15,7 +15,10 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "slidecell: installing dependencies into $VENV (first run takes a few minutes)" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  # torch pinned to the CPU wheel: an unpinned torch pulls a CUDA build of several GB
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" "torch==2.13.0"
+  # torch pinned to the CPU wheel: an unpinned torch pulls a CUDA build of several GB. setuptools'
+  # "Editable installation ... folders with the same name as your package" notice (every flat
+  # layout gets it) is filtered: slidecell/ is the package
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" "torch==2.13.0"
   echo "$want" > "$stamp"
 fi
