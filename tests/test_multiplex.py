@@ -338,8 +338,8 @@ def test_spatialdata_and_zarr_export(tmp_path):
 
 @pytest.mark.cellpose
 def test_cellpose_two_channel_whole_cells(tmp_path):
-    """Cellpose's two-channel mode (membrane + nuclear marker) gives whole cells, and its
-    nuclear segmentation their nuclei: compartments as with grown nuclei."""
+    """Cellpose's two-channel mode (membrane + nuclear marker, both found by name) gives whole
+    cells, and its nuclear segmentation their nuclei: compartments as with grown nuclei."""
     pytest.importorskip("cellpose")
     from conftest import write_ome_pyramid
 
@@ -357,12 +357,14 @@ def test_cellpose_two_channel_whole_cells(tmp_path):
     write_ome_pyramid(tmp_path / "cells.ome.tif", data, ["DAPI", "Membrane"], 0.5, levels=1, tile=64)
     cfg = slidecell.config_from_dict({
         "tissue": {"enabled": False, "modality": "fluorescence"},
-        "segmentation": {"backend": "cellpose", "nuclear_channels": ["DAPI"],
-                         "params": {"model": str(model), "diameter_um": 16, "cell_channels": ["Membrane"]}},
+        "segmentation": {"backend": "cellpose",  # both channels found by name
+                         "params": {"model": str(model), "diameter_um": 16, "cell_channels": "auto"}},
         "measure": {"compartments": ["cell", "nucleus", "cytoplasm"]},
         "output": {"geojson": True, "h5ad": True, "parquet": False},
     })
     res = slidecell.run(tmp_path / "cells.ome.tif", cfg, tmp_path / "out", progress=False)
+    used = json.loads((tmp_path / "out" / "run.json").read_text())["segmentation"]["channels_used"]
+    assert used["membrane"] == ["Membrane"] and "DAPI" in str(used)
     a = ad.read_h5ad(res.outputs["h5ad"])
     assert abs(len(a) - len(centres)) <= 2
     with_nucleus = a.obs["nucleus_area_um2"] > 0

@@ -71,8 +71,9 @@ class CellposeParams(BackendParams):
     #: from 32 %), else 2 µm²
     min_area_um2: float | None = Field(None, ge=0)
     #: whole cells: the membrane / cytoplasm marker(s) by name (averaged), segmented together
-    #: with the nuclear channel(s) as Cellpose's two-channel input; empty: nuclei only
-    cell_channels: list[str] = Field(default_factory=list)
+    #: with the nuclear channel(s) as Cellpose's two-channel input; ``auto``: the channels named
+    #: like a membrane marker (slidecell.segment.channels.MEMBRANE_NAME); empty: nuclei only
+    cell_channels: list[str] | Literal["auto"] = Field(default_factory=list)
     #: with ``cell_channels``: also segment the nuclei (nuclear channel alone, same model), so
     #: cells get nucleus and cytoplasm compartments (each cell's nucleus = the nuclear objects'
     #: pixels inside it)
@@ -134,8 +135,11 @@ class CellposeSegmenter(Segmenter):
         p = self.params
         if p.cell_channels:
             names = list(channel_names)
-            self.cell_idx = channel_indices(p.cell_channels, names, "segmentation.params.cell_channels")
-            from .channels import nuclear_channel_indices
+            from .channels import membrane_channel_indices, nuclear_channel_indices
+
+            key = "segmentation.params.cell_channels"
+            self.cell_idx = membrane_channel_indices(names, [], key) if p.cell_channels == "auto" else \
+                channel_indices(p.cell_channels, names, key)
 
             self.channels = nuclear_channel_indices(names, nuclear_channels)
             if not self.channels:

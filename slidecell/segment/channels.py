@@ -40,16 +40,16 @@ MEMBRANE_NAME = re.compile(
 _METAL_TAG = re.compile(r"[(_ ]\(?[A-Z][a-z]?\d{2,3}(Di)?\)?$")
 
 
-def membrane_channel_indices(channel_names, requested) -> list[int]:
+def membrane_channel_indices(channel_names, requested, key: str = "segmentation.cell_growth.membrane_channels") -> list[int]:
     """The membrane channel(s): those named in ``requested``, else every channel whose name looks
-    like a membrane marker (:data:`MEMBRANE_NAME`), else an error asking to name them."""
+    like a membrane marker (:data:`MEMBRANE_NAME`), else an error naming the config ``key`` to set."""
     names = list(channel_names)
     if requested:
-        return channel_indices(requested, names, "segmentation.cell_growth.membrane_channels")
+        return channel_indices(requested, names, key)
     found = [i for i, n in enumerate(names) if MEMBRANE_NAME.match(_METAL_TAG.sub("", n.strip()).strip())]
     if not found:
-        raise ConfigError(f"segmentation.cell_growth.membrane_channels: no channel looks like a membrane marker in "
-                          f"{names}; name the membrane channel(s) in the config (e.g. [NaKATPase, CD45])")
+        raise ConfigError(f"{key}: no channel looks like a membrane marker in {names}; name the membrane "
+                          "channel(s) in the config (e.g. [NaKATPase, CD45])")
     return found
 
 
