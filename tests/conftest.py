@@ -23,7 +23,11 @@ NDPI = SLIDES / "ndpi-fluorescence" / "test3-DAPI-2-(387).ndpi"
 QPTIFF = SLIDES / "pathml-testdata" / "small_vectra.qptiff"
 GENERIC_TIFF = SLIDES / "pathml-testdata" / "small_HE_levels.tiff"
 SMALLTIF = SLIDES / "pathml-testdata" / "smalltif.tif"
+#: the StarDist demo (a DSB2018 image with its 125 nuclei): ../shared/data's, else the copy
+#: scripts/fetch_test_data.sh takes out of the stardist wheel on PyPI (the same files)
 STARDIST = SHARED / "nuclei" / "stardist-demo"
+if not STARDIST.exists() and (REPO / ".cache" / "stardist-demo").exists():
+    STARDIST = REPO / ".cache" / "stardist-demo"
 
 
 def need(path: Path) -> Path:
