@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from ._typer import HelpCommand, HelpGroup
 
 app = typer.Typer(
@@ -206,8 +207,8 @@ def cohort_cmd(
     typer.echo(str(cohort(pairs, out)))
 
 
-classify_app = typer.Typer(cls=HelpGroup, help="Object classifier for H&E: train from QuPath-labelled cells, apply to a run.",
-                           no_args_is_help=True)
+classify_app = typer.Typer(cls=HelpGroup, no_args_is_help=True,
+                           help="Object classifier for H&E: train from QuPath-labelled cells, apply to a run.")
 app.add_typer(classify_app, name="classify")
 
 
