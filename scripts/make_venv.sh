@@ -16,6 +16,6 @@ want="$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "slidecell: installing $what into $venv" >&2
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c <(echo "torch==2.13.0") "$@"
+  PYTHONWARNINGS="ignore:Editable installation" "$venv/bin/python" -m pip install -q --disable-pip-version-check -c <(echo "torch==2.13.0") "$@"
   echo "$want" > "$stamp"
 fi
