@@ -230,7 +230,7 @@ class _Run:
             windows = calibration_windows(self.tile_plan, self.tissue, self.roi, min_fraction=cfg.tissue.min_fraction)
             samples = [img for _, img in stream(windows)]
             self.segmenter.calibrate(samples)
-            scales = list(self.measure.fit_membrane(samples).membrane_scale) or None  # cells grown along membranes
+            scales = self.measure.membrane_scales(samples) or None  # cells grown along membranes
             stains = None
             if cfg.measure.stains == "estimate" and self.measure.stains:  # the slide's own stain vectors
                 stains = estimate_stains(samples, background=self.measure.stain_background)

@@ -130,19 +130,19 @@ class MeasureSpec:
             out += np.asarray(image[:, :, i], np.float32) * np.float32(1.0 / (s * len(self.membrane_index)))
         return out
 
-    def fit_membrane(self, samples) -> "MeasureSpec":
-        """This spec with the membrane channels' slide-level scales (99th percentile of each
-        channel's non-zero pixels over the calibration windows ``samples``), the same for every
-        tile so that tilings agree."""
+    def membrane_scales(self, samples) -> list[float]:
+        """The membrane channels' slide-level scales: the 99th percentile of each channel's
+        non-zero pixels over the calibration windows ``samples``, the same for every tile so that
+        tilings agree ([] without membrane growth)."""
         if self.growth != "membrane":
-            return self
+            return []
         scales = []
         for i in self.membrane_index:
             values = np.concatenate([np.asarray(s if s.ndim == 2 else s[:, :, i], np.float32).ravel() for s in samples]) \
                 if samples else np.zeros(0, np.float32)
             values = values[np.isfinite(values) & (values > 0)]
             scales.append(float(np.percentile(values, 99)) if values.size else 1.0)
-        return self.with_membrane_scales(scales)
+        return scales
 
     def with_membrane_scales(self, scales) -> "MeasureSpec":
         import dataclasses
