@@ -8,27 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch_demo_slide.sh > /dev/null
 [ -d ../shared/data/nuclei/stardist-demo ] && exit 0
-[ -f .cache/stardist-demo/mask2d.tif ] && exit 0
-echo "slidecell: fetching the StarDist demo images from the stardist 0.9.2 wheel" >&2
-mkdir -p .cache/wheel
-.venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: stardist==0.9.2 \
-  -d .cache/wheel >&2
-.venv/bin/python - <<'PY'
-import glob, hashlib, os, zipfile
-want = {
-    "img2d.tif": "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750",
-    "mask2d.tif": "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f",
-    "histo.jpg": "1b4f4cf440f22438d114ac629d102d2b403ff1d22ae8b00b1c674bfbca410a02",
-    "LICENSE.txt": "c279e190706f46dd920854b64d0d823a33be1981c187f581eb432b273f797492",
-}
-whl = glob.glob(".cache/wheel/stardist-0.9.2-*.whl")[0]
-os.makedirs(".cache/.stardist-demo.part", exist_ok=True)
-with zipfile.ZipFile(whl) as z:
-    names = {os.path.basename(n): n for n in z.namelist()
-             if n.startswith("stardist/data/images/") or n.endswith("licenses/LICENSE.txt")}
-    for name, digest in want.items():
-        data = z.read(names[name])
-        assert hashlib.sha256(data).hexdigest() == digest, name
-        open(f".cache/.stardist-demo.part/{name}", "wb").write(data)
-os.replace(".cache/.stardist-demo.part", ".cache/stardist-demo")
-PY
+d=.cache/stardist-demo
+m=stardist/data/images
+.venv/bin/python scripts/fetch_from_wheel.py stardist==0.9.2 \
+  "$d/img2d.tif=$m/img2d.tif:f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750" \
+  "$d/mask2d.tif=$m/mask2d.tif:59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f" \
+  "$d/histo.jpg=$m/histo.jpg:1b4f4cf440f22438d114ac629d102d2b403ff1d22ae8b00b1c674bfbca410a02" \
+  "$d/LICENSE.txt=stardist-0.9.2.dist-info/licenses/LICENSE.txt:c279e190706f46dd920854b64d0d823a33be1981c187f581eb432b273f797492"
