@@ -66,10 +66,21 @@ def _case(case: dict) -> int:
 
 
 def serve() -> None:
-    # torch, pandas, the engine, the report: imported once, before any fork
+    # torch, pandas, anndata, squidpy, the engine, the model, the report: imported once, before any
+    # fork, and the compiled seeds loaded (a process pays ~0.8 s for numba's first call)
+    import anndata  # noqa: F401
+    import numpy as np
+    import skimage.segmentation  # noqa: F401
+    import sklearn.mixture  # noqa: F401
+    import squidpy  # noqa: F401
+
+    import slidecell.analysis.report  # noqa: F401
     import slidecell.cli  # noqa: F401
     import slidecell.engine  # noqa: F401
-    import slidecell.analysis.report  # noqa: F401
+    import slidecell.segment.builtin.model  # noqa: F401
+    from slidecell.segment.builtin.hmaxima import h_maxima
+
+    h_maxima(np.eye(3, dtype=np.float32), 0.5)
 
     for line in sys.stdin:
         case = json.loads(line)

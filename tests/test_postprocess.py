@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from conftest import CMU1, need
 from slidecell.metrics import SetScore
 from slidecell.segment.builtin.postprocess import maps_to_labels
 from slidecell.segment.models import relabel
@@ -105,3 +106,41 @@ def test_confidence_is_the_mean_foreground_and_its_threshold_is_monotone():
         for k in range(1, lab_t.max() + 1):
             assert (lab[lab_t == k] > 0).all() and len(np.unique(lab[lab_t == k])) == 1
     assert counts == [3, 3, 2, 1, 0]
+
+
+def test_h_maxima_are_scikit_images_on_real_maps_and_random_images():
+    """The linear-time seeds give exactly the pixels scikit-image's sort-based h_maxima and
+    reconstruction give: on the shipped model's maps of a real H&E window and on random images
+    with plateaus and ties, at several heights."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima as sk_h_maxima
+    from skimage.morphology import reconstruction
+
+    from slidecell.io import open_slide
+    from slidecell.segment import get_segmenter
+    from slidecell.segment.builtin.hmaxima import h_maxima, reconstruct
+
+    rng = np.random.default_rng(0)
+    images = []
+    for k in range(150):
+        h, w = rng.integers(1, 60, 2)
+        img = ndi.gaussian_filter(rng.random((h, w)), rng.uniform(0, 4))
+        if k % 3 == 0:  # plateaus: equal values side by side
+            img = np.round(img * 20) / 20
+        images.append(img.astype(np.float32))
+    reader = open_slide(need(CMU1))
+    seg = get_segmenter("builtin", {}, reader.channel_names, reader.modality, reader.mpp)
+    fg, _, dist = seg.predict([reader.read_region(600, 1600, 384, 384)])[0]
+    real = np.where(fg > 0.5, dist, 0).astype(np.float32)
+    n_seeds = 0
+    for i, img in enumerate([real] * 3 + images):
+        h = (0.25, 0.1, 0.5)[i] if i < 3 else float(rng.uniform(0.001, 0.2))
+        ours = h_maxima(img, h)
+        assert ours.dtype == bool
+        np.testing.assert_array_equal(ours, sk_h_maxima(img, h).astype(bool))
+        n_seeds += int(ours[:8].sum()) if i >= 3 else 0
+        marker = img - rng.random(img.shape).astype(np.float32) * 0.3
+        np.testing.assert_array_equal(reconstruct(marker, img), reconstruction(marker, img))
+    assert h_maxima(real, 0.25).sum() > 50 and n_seeds > 50, n_seeds  # not an empty comparison
+    with pytest.raises(ValueError, match="exceed"):
+        reconstruct(real + 1, real)
