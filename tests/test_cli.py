@@ -11,9 +11,33 @@ import pytest
 from conftest import CMU1, SMALLTIF, need
 
 
-def cli(*args, cwd=None):
+def cli_process(*args):
+    """`slidecell ARGS` as a new Python process runs it (``python -m slidecell.cli``)."""
     return subprocess.run([sys.executable, "-m", "slidecell.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def cli(capfd):
+    """`slidecell ARGS` through the CLI's own ``main`` in this process, its output captured at the
+    file descriptors: what the console script runs, without starting Python and importing torch
+    again for each call. What needs a process of its own (the exit status of the console script,
+    help without torch, progress lines in a log) runs one."""
+    import signal
+
+    from slidecell.cli import main
+
+    def call(*args):
+        capfd.readouterr()
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return call
 
 
 def assert_one_line_error(res, *fragments):
@@ -27,29 +51,29 @@ def assert_one_line_error(res, *fragments):
 
 
 def test_missing_file(tmp_path):
-    assert_one_line_error(cli("run", tmp_path / "nope.svs", "-o", tmp_path / "o"), "nope.svs", "file not found")
+    assert_one_line_error(cli_process("run", tmp_path / "nope.svs", "-o", tmp_path / "o"), "nope.svs", "file not found")
     assert not (tmp_path / "o").exists()
 
 
-def test_not_a_slide(tmp_path):
+def test_not_a_slide(tmp_path, cli):
     p = tmp_path / "slide.svs"
     p.write_bytes(b"<html>not a slide</html>")
     assert_one_line_error(cli("run", p, "-o", tmp_path / "o"), "slide.svs", "not a TIFF")
 
 
-def test_unsupported_format_lists_formats(tmp_path):
+def test_unsupported_format_lists_formats(tmp_path, cli):
     p = tmp_path / "cells.csv"
     p.write_text("x,y\n")
     assert_one_line_error(cli("run", p), "cells.csv", "unsupported format", "Aperio SVS", "OME-TIFF")
 
 
-def test_truncated_tiff(tmp_path):
+def test_truncated_tiff(tmp_path, cli):
     p = tmp_path / "cut.svs"
     p.write_bytes(need(CMU1).read_bytes()[:900_000])
     assert_one_line_error(cli("run", p, "-o", tmp_path / "o"), "cut.svs", "truncated or corrupt")
 
 
-def test_slide_without_pixel_size(tmp_path):
+def test_slide_without_pixel_size(tmp_path, cli):
     res = cli("run", need(SMALLTIF), "-o", tmp_path / "o")
     assert_one_line_error(res, "smalltif.tif", "--mpp")
     ok = cli("run", SMALLTIF, "--mpp", "0.5", "-o", tmp_path / "o2", "-q")
@@ -57,7 +81,7 @@ def test_slide_without_pixel_size(tmp_path):
     assert json.loads((tmp_path / "o2" / "run.json").read_text())["reader"]["mpp"] == 0.5
 
 
-def test_config_errors(tmp_path):
+def test_config_errors(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tiling:\n  tile_size: 10\nfoo: 1\n")
     assert_one_line_error(cli("run", need(CMU1), "-c", bad, "-o", tmp_path / "o"),
@@ -66,7 +90,7 @@ def test_config_errors(tmp_path):
     assert_one_line_error(cli("run", CMU1, "--roi", "1,2,3"), "--roi")
 
 
-def test_finished_output_needs_overwrite(tmp_path):
+def test_finished_output_needs_overwrite(tmp_path, cli):
     out = tmp_path / "o"
     first = cli("run", need(CMU1), "-o", out, "-q", "--roi", "900,1300,500,500")
     assert first.returncode == 0, first.stderr
@@ -76,7 +100,7 @@ def test_finished_output_needs_overwrite(tmp_path):
     assert again.returncode == 0
 
 
-def test_usage_error_and_info():
+def test_usage_error_and_info(cli):
     res = cli("run")
     assert res.returncode == 2 and "Missing argument" in res.stderr and "Traceback" not in res.stderr
     info = cli("info", need(CMU1))
@@ -150,7 +174,7 @@ def test_progress_lines_reach_a_log_during_the_run(tmp_path):
     assert f"{n_cells:,} cells" in lines[-1]
 
 
-def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path):
+def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path, cli):
     """--mpp outside a microscope's range (or not a number) and resolution tags that are a screen
     placeholder (72 dpi → 352.8 µm/px) are refused in one line that says how to pass --mpp."""
     import numpy as np
@@ -171,7 +195,7 @@ def test_absurd_pixel_sizes_are_refused_before_any_work(tmp_path):
         assert ok.returncode == 0, ok.stderr
 
 
-def test_regions_that_miss_the_slide(tmp_path):
+def test_regions_that_miss_the_slide(tmp_path, cli):
     """A NaN ROI, or one outside the slide, is refused; a region with no tissue in it finishes
     with 0 cells and a warning on stderr and in run.json (not a silent 'complete')."""
     need(CMU1)
@@ -185,7 +209,7 @@ def test_regions_that_miss_the_slide(tmp_path):
     assert info["n_cells"] == 0 and info["warnings"]
 
 
-def test_hostile_inputs_get_one_line_and_echo_nothing(tmp_path):
+def test_hostile_inputs_get_one_line_and_echo_nothing(tmp_path, cli):
     """A GeoJSON nested 200k deep, a truncated cells.parquet, `classify train` on a folder that
     is not a run, a markers file that is not a CSV (never echoing what it holds) and a YAML alias
     bomb: each one line naming the file, exit 2, quickly."""
@@ -221,7 +245,7 @@ def test_hostile_inputs_get_one_line_and_echo_nothing(tmp_path):
     assert time.time() - t0 < 30
 
 
-def test_verbose_logs_each_step_and_shows_tracebacks(tmp_path, monkeypatch):
+def test_verbose_logs_each_step_and_shows_tracebacks(tmp_path, monkeypatch, cli):
     """`slidecell --verbose run` logs each step with its figures on stderr (none without it); an
     internal error then raises with its traceback instead of one line."""
     need(CMU1)
