@@ -1,8 +1,8 @@
 """Choose the Cellpose backend's whole-cell defaults on data that is not the benchmark's: the three
-real IMC crops in ../shared/data/multiplex/imc-cytomapper (pancreas, 1 µm/px, H3 nuclear, CDH
-membrane; the study's pipeline masks, 362 cells), scored F1@0.5 / mSA per setting.
+real IMC crops in ../shared/data/multiplex/imc-cytomapper (pancreas, 1 µm/px, H3 nuclear; CD99 and
+CDH the membrane markers; the study's pipeline masks, 362 cells), scored F1@0.5 / mSA per setting.
 
-    .venv-cellpose/bin/python benchmarks/choose_cellpose.py [--model PATH]
+    .venv-cellpose/bin/python benchmarks/choose_cellpose.py [--model PATH] [--cells auto|CDH]
 
 Each crop is calibrated on itself (as `slidecell run` does with a one-tile image) and segmented
 with every combination of flow threshold, cell-probability threshold, slide-histogram
@@ -38,15 +38,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--diameter-um", type=float, default=10.0)
+    ap.add_argument("--cells", default="auto",
+                    help='the membrane channel(s), comma-separated, or "auto" (every channel named like a membrane '
+                         'marker: CD99 and CDH here, each scaled by its 99th percentile)')
     ap.add_argument("--min-area", default="0,0.15,0.3,0.45",
                     help="minimum cell areas to score, as fractions of the expected disc's area")
     a = ap.parse_args(argv)
     crops = [(tifffile.imread(DATA / f"{k}_imc.tiff").transpose(1, 2, 0), tifffile.imread(DATA / f"{k}_mask.tiff"))
              for k in ("E34", "G01", "J02")]
+    cells = "auto" if a.cells == "auto" else a.cells.split(",")
     rows = []
     grid = itertools.product([0.4, 1.0, 2.0], [0.0, -2.0, -6.0], [False, True], [0.0, 1.0])
     for flow, prob, eq, smooth in grid:
-        params = {"model": a.model, "diameter_um": a.diameter_um, "cell_channels": ["CDH"], "nuclei": False,
+        params = {"model": a.model, "diameter_um": a.diameter_um, "cell_channels": cells, "nuclei": False,
                   "flow_threshold": flow, "cellprob_threshold": prob, "equalize": eq, "smooth_um": smooth}
         seg = get_segmenter("cellpose", params, NAMES, "fluorescence", 1.0, ["H3"])
         outs = []

@@ -3,7 +3,7 @@ agreement with the study's whole-cell mask and invariance to the tiling.
 
     .venv-cellpose/bin/python benchmarks/point14.py --backend cellpose \
         --params '{"model": "../shared/models/cellpose-scellseg/scellseg_cellpose_cellpose3.pth", \
-                   "diameter_um": 8.8, "cell_channels": ["NaKATPase"], "nuclei": false}' --tiles 256,1024
+                   "diameter_um": 8.8, "cell_channels": "auto", "nuclei": false}' --tiles 256,1024
 
 The image is ../shared/data/multiplex/mibi-granuloma-point14/channels (47 single-channel TIFFs,
 read by the channel-folder reader) at 0.49 µm/px, HH3 the nuclear channel, run with the

@@ -29,3 +29,24 @@ def test_membrane_channels_found_by_name():
     assert membrane_channel_indices(names, ["CD3", "SMA"]) == [names.index("CD3"), names.index("SMA")]
     with pytest.raises(ConfigError, match="membrane_channels"):
         membrane_channel_indices(other, [])
+
+
+def test_membrane_channels_weigh_alike_whatever_their_scale():
+    """Each channel's slide-level scale is the 99th percentile of its non-zero pixels over the
+    calibration windows; the combined signal is the mean of the channels each divided by it, so a
+    marker counted 100× higher does not drown the others (Cellpose's membrane input and the
+    membrane growth both read it)."""
+    import numpy as np
+
+    from slidecell.segment.channels import channel_scales, scaled_mean
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 101, (64, 64)).astype(np.float32)  # counts 1-100
+    img = np.stack([a, 100 * a[::-1], np.zeros_like(a)], axis=2)  # second marker 100× higher, third empty
+    windows = [img[:32], img[32:]]
+    scales = channel_scales(windows, [0, 1, 2])
+    assert scales[0] == np.percentile(a, 99) and scales[1] == np.percentile(100 * a, 99) and scales[2] == 1.0
+    combined = scaled_mean(img, [0, 1], scales[:2])
+    assert np.allclose(combined, (a / scales[0] + 100 * a[::-1] / scales[1]) / 2, rtol=1e-6)
+    assert abs(combined.mean() - 0.5 * (a.mean() / scales[0] + 100 * a.mean() / scales[1])) < 1e-3
+    assert np.allclose(scaled_mean(img[:, :, 0], [0], scales[:1]), a / scales[0], rtol=1e-6)

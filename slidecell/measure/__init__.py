@@ -123,26 +123,18 @@ class MeasureSpec:
 
     def membrane_signal(self, image: np.ndarray) -> np.ndarray:
         """The mean of the membrane channels of an H×W×C window, each divided by its slide-level scale."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        out = np.zeros(image.shape[:2], np.float32)
-        for i, s in zip(self.membrane_index, self.membrane_scale):
-            out += np.asarray(image[:, :, i], np.float32) * np.float32(1.0 / (s * len(self.membrane_index)))
-        return out
+        from ..segment.channels import scaled_mean
+
+        return scaled_mean(image, self.membrane_index, self.membrane_scale)
 
     def membrane_scales(self, samples) -> list[float]:
-        """The membrane channels' slide-level scales: the 99th percentile of each channel's
-        non-zero pixels over the calibration windows ``samples``, the same for every tile so that
-        tilings agree ([] without membrane growth)."""
+        """The membrane channels' slide-level scales (:func:`slidecell.segment.channels.channel_scales`
+        over the calibration windows ``samples``; [] without membrane growth)."""
         if self.growth != "membrane":
             return []
-        scales = []
-        for i in self.membrane_index:
-            values = np.concatenate([np.asarray(s if s.ndim == 2 else s[:, :, i], np.float32).ravel() for s in samples]) \
-                if samples else np.zeros(0, np.float32)
-            values = values[np.isfinite(values) & (values > 0)]
-            scales.append(float(np.percentile(values, 99)) if values.size else 1.0)
-        return scales
+        from ..segment.channels import channel_scales
+
+        return channel_scales(samples, self.membrane_index)
 
     def with_membrane_scales(self, scales) -> "MeasureSpec":
         import dataclasses

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from ..errors import ConfigError
 from ..io.base import channel_indices
 from .base import BackendParams, Segmenter, register
-from .channels import haematoxylin, model_input_channels, smooth
+from .channels import channel_scales, haematoxylin, model_input_channels, scaled_mean, smooth
 from .models import relabel
 
 
@@ -40,7 +40,8 @@ class CellposeParams(BackendParams):
     #: expected object diameter in µm; None = the model's default (30 px in cellpose 3)
     diameter_um: float | None = Field(None, gt=0)
     #: defaults chosen on real IMC whole cells (benchmarks/choose_cellpose.py; cellpose's own
-    #: 0.4 rejects many good cells on tissue) and checked on the MIBI Point14 field of view
+    #: 0.4 rejects many good cells on tissue; flow 2 was level, 0.007 F1 higher) and checked on the
+    #: MIBI Point14 field of view
     flow_threshold: float = Field(1.0, ge=0)
     cellprob_threshold: float = Field(0.0, ge=-10, le=10)
     #: brightfield input: the haematoxylin optical density (colour deconvolution; nuclei bright)
@@ -70,9 +71,11 @@ class CellposeParams(BackendParams):
     #: ``diameter_um`` (chosen on the IMC crops, benchmarks/choose_cellpose.py; SOPA keeps cells
     #: from 32 %), else 2 µm²
     min_area_um2: float | None = Field(None, ge=0)
-    #: whole cells: the membrane / cytoplasm marker(s) by name (averaged), segmented together
-    #: with the nuclear channel(s) as Cellpose's two-channel input; ``auto``: the channels named
-    #: like a membrane marker (slidecell.segment.channels.MEMBRANE_NAME); empty: nuclei only
+    #: whole cells: the membrane / cytoplasm marker(s) by name, segmented together with the
+    #: nuclear channel(s) as Cellpose's two-channel input; several are averaged, each divided by
+    #: its slide-level 99th percentile (so a marker counted on a larger scale does not drown the
+    #: others); ``auto``: every channel named like a membrane marker
+    #: (slidecell.segment.channels.MEMBRANE_NAME); empty: nuclei only
     cell_channels: list[str] | Literal["auto"] = Field(default_factory=list)
     #: with ``cell_channels``: also segment the nuclei (nuclear channel alone, same model), so
     #: cells get nucleus and cytoplasm compartments (each cell's nucleus = the nuclear objects'
@@ -172,7 +175,8 @@ class CellposeSegmenter(Segmenter):
         """One input plane (float32): ``nuclear`` (haematoxylin, grey or the nuclear channels'
         mean) or ``membrane`` (the ``cell_channels``' mean), before scaling."""
         if role == "membrane":
-            return np.nan_to_num(image[:, :, self.cell_idx].astype(np.float32)).mean(axis=2)
+            scales = self.state.get("membrane_scales") or channel_scales([image], self.cell_idx)  # uncalibrated: its own
+            return np.nan_to_num(scaled_mean(image, self.cell_idx, scales))
         if self.brightfield and self.params.brightfield_input == "haematoxylin":
             return haematoxylin(np.nan_to_num(image[:, :, self.channels]))
         return np.nan_to_num(image[:, :, self.channels].astype(np.float32)).mean(axis=2)
@@ -204,8 +208,11 @@ class CellposeSegmenter(Segmenter):
         return fit
 
     def calibrate(self, samples):
-        """``normalize: slide``: each input plane's percentiles (and equalisation table) over
-        the slide's calibration tiles, recorded in run.json and reused on resume."""
+        """Whole cells: each membrane channel's slide-level scale; ``normalize: slide``: each input
+        plane's percentiles (and equalisation table); over the slide's calibration tiles, recorded
+        in run.json and reused on resume."""
+        if self.cell_idx and samples:
+            self.state["membrane_scales"] = channel_scales(samples, self.cell_idx)
         if self.params.normalize == "slide" and samples:
             self.state["planes"] = {r: self._fit([self._plane(s, r) for s in samples]) for r in self._roles()}
         return self.state

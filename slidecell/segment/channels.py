@@ -53,6 +53,30 @@ def membrane_channel_indices(channel_names, requested, key: str = "segmentation.
     return found
 
 
+def channel_scales(samples, indices) -> list[float]:
+    """Slide-level scales of channels ``indices``: the 99th percentile of each channel's finite,
+    non-zero pixels over the calibration windows ``samples`` (H×W×C, or H×W for one channel), the
+    same for every tile so that tilings agree; 1.0 for a channel with no such pixel."""
+    scales = []
+    for i in indices:
+        values = np.concatenate([np.asarray(s if s.ndim == 2 else s[:, :, i], np.float32).ravel() for s in samples]) \
+            if samples else np.zeros(0, np.float32)
+        values = values[np.isfinite(values) & (values > 0)]
+        scales.append(max(float(np.percentile(values, 99)), 1e-6) if values.size else 1.0)
+    return scales
+
+
+def scaled_mean(image: np.ndarray, indices, scales) -> np.ndarray:
+    """The mean (float32) of channels ``indices`` of an H×W×C window, each divided by its scale
+    (:func:`channel_scales`): markers counted on different scales weigh alike."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    out = np.zeros(image.shape[:2], np.float32)
+    for i, s in zip(indices, scales):
+        out += np.asarray(image[:, :, i], np.float32) * np.float32(1.0 / (s * len(indices)))
+    return out
+
+
 def nuclear_channel_indices(channel_names, requested) -> list[int]:
     names = list(channel_names)
     if requested:
