@@ -2,9 +2,11 @@
 megapixels per second at the model's resolution (0.5 µm/px), on real H&E content.
 
     python benchmarks/bench_model.py [--model nuclei] [--device auto] [--tile 1024] [--batch 4]
+        [--precisions fp32,bf16,onnxruntime]
 
 Input: tiles cut from CMU-1-Small-Region (../shared/data) or, without it, from the DSB2018-like
-synthetic blobs below. Prints one line per precision; post-processing share = post / (model + post).
+synthetic blobs below. Prints one line per precision (``onnxruntime``: fp32 through ONNX Runtime,
+the backend's ``params.runtime: onnxruntime``); post-processing share = post / (model + post).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def main() -> None:
     mp = data.shape[0] * args.tile * args.tile / 1e6
     ref = None
     for prec in precisions:
-        p = Predictor.load(args.model, args.device, prec)
+        p = Predictor.load(args.model, args.device, "fp32", runtime="onnxruntime") if prec == "onnxruntime" else \
+            Predictor.load(args.model, args.device, prec)
         p.maps(data[: args.batch])  # warm-up
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -87,7 +90,7 @@ def main() -> None:
         diff = float(np.abs(np.concatenate(maps) - ref).max())
         print(f"{prec:5s} tiles {len(data)}×{args.tile}²  model {mp / t_model:7.2f} MP/s  post {mp / t_post:7.2f} MP/s  "
               f"model+post {mp / (t_model + t_post):7.2f} MP/s  post share {t_post / (t_model + t_post):5.1%}  "
-              f"nuclei {n}  max|Δmaps| vs {precisions[0]} {diff:.3f}")
+              f"nuclei {n}  max|Δmaps| vs {precisions[0]} {diff:.2g}")
 
 
 if __name__ == "__main__":

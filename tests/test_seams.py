@@ -66,10 +66,14 @@ def assert_tile_exact(slide, preset, seg, tilings, tmp_path, min_cells, mpp=None
 HE_ROI = {"roi": [0, 0, 1500, 1200], "tissue": {"enabled": False}}  # seams, not which tiles hold tissue
 
 
-@pytest.mark.parametrize("backend", ["builtin", "watershed"])
+@pytest.mark.parametrize("backend", ["builtin", "builtin-onnxruntime", "watershed"])
 def test_brightfield_backends_are_tile_exact(backend, tmp_path):
-    """Real H&E (CMU-1, 1500×1200 at 0.5 µm/px): 256-px tiles vs one tile."""
-    seg = None if backend == "builtin" else {"backend": "watershed"}
+    """Real H&E (CMU-1, 1500×1200 at 0.5 µm/px): 256-px tiles vs one tile (the built-in model
+    run by torch and by ONNX Runtime)."""
+    if backend == "builtin-onnxruntime":
+        pytest.importorskip("onnxruntime")
+    seg = {"builtin": None, "watershed": {"backend": "watershed"},
+           "builtin-onnxruntime": {"backend": "builtin", "params": {"model": "nuclei", "runtime": "onnxruntime"}}}[backend]
     assert_tile_exact(need(CMU1), "he-brightfield", seg, [{"tile_size": 256}, {"tile_size": 1536}], tmp_path,
                       min_cells=300, extra=HE_ROI)
 

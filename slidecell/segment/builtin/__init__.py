@@ -56,14 +56,18 @@ class BuiltinParams(BackendParams):
     #: test-time augmentation: the maps averaged over the input and its three flips (horizontal,
     #: vertical, both); 4× the network's time
     tta: bool = False
+    #: what runs the network on a CPU in fp32: ``torch``, or ``onnxruntime`` (the same network
+    #: exported once per process; ~1.4× faster on the development VM's CPU, maps equal to 1e-5:
+    #: benchmarks/RESULTS.md; needs ``pip install "slidecell[onnx]"``)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
 
 
-def get_predictor(model: str, device: str, precision: str):
+def get_predictor(model: str, device: str, precision: str, runtime: str = "torch"):
     """The model's :class:`~.model.Predictor`, loaded once per process (torch is imported here)."""
     from .model import Predictor
 
-    key = (model, device, precision)
-    return _PREDICTORS.get(key, lambda: Predictor.load(model, device, precision))
+    key = (model, device, precision, runtime)
+    return _PREDICTORS.get(key, lambda: Predictor.load(model, device, precision, runtime))
 
 
 @register
@@ -74,7 +78,7 @@ class BuiltinSegmenter(Segmenter):
     def __init__(self, params, channel_names, modality, mpp, nuclear_channels=()):
         super().__init__(params, channel_names, modality, mpp, nuclear_channels)
         p = self.params
-        self.predictor = get_predictor(p.model, p.device, p.precision)
+        self.predictor = get_predictor(p.model, p.device, p.precision, p.runtime)
         meta = self.predictor.meta
         self.post = PostParams(**meta.post.__dict__)
         if p.fg_threshold is not None:
@@ -104,8 +108,11 @@ class BuiltinSegmenter(Segmenter):
     @property
     def model_bytes_per_pixel(self) -> int:
         # measured: ~1.9 GB peak for batches of two 1280² windows on the CPU (RESULTS.md, issue 3);
+        # ONNX Runtime's memory arena ~0.64 GB more for two 1216² windows (RESULTS.md, issue 15);
         # on a GPU the activations live in device memory
-        return 580 if self.predictor.device.type == "cpu" else 0
+        if self.predictor.device.type != "cpu":
+            return 0
+        return 800 if self.predictor.session is not None else 580
 
     @property
     def align(self) -> int:

@@ -75,13 +75,22 @@ class Predictor:
     """Runs a network on batches of H×W×3 inputs and turns its maps into labels."""
 
     def __init__(self, net: UNet, meta: ModelMeta, device: str = "auto", precision: str = "auto",
-                 fuse: bool = True):
+                 fuse: bool = True, runtime: str = "torch"):
         self.meta = meta
         self.device = pick_device(device)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
         net = fuse_batchnorm(net) if fuse else net.eval()
+        self.session = None
+        if runtime == "onnxruntime":
+            if self.device.type != "cpu" or precision != "fp32":
+                raise ConfigError(f"runtime onnxruntime runs the network on the CPU in fp32 (device {self.device.type}, "
+                                  f"precision {precision}); use runtime: torch")
+            self.session = onnx_session(net, meta.spec)
+        elif runtime != "torch":
+            raise ConfigError(f"unknown runtime {runtime!r} (torch, onnxruntime)")
+        self.runtime = runtime
         self.channels_last = self.device.type == "cpu" or precision != "fp32"
         net = net.to(self.device)
         if self.channels_last:
@@ -89,9 +98,9 @@ class Predictor:
         self.net = net
 
     @classmethod
-    def load(cls, name_or_path, device="auto", precision="auto") -> "Predictor":
+    def load(cls, name_or_path, device="auto", precision="auto", runtime="torch") -> "Predictor":
         net, meta = load_weights(name_or_path)
-        return cls(net, meta, device, precision)
+        return cls(net, meta, device, precision, runtime=runtime)
 
     def pad(self, batch: np.ndarray) -> np.ndarray:
         """An N×H×W×C batch padded at its bottom and right to the network's period (mirrored;
@@ -107,6 +116,10 @@ class Predictor:
     def maps(self, batch: np.ndarray) -> np.ndarray:
         """N×H×W×3 float32 → N×3×H×W float32 probabilities (foreground, boundary, distance)."""
         h, w = batch.shape[1:3]
+        if self.session is not None:
+            y = self.session.run(None, {"x": np.ascontiguousarray(self.pad(batch).transpose(0, 3, 1, 2), dtype=np.float32)})[0]
+            y = y[:, :, :h, :w]
+            return (1.0 / (1.0 + np.exp(-y, dtype=np.float32))).astype(np.float32, copy=False)
         x = torch.from_numpy(np.ascontiguousarray(self.pad(batch).transpose(0, 3, 1, 2), dtype=np.float32))
         x = x.to(self.device)
         if self.channels_last:
@@ -127,3 +140,30 @@ class Predictor:
         for p in self.maps(batch):
             out.append(maps_to_labels(p[0], p[1], p[2], **post.__dict__))
         return out
+
+
+def onnx_session(net: torch.nn.Module, spec: NetSpec):
+    """An ONNX Runtime CPU session of ``net`` (exported in memory, any batch and size), using as
+    many threads as torch does."""
+    import importlib
+
+    try:
+        importlib.import_module("onnx")  # torch's exporter writes the graph with it
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ConfigError(f'runtime onnxruntime needs the onnxruntime and onnx packages ({err.name} is missing): '
+                          'pip install "slidecell[onnx]"') from None
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    dims = {0: "n", 2: "h", 3: "w"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(net.eval(), (torch.zeros(1, spec.in_channels, spec.multiple, spec.multiple),), buf,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": dims, "y": dims},
+                          opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
