@@ -14,6 +14,11 @@ run on the whole image at its native resolution (a single tile). Methods:
   edge settles on its membrane ridge where one is stained, and half-way to D where none is;
   ``compactness`` (skimage) regularises towards distance.
 
+- ``bounded`` (``--bounded``): growth by D µm kept only where the smoothed (1 µm) signal of the
+  membrane channels, or of every non-nuclear channel, exceeds a fraction of its Otsu threshold
+  over the set, and always within ``keep`` µm of the nucleus: cells that stop where the stained
+  cytoplasm ends.
+
 Scored as whole cells against each set's mask (F1@0.5, mSA, AJI). The measurement behind the
 preset keeping fixed growth (benchmarks/RESULTS.md, issue 16).
 """
@@ -87,8 +92,22 @@ def membrane_cells(nuc, mem, mpp, sigma_um, max_um, compactness):
     return lab
 
 
+def bounded_cells(nuc, signal, otsu, mpp, fraction, max_um, keep_um):
+    grown = expand_labels(nuc, max_um / mpp)
+    near = expand_labels(nuc, keep_um / mpp) > 0
+    return np.where((signal > fraction * otsu) | near, grown, 0)
+
+
 def main():
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bounded", action="store_true", help="score signal-bounded growth instead of the membrane watershed")
+    a = ap.parse_args()
     for name, items, names, mpp, membrane in datasets():
+        if a.bounded:
+            bounded(items, names, mpp, membrane, name)
+            continue
         nucs = [nuclei(img, names, mpp) for img, _ in items]
         mems = [membrane_signal(img, names, membrane) for img, _ in items]
         print(f"\n{name}: {sum(len(np.unique(m)) - 1 for _, m in items)} cells in the masks, "
@@ -110,6 +129,29 @@ def main():
                   [membrane_cells(n, m, mpp, sigma, d, comp) for n, m in zip(nucs, mems)])
         best = max(rows)
         print(f"  best by F1: {best[3]} (F1 {best[0]:.3f}, mSA {best[1]:.3f})")
+
+
+def bounded(items, names, mpp, membrane, name):
+    from skimage.filters import threshold_otsu
+
+    nucs = [nuclei(img, names, mpp) for img, _ in items]
+    nuclear = set(nuclear_channel_indices(names, []))
+    others = [n for i, n in enumerate(names) if i not in nuclear]
+
+    def score(labs):
+        sc = SetScore()
+        for (_, mask), lab in zip(items, labs):
+            sc.add(mask, lab)
+        r = sc.summary()
+        return f"F1 {r['F1_50']:.3f}  mSA {r['mSA']:.3f}"
+
+    print(f"\n{name}: expand 2 µm: {score([expand_labels(n, 2.0 / mpp) for n in nucs])}")
+    for label, chans in (("membrane channels", membrane), ("every non-nuclear channel", others)):
+        sigs = [ndi.gaussian_filter(membrane_signal(img, names, chans), 1.0 / mpp) for img, _ in items]
+        otsu = threshold_otsu(np.concatenate([s.ravel() for s in sigs]))
+        for frac, d, keep in itertools.product((0.5, 1.0), (2.5, 3.0, 4.0), (1.0, 1.5)):
+            labs = [bounded_cells(n, s, otsu, mpp, frac, d, keep) for n, s in zip(nucs, sigs)]
+            print(f"  bounded by {label} > {frac} Otsu, D {d} µm, kept within {keep} µm: {score(labs)}", flush=True)
 
 
 if __name__ == "__main__":
