@@ -102,8 +102,9 @@ def test_deterministic_and_batch_equals_single():
 
 def test_onnxruntime_gives_torchs_nuclei_on_real_he(monkeypatch):
     """``runtime: onnxruntime`` runs the same network (exported in memory): on a real H&E window
-    (CMU-1, 512²) its maps equal torch's to 1e-4 and its nuclei are the same pixels; a GPU or
-    bf16 request, or a missing package, is a clear configuration error."""
+    (CMU-1, 512²; synthetic nuclei without ../shared) its maps equal torch's to 1e-4 and its
+    nuclei are the same pixels; a GPU or bf16 request, or a missing package, is a clear
+    configuration error."""
     pytest.importorskip("onnxruntime")
     import sys
 
@@ -111,15 +112,18 @@ def test_onnxruntime_gives_torchs_nuclei_on_real_he(monkeypatch):
     from slidecell.io import open_slide
     from slidecell.segment.builtin.model import Predictor
 
-    with open_slide(need(CMU1)) as r:
-        img = np.asarray(r.read_region(700, 1500, 512, 512))[:, :, :3]
+    if CMU1.exists():
+        with open_slide(CMU1) as r:
+            img = np.asarray(r.read_region(700, 1500, 512, 512))[:, :, :3]
+    else:
+        img = blobs((512, 512))
     torch_seg = get_segmenter("builtin", {}, RGB, "brightfield", 0.5)
     ort_seg = get_segmenter("builtin", {"runtime": "onnxruntime"}, RGB, "brightfield", 0.5)
     assert ort_seg.predictor.session is not None and torch_seg.predictor.session is None
     x = np.stack([img.astype(np.float32) / 255] * 2)
     np.testing.assert_allclose(ort_seg.predictor.maps(x), torch_seg.predictor.maps(x), rtol=0, atol=1e-4)
     a, b = torch_seg.segment(img), ort_seg.segment(img)
-    assert a.max() > 100 and np.array_equal(a, b)
+    assert a.max() > (100 if CMU1.exists() else 10) and np.array_equal(a, b)
     with pytest.raises(ConfigError, match="CPU in fp32"):
         Predictor.load("nuclei", "cpu", "bf16", runtime="onnxruntime")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
