@@ -76,6 +76,11 @@ def test_brightfield_backends_are_tile_exact(backend, tmp_path):
            "builtin-onnxruntime": {"backend": "builtin", "params": {"model": "nuclei", "runtime": "onnxruntime"}}}[backend]
     assert_tile_exact(need(CMU1), "he-brightfield", seg, [{"tile_size": 256}, {"tile_size": 1536}], tmp_path,
                       min_cells=300, extra=HE_ROI)
+    if backend.startswith("builtin"):  # the runtime asked for is the one that ran
+        import json
+
+        described = json.loads((tmp_path / "t0" / "run.json").read_text())["segmentation"]
+        assert described["runtime"] == ("onnxruntime" if backend.endswith("onnxruntime") else "torch")
 
 
 def test_test_time_augmentation_is_tile_exact_up_to_the_slide_edge(tmp_path):

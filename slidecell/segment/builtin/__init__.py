@@ -139,7 +139,7 @@ class BuiltinSegmenter(Segmenter):
         return {**super().describe(), "model": meta.name, "model_mpp": self.model_mpp,
                 "min_confidence": self.post.min_confidence, "min_area_um2": self.min_area_um2,
                 "research_only": self.research_only, "device": str(self.predictor.device),
-                "precision": self.predictor.precision}
+                "precision": self.predictor.precision, "runtime": self.predictor.runtime}
 
     # -- slide-level calibration ----------------------------------------------------------------
     def _raw_signal(self, image: np.ndarray) -> np.ndarray:
