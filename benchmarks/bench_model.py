@@ -60,8 +60,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--precisions", default="")
+    ap.add_argument("--stems", default="",
+                    help="instead: the network alone (random weights, CPU, fp32) with these stem widths, e.g. 16,24,32, "
+                         "run by torch and by ONNX Runtime")
     args = ap.parse_args()
     import torch
+
+    if args.stems:
+        return stems([int(w) for w in args.stems.split(",")], args.tile, args.batch)
 
     pred0 = Predictor.load(args.model, args.device, "fp32")
     dev = pred0.device
@@ -91,6 +97,40 @@ def main() -> None:
         print(f"{prec:5s} tiles {len(data)}×{args.tile}²  model {mp / t_model:7.2f} MP/s  post {mp / t_post:7.2f} MP/s  "
               f"model+post {mp / (t_model + t_post):7.2f} MP/s  post share {t_post / (t_model + t_post):5.1%}  "
               f"nuclei {n}  max|Δmaps| vs {precisions[0]} {diff:.2g}")
+
+
+def stems(widths: list[int], tile: int, batch: int) -> None:
+    """Network-only throughput of wider U-Nets (5 levels, widths doubling from the stem) on the CPU."""
+    import torch
+
+    from slidecell.segment.builtin.model import onnx_session
+    from slidecell.segment.builtin.net import NetSpec, UNet, fuse_batchnorm
+
+    x = np.random.default_rng(0).random((batch, 3, tile, tile), dtype=np.float32)
+    mp = batch * tile * tile / 1e6
+    print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, {batch}×{tile}² per pass, best of 3")
+    for w in widths:
+        spec = NetSpec(3, tuple(w * 2**i for i in range(5)), 3)
+        net = fuse_batchnorm(UNet(spec)).eval()
+        session = onnx_session(net, spec)
+        net = net.to(memory_format=torch.channels_last)
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+
+        def run_torch():
+            with torch.inference_mode():
+                net(xt)
+
+        speed = {}
+        for name, fn in (("torch", run_torch), ("onnxruntime", lambda: session.run(None, {"x": x}))):
+            fn()
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            speed[name] = mp / best
+        print(f"stem {w:3d}: {sum(p.numel() for p in net.parameters()) / 1e6:5.2f} M parameters  torch {speed['torch']:5.2f} MP/s  "
+              f"onnxruntime {speed['onnxruntime']:5.2f} MP/s", flush=True)
 
 
 if __name__ == "__main__":
