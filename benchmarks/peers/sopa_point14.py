@@ -12,6 +12,13 @@ benchmarks/point14.py --external OUT_DIR scores them like slidecell's cells.
 
 runs SOPA the same way on another OME-TIFF (benchmarks/sopa_compare.py writes one from any slide
 slidecell reads, e.g. the Vectra QPTIFF, and compares).
+
+    .venv-sopa/bin/python benchmarks/peers/sopa_point14.py OUT_DIR --membrane-mean \
+        NaKATPase,HLA-Class-1,CD45,Vimentin,Keratin-pan,E-cadherin --channels Membrane,HH3
+
+adds a channel "Membrane" to Point14's OME-TIFF: the mean of those channels, each divided by the
+99th percentile of its non-zero pixels (what slidecell's Cellpose backend feeds the network with
+``cell_channels: auto``), so SOPA can be run with the same combined membrane input by hand.
 """
 
 from __future__ import annotations
@@ -34,10 +41,20 @@ MODEL = SHARED / "models" / "cellpose-scellseg" / "scellseg_cellpose_cellpose3.p
 MPP = 0.49
 
 
-def write_ome(path: Path) -> list[str]:
+def write_ome(path: Path, membrane_mean: list[str] | None = None) -> list[str]:
     files = sorted((DATA / "channels").glob("*.tif"))
     names = [f.stem for f in files]
     stack = np.stack([tifffile.imread(f) for f in files])
+    if membrane_mean:
+        planes = []
+        for n in membrane_mean:
+            x = stack[names.index(n)].astype(np.float32)
+            pos = x[x > 0]
+            planes.append(x / max(float(np.percentile(pos, 99)) if pos.size else 1.0, 1e-6))
+        mean = np.mean(planes, axis=0)
+        # on the counts' scale (uint16 like the others): 1.0 = the 99th percentile → 1000
+        stack = np.concatenate([stack, np.clip(mean * 1000, 0, 65535).astype(stack.dtype)[None]])
+        names = [*names, "Membrane"]
     tifffile.imwrite(path, stack, ome=True, photometric="minisblack",
                      metadata={"axes": "CYX", "Channel": {"Name": names}, "PhysicalSizeX": MPP,
                                "PhysicalSizeY": MPP, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
@@ -53,11 +70,13 @@ def main(argv=None):
     ap.add_argument("--ome", type=Path, default=None, help="an OME-TIFF to segment instead of Point14")
     ap.add_argument("--channels", default="NaKATPase,HH3",
                     help="SOPA's channels: a nuclear one, or a cytoplasm/membrane one then a nuclear one")
+    ap.add_argument("--membrane-mean", default="",
+                    help='Point14: add a channel "Membrane", the mean of these channels each on its 99th percentile')
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     ome = a.ome or a.out / "point14.ome.tif"
     if a.ome is None:
-        write_ome(ome)
+        write_ome(ome, [c for c in a.membrane_mean.split(",") if c])
 
     import sopa
 
