@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 from slidecell import load_config  # noqa: E402
 from slidecell.metrics import SetScore  # noqa: E402
 from slidecell.segment import get_segmenter, unscored  # noqa: E402
-from slidecell.segment.channels import nuclear_channel_indices  # noqa: E402
+from slidecell.segment.channels import channel_scales, nuclear_channel_indices, scaled_mean  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data" / "multiplex"
 P14 = SHARED / "mibi-granuloma-point14"
@@ -74,12 +74,9 @@ def nuclei(img, names, mpp):
 
 
 def membrane_signal(img, names, membrane):
-    planes = []
-    for m in membrane:
-        x = img[:, :, names.index(m)]
-        pos = x[x > 0]
-        planes.append(x / max(float(np.percentile(pos, 99)) if pos.size else 1.0, 1e-6))
-    return np.mean(planes, axis=0)
+    """The channels' mean, each on its 99th percentile of non-zero pixels (the engine's rule)."""
+    idx = [names.index(m) for m in membrane]
+    return scaled_mean(img, idx, channel_scales([img], idx))
 
 
 def membrane_cells(nuc, mem, mpp, sigma_um, max_um, compactness):

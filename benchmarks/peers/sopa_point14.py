@@ -46,12 +46,12 @@ def write_ome(path: Path, membrane_mean: list[str] | None = None) -> list[str]:
     names = [f.stem for f in files]
     stack = np.stack([tifffile.imread(f) for f in files])
     if membrane_mean:
-        planes = []
-        for n in membrane_mean:
-            x = stack[names.index(n)].astype(np.float32)
-            pos = x[x > 0]
-            planes.append(x / max(float(np.percentile(pos, 99)) if pos.size else 1.0, 1e-6))
-        mean = np.mean(planes, axis=0)
+        sys.path.insert(0, str(HERE.parent.parent))  # slidecell's own rule (pure numpy; no install needed)
+        from slidecell.segment.channels import channel_scales, scaled_mean
+
+        image = np.moveaxis(stack, 0, -1)
+        idx = [names.index(n) for n in membrane_mean]
+        mean = scaled_mean(image, idx, channel_scales([image], idx))
         # on the counts' scale (uint16 like the others): 1.0 = the 99th percentile → 1000
         stack = np.concatenate([stack, np.clip(mean * 1000, 0, 65535).astype(stack.dtype)[None]])
         names = [*names, "Membrane"]
