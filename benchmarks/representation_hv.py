@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from slidecell.train import load_train_config, set_groups  # noqa: E402
+from slidecell.train import load_train_config, maps_loss, set_groups  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "train" / "nuclei.yaml"
 DATA = HERE.parent.parent / "shared" / "data" / "nuclei"
@@ -110,8 +110,6 @@ def train(a):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.05)
     aug = Augment(cfg.augment.patch, tuple(cfg.augment.scale), cfg.augment.hed, cfg.augment.blur,
                   cfg.augment.noise, cfg.augment.jpeg, cfg.augment.ink)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    w = torch.tensor(cfg.loss_weights)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -124,10 +122,7 @@ def train(a):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = net(x)
         logits = logits.float()
-        loss = w[0] * bce(logits[:, 0], y[:, 0]) + w[1] * bce(logits[:, 1], y[:, 1]) + \
-            w[2] * torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 2]), y[:, 2])
-        pf = torch.sigmoid(logits[:, 0])
-        loss = loss + cfg.dice_weight * (1 - (2 * (pf * y[:, 0]).sum() + 1) / (pf.sum() + y[:, 0].sum() + 1))
+        loss = maps_loss(logits, y, cfg)[0]  # slidecell train's loss of the three maps
         if a.head == "hv":
             hv = torch.tanh(logits[:, 3:5])
             fg = y[:, :1]
@@ -148,14 +143,14 @@ def train(a):
 
 
 # -- scoring ------------------------------------------------------------------------------------
-def _logits(net, img: np.ndarray) -> np.ndarray:
+def _logits(predictor, img: np.ndarray) -> np.ndarray:
+    """The network's raw outputs (C×H×W) for one model input, padded as the backend pads it."""
     import torch
 
     h, w = img.shape[:2]
-    m = 16
-    x = np.pad(img, ((0, (-h) % m), (0, (-w) % m), (0, 0)), mode="reflect")
+    x = predictor.pad(img[None]).transpose(0, 3, 1, 2)
     with torch.inference_mode():
-        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)))
+        y = predictor.net(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
     return y[0, :, :h, :w].numpy()
 
 
@@ -193,7 +188,7 @@ def score(a):
     import torch
 
     from slidecell.metrics import SetScore
-    from slidecell.segment.builtin.model import load_weights
+    from slidecell.segment.builtin.model import Predictor, load_weights
     from slidecell.segment.builtin.postprocess import maps_to_labels, object_confidence
     from slidecell.segment.models import relabel
 
@@ -202,7 +197,7 @@ def score(a):
     groups = [g for g in set_groups(cfg, DATA, "val") if g.samples]
     for folder in a.runs:
         net, meta = load_weights(Path(folder) / "model.safetensors" if Path(folder).is_dir() else folder)
-        net.eval()
+        predictor = Predictor(net, meta, device="cpu", precision="fp32")
         post = dict(meta.post.__dict__)
         min_conf = post["min_confidence"]
         variants = {"distance maps, shipped post-processing": None}
@@ -215,7 +210,7 @@ def score(a):
         mp = 0.0
         for g in groups:
             for s in g.samples:
-                y = _logits(net, s.image)
+                y = _logits(predictor, s.image)
                 p = 1 / (1 + np.exp(-y[:3]))
                 mp += s.image.shape[0] * s.image.shape[1] / 1e6
                 for v, how in variants.items():

@@ -216,19 +216,14 @@ def _network(cfg: TrainConfig):
     return spec, net
 
 
-def _step(net, opt, sched, x, y, cfg: TrainConfig, device, amp) -> list[float]:
-    """One optimisation step on a batch; returns [loss, foreground, boundary, distance] losses."""
+def maps_loss(logits, y, cfg: TrainConfig):
+    """The loss of the three maps (channels 0-2 of ``logits`` and ``y``): weighted BCE of the
+    foreground and the boundary ring, MSE of the distance, and the foreground's Dice; returns
+    (loss, foreground, boundary, distance) tensors."""
     import torch
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    w = torch.tensor(cfg.loss_weights)
-    x = torch.from_numpy(x).to(device)
-    if amp is not None:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(y).to(device)
-    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        logits = net(x)
-    logits = logits.float()
+    w = torch.tensor(cfg.loss_weights, device=logits.device)
     l_fg = bce(logits[:, 0], y[:, 0])
     l_ring = bce(logits[:, 1], y[:, 1])
     l_dist = torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 2]), y[:, 2])
@@ -237,6 +232,20 @@ def _step(net, opt, sched, x, y, cfg: TrainConfig, device, amp) -> list[float]:
         pf = torch.sigmoid(logits[:, 0])
         inter = (pf * y[:, 0]).sum()
         loss = loss + cfg.dice_weight * (1 - (2 * inter + 1) / (pf.sum() + y[:, 0].sum() + 1))
+    return loss, l_fg, l_ring, l_dist
+
+
+def _step(net, opt, sched, x, y, cfg: TrainConfig, device, amp) -> list[float]:
+    """One optimisation step on a batch; returns [loss, foreground, boundary, distance] losses."""
+    import torch
+
+    x = torch.from_numpy(x).to(device)
+    if amp is not None:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(y).to(device)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        logits = net(x)
+    loss, l_fg, l_ring, l_dist = maps_loss(logits.float(), y, cfg)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
