@@ -67,8 +67,9 @@ class CellposeParams(BackendParams):
     smooth_um: float | None = Field(None, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: cellpose >= 4 (Cellpose-SAM) network precision: ``auto`` is bf16 (cellpose 4's own
-    #: default) on a GPU or on a CPU that computes bf16 natively (AVX512-BF16/AMX), fp32 on any
-    #: other CPU, where bf16 is emulated and far slower (benchmarks/RESULTS.md); cellpose 3 is fp32
+    #: default) on a GPU or on a CPU whose oneDNN supports bf16 (AVX-512 and later), fp32 on any
+    #: other CPU, where torch emulates bf16 far slower (7× on AVX2: benchmarks/RESULTS.md);
+    #: cellpose 3 is fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     batch_size: int = Field(8, ge=1)
     #: smallest object kept (µm²); None: for whole cells (``cell_channels``) 30 % of the disc of
@@ -116,7 +117,7 @@ def cellpose_major() -> int | None:
 
 def use_bfloat16(precision: str, gpu: bool) -> bool:
     """Whether Cellpose-SAM runs in bf16: asked for, or ``auto`` on a GPU or on a CPU whose
-    oneDNN computes bf16 natively (elsewhere torch emulates it, many times slower than fp32)."""
+    oneDNN supports bf16 (elsewhere torch emulates it, many times slower than fp32)."""
     if precision != "auto":
         return precision == "bf16"
     if gpu:
