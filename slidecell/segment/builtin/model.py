@@ -116,12 +116,11 @@ class Predictor:
     def maps(self, batch: np.ndarray) -> np.ndarray:
         """N×H×W×3 float32 → N×3×H×W float32 probabilities (foreground, boundary, distance)."""
         h, w = batch.shape[1:3]
+        x = np.ascontiguousarray(self.pad(batch).transpose(0, 3, 1, 2), dtype=np.float32)
         if self.session is not None:
-            y = self.session.run(None, {"x": np.ascontiguousarray(self.pad(batch).transpose(0, 3, 1, 2), dtype=np.float32)})[0]
-            y = y[:, :, :h, :w]
+            y = self.session.run(None, {"x": x})[0][:, :, :h, :w]
             return (1.0 / (1.0 + np.exp(-y, dtype=np.float32))).astype(np.float32, copy=False)
-        x = torch.from_numpy(np.ascontiguousarray(self.pad(batch).transpose(0, 3, 1, 2), dtype=np.float32))
-        x = x.to(self.device)
+        x = torch.from_numpy(x).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
